@@ -100,12 +100,13 @@ class FCN(nn.Module):
     def preprocessing(self, value: Preprocessing) -> None:
         self.backbone.preprocessing = value
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, features: dict[str, torch.Tensor] | None = None
+                ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Scores at the input's H×W. ``features``: precomputed backbone taps to resume from
+        (see ``Backbone.forward``); ``x`` then only gives the output size."""
         h, w = x.shape[-2:]
-        feats = self.backbone(x, set(self.tap_names))
-        outs = {}
-        for head in self.heads:
-            outs[head] = self._head(head, feats, h, w)
+        feats = self.backbone(None if features else x, set(self.tap_names), start=features)
+        outs = {head: self._head(head, feats, h, w) for head in self.heads}
         return outs["out"] if list(outs) == ["out"] else outs
 
     def _head(self, head: str, feats: dict[str, torch.Tensor], h: int, w: int) -> torch.Tensor:

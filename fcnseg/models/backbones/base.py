@@ -70,16 +70,27 @@ class Backbone(nn.Module):
             maps[t.name] = acc
         return maps
 
-    def forward(self, x: torch.Tensor, wanted: set[str] | None = None) -> dict[str, torch.Tensor]:
-        """Run up to the deepest wanted tap; return ``{tap name: feature map}``."""
+    def forward(self, x: torch.Tensor | None, wanted: set[str] | None = None,
+                start: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Run up to the deepest wanted tap; return ``{tap name: feature map}``.
+
+        ``start`` holds already computed taps (e.g. cached outputs of a frozen trunk): the
+        chain resumes after the deepest of them and ``x`` is not used.
+        """
         wanted = set(self.stages.keys()) if wanted is None else wanted
         out: dict[str, torch.Tensor] = {}
-        for name, stage in self.stages.items():
-            x = stage(x)
+        names = list(self.stages.keys())
+        begin = 0
+        if start:
+            begin = max(names.index(n) for n in start) + 1
+            x = start[names[begin - 1]]
+            out = {n: t for n, t in start.items() if n in wanted}
+        for name in names[begin:]:
+            if len(out) == len(wanted):
+                break
+            x = self.stages[name](x)
             if name in wanted:
                 out[name] = x
-                if len(out) == len(wanted):
-                    break
         return out
 
 

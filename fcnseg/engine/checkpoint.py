@@ -1,0 +1,91 @@
+"""Checkpoints: written atomically, checksummed, loaded without unpickling arbitrary objects."""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError
+from ..models import FCN, create_model
+from ..models.preprocessing import Preprocessing
+
+__all__ = ["save_checkpoint", "load_checkpoint", "model_from_checkpoint", "state_checksum"]
+
+FORMAT = "fcnseg-checkpoint-v1"
+
+
+def state_checksum(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over a state_dict's names and tensor bytes, in key order."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(k.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | os.PathLike, model: FCN, **extra: Any) -> Path:
+    """Write ``{"model", "config", "preprocessing", "checksum", **extra}`` atomically.
+
+    ``extra`` holds only tensors, numbers, strings, lists and dicts (optimizer state, step,
+    RNG states, train config), so it loads with ``weights_only=True``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "model": state, "config": dict(model.config),
+               "preprocessing": model.preprocessing.to_dict(), "checksum": state_checksum(state), **extra}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and verify a checkpoint; any defect is a one-line ``CheckpointError`` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated, not a torch file, or holds forbidden objects
+        raise CheckpointError(f"cannot read checkpoint {path}: {str(e).splitlines()[0][:200]}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an fcnseg checkpoint")
+    if state_checksum(ckpt["model"]) != ckpt.get("checksum"):
+        raise CheckpointError(f"checkpoint {path} is corrupt: weights do not match their checksum")
+    bad = [k for k, v in ckpt["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"checkpoint {path} holds non-finite weights in {bad[0]}")
+    return ckpt
+
+
+def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                          num_classes: int | None = None) -> tuple[FCN, dict[str, Any]]:
+    """Rebuild the model a checkpoint was trained as, load its weights, return (model, checkpoint)."""
+    ckpt = load_checkpoint(path, map_location)
+    cfg = dict(ckpt["config"])
+    if num_classes is not None and cfg.get("num_classes") != num_classes:
+        raise CheckpointError(f"checkpoint {path} has {cfg.get('num_classes')} classes, expected {num_classes}")
+    cfg.pop("weights", None)
+    name, classes = cfg.pop("name"), cfg.pop("num_classes")
+    model = create_model(name, classes, **cfg)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not fit model {name}: {str(e).splitlines()[0]}") from None
+    model.preprocessing = Preprocessing.from_dict(ckpt["preprocessing"])
+    return model, ckpt
