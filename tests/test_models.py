@@ -71,7 +71,7 @@ def test_same_alignment_halves_the_flops_at_500():
     caffe = _flops(_meta_model("fcn8s", "caffe", width=1, fc_channels=4096))
     same = _flops(_meta_model("fcn8s", "same", width=1, fc_channels=4096))
     assert 350e9 < caffe < 380e9          # the paper-faithful net is ~363 GFLOP at 500×500
-    assert 0.4 < same / caffe < 0.6
+    assert 0.5 < same / caffe < 0.65      # fc6 keeps its 256 positions; the trunk alone halves
 
 
 def _reference_fcn8s_params(k=21):

@@ -1,0 +1,1 @@
+"""The ``fcnseg`` command line."""

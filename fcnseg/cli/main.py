@@ -1,0 +1,68 @@
+"""``fcnseg`` entry point: one parser, one sub-command module each, one-line errors."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from typing import Callable, Sequence
+
+from ..errors import FcnsegError
+
+# sub-command name → module under fcnseg.cli exposing ``add_arguments(parser)`` and ``run(args)``
+COMMANDS: dict[str, str] = {
+    "train": "Train an FCN from a YAML config (key=value overrides).",
+    "eval": "Score a checkpoint on a dataset split: the paper's four metrics and per-class IU.",
+    "predict": "Label images or folders with a checkpoint: palette PNGs and overlays.",
+    "demo": "Train, evaluate and predict on the bundled CamVid sample (offline, CPU).",
+    "export": "Export a checkpoint to ONNX (dynamic height/width) or torch.export.",
+    "bench": "Measure latency, throughput, memory and FLOPs, side by side with torchfcn.",
+    "reproduce": "Run the paper's ablations (RQ1-RQ4) on CamVid and write RESULTS.md.",
+    "models": "List the model names and their backbones.",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="fcnseg", description="Fully Convolutional Networks for Semantic "
+                                     "Segmentation (Long, Shelhamer, Darrell), in PyTorch.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_text in COMMANDS.items():
+        module = importlib.import_module(f".{name}_cmd", __package__)
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(run=module.run)
+    return parser
+
+
+def _error(message: str, code: int) -> int:
+    print(f"fcnseg: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], int | None] = args.run
+    try:
+        return int(run(args) or 0)
+    except KeyboardInterrupt:
+        return _error("interrupted", 130)
+    except (FcnsegError, FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError) as e:
+        if args.debug:
+            traceback.print_exc()
+        return _error(_one_line(e), 2)
+    except MemoryError:
+        return _error("out of memory: use smaller images, --tile, or a smaller batch", 3)
+    except Exception as e:  # an unexpected failure: still one line unless --debug
+        if args.debug or os.environ.get("FCNSEG_DEBUG"):
+            traceback.print_exc()
+        return _error(f"{type(e).__name__}: {_one_line(e)} (rerun with --debug for the traceback)", 1)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
+        text = f"{e.filename}: {text}"
+    return text.splitlines()[0]

@@ -1,0 +1,22 @@
+"""``fcnseg models``: the model table."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--classes", type=int, default=21, help="classes for the parameter count (default 21)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..models import create_model, list_models
+
+    print(f"{'model':28s} {'output stride':>13s} {'params (M)':>11s}")
+    for name in list_models():
+        with torch.device("meta"):
+            m = create_model(name, args.classes)
+        stride = m.backbone.tap(m.tap_names[-1]).stride
+        print(f"{name:28s} {stride:>13d} {sum(p.numel() for p in m.parameters()) / 1e6:>11.1f}")
+    return 0
