@@ -11,7 +11,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..models import FCN, create_model
-from ..models.preprocessing import Preprocessing
+from ..models.preprocessing import preprocessing_from_dict
 
 __all__ = ["save_checkpoint", "load_checkpoint", "model_from_checkpoint", "state_checksum"]
 
@@ -87,5 +87,5 @@ def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.dev
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {path} does not fit model {name}: {str(e).splitlines()[0]}") from None
-    model.preprocessing = Preprocessing.from_dict(ckpt["preprocessing"])
+    model.preprocessing = preprocessing_from_dict(ckpt["preprocessing"])
     return model, ckpt

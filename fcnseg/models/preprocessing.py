@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-__all__ = ["Preprocessing", "CAFFE_VGG", "CAFFE_HED", "TORCHVISION"]
+__all__ = ["Preprocessing", "CAFFE_VGG", "CAFFE_HED", "TORCHVISION", "preprocessing_from_dict"]
 
 
 @dataclass(frozen=True)
@@ -54,3 +54,11 @@ CAFFE_HED = Preprocessing(bgr=True, scale=1.0, mean=(103.939, 116.779, 123.68), 
 # torchvision ImageNet classifiers: RGB, 0–1, mean/std.
 TORCHVISION = Preprocessing(bgr=False, scale=1 / 255, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
                             name="torchvision")
+
+
+def preprocessing_from_dict(d: dict):
+    """Rebuild a ``Preprocessing`` (or a late-fusion ``StreamPreprocessing``) from ``to_dict()``."""
+    if "streams" in d:
+        from .fusion import StreamPreprocessing
+        return StreamPreprocessing.from_dict(d)
+    return Preprocessing.from_dict(d)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .backbones import BACKBONES
 from .fcn import FCN, HeadSpec
+from .fusion import LateFusion
 
 __all__ = ["create_model", "list_models", "MODELS"]
 
@@ -34,13 +35,24 @@ def list_models() -> list[str]:
 
 def create_model(name: str, num_classes: int | dict[str, int], *, backbone: str = "vgg16",
                  weights: str | None = None, alignment: str = "caffe", learn_upsampling: bool = False,
-                 **backbone_kwargs) -> FCN:
+                 streams: dict[str, int] | None = None, **backbone_kwargs) -> FCN | LateFusion:
     """Build an FCN, e.g. ``create_model("fcn8s", 21, weights="hed-vgg16")``.
 
     ``weights``: None (random trunk), a registered name (``"hed-vgg16"``) or a file path
     (torchvision state_dict ``.pth``/``.safetensors``, Caffe ``.caffemodel``, fcnseg checkpoint).
     ``num_classes`` may be a dict of head name → classes for multi-task nets (SIFT Flow).
+    ``streams`` (name → input channels, e.g. ``{"color": 3, "hha": 3}``) builds a late-fusion net:
+    one such FCN per stream, scores summed; ``weights`` then initialises every stream.
     """
+    if streams:
+        config = {"name": name, "backbone": backbone, "alignment": alignment, "learn_upsampling": learn_upsampling,
+                  "num_classes": num_classes, "streams": dict(streams), **backbone_kwargs}
+        kwargs = {k: v for k, v in backbone_kwargs.items() if k != "in_channels"}
+        fused = LateFusion({s: create_model(name, num_classes, backbone=backbone, weights=weights, alignment=alignment,
+                                            learn_upsampling=learn_upsampling, in_channels=c, **kwargs)
+                            for s, c in streams.items()})
+        fused.config = config
+        return fused
     if "@" in name:
         name, backbone = name.split("@", 1)
     if name not in MODELS:

@@ -1,0 +1,151 @@
+"""Pretrained weights: a registry of named sets and ``load_weights`` for names and files.
+
+``load_weights(model, spec)`` takes a registered name (``"hed-vgg16"``) or a path:
+``.caffemodel`` (Caffe), ``.pth``/``.pt`` (``torch.save``, read with ``weights_only=True``) or
+``.safetensors`` holding a torchvision-layout state_dict, an fcnseg state_dict, or an fcnseg
+checkpoint (``{"model": ..., "config": ...}``). The format is detected from the content.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..preprocessing import CAFFE_HED, Preprocessing
+from .caffe import load_caffe
+from .common import WeightsError, backbone_name, set_preprocessing
+from .hed import HED_SHA256, HED_SOURCE, load_hed
+from .torchvision import load_torchvision
+
+__all__ = ["WeightsInfo", "WEIGHTS", "WeightsError", "WeightsNotFoundError", "detect_format", "load_weights"]
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Metadata of a named weight set (in the spirit of torchvision's ``Weights``)."""
+
+    backbone: str
+    source: str
+    sha256: str
+    license: str
+    preprocessing: Preprocessing
+    notes: str = ""
+
+
+WEIGHTS: dict[str, WeightsInfo] = {
+    "hed-vgg16": WeightsInfo(
+        backbone="vgg16", source=HED_SOURCE, sha256=HED_SHA256, license="MIT", preprocessing=CAFFE_HED,
+        notes="VGG16 conv1_1-conv5_3 from HED (ImageNet VGG16 fine-tuned on BSDS500 edges); "
+              "the file has no fc6/fc7, which keep their random initialisation.",
+    ),
+}
+_LOADERS = {"hed-vgg16": load_hed}
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """``weights=`` is neither a registered name nor an existing file."""
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """``"torch"`` (torch.save zip or legacy pickle), ``"safetensors"``, ``"caffe"`` or ``"hdf5"``, from the bytes."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(16)
+    size = path.stat().st_size
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return "torch"
+    if head[:8] == b"\x89HDF\r\n\x1a\n":
+        return "hdf5"
+    n = int.from_bytes(head[:8], "little") if len(head) > 8 else 0
+    if head[8:9] == b"{" and 8 + n <= size and n < 1 << 28 and _json_header(path, n):
+        return "safetensors"
+    return "caffe"
+
+
+def _json_header(path: Path, n: int) -> bool:
+    with open(path, "rb") as f:
+        f.seek(8)
+        try:
+            return isinstance(json.loads(f.read(n)), dict)
+        except ValueError:
+            return False
+
+
+def load_weights(model: nn.Module, spec: str | os.PathLike) -> list[str]:
+    """Load ``spec`` (registered name or file) into ``model``; returns the file's unused keys/layers.
+
+    Sets ``model.preprocessing`` to what the weights expect and records ``model.config["weights"]``.
+    """
+    if isinstance(spec, str) and spec in WEIGHTS:
+        info = WEIGHTS[spec]
+        if backbone_name(model) != info.backbone:
+            raise WeightsError(f"weights {spec!r} are for backbone {info.backbone}, "
+                               f"the model has {backbone_name(model)}")
+        unused = _LOADERS[spec](model)
+        set_preprocessing(model, info.preprocessing)
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise WeightsNotFoundError(f"weights {str(spec)!r}: neither a registered name "
+                                       f"({', '.join(sorted(WEIGHTS))}) nor an existing file")
+        unused = _load_file(model, path)
+    config = getattr(model, "config", None)
+    if isinstance(config, dict):
+        config["weights"] = str(spec)
+    elif hasattr(model, "heads"):
+        model.config = {"weights": str(spec)}
+    return unused
+
+
+def _load_file(model: nn.Module, path: Path) -> list[str]:
+    fmt = detect_format(path)
+    if fmt == "caffe":
+        return load_caffe(model, path)
+    if fmt == "hdf5":
+        raise WeightsError(f"{path}: HDF5 weight files are not supported (the HED trunk loads as 'hed-vgg16')")
+    obj = _read_tensors(path, fmt)
+    if isinstance(obj, dict) and "model" in obj and "config" in obj:
+        return _load_checkpoint(model, obj, path)
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path}: holds no state_dict of tensors")
+    if any(k.startswith("backbone.") for k in obj):  # an fcnseg model's own state_dict
+        _strict_load(model, obj, path)
+        return []
+    return load_torchvision(model, obj, source=str(path))
+
+
+def _read_tensors(path: Path, fmt: str):
+    try:
+        if fmt == "safetensors":
+            from safetensors.torch import load_file
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise WeightsError(f"{path}: unreadable as {fmt} weights ({first[:200]})") from None
+
+
+def _load_checkpoint(model: nn.Module, ckpt: dict, path: Path) -> list[str]:
+    """An fcnseg checkpoint: strict load of ``ckpt["model"]``; preprocessing from the checkpoint."""
+    _strict_load(model, ckpt["model"], path)
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    pre = ckpt.get("preprocessing") or config.get("preprocessing")
+    if isinstance(pre, dict):
+        set_preprocessing(model, Preprocessing.from_dict(pre))
+    elif config.get("weights") in WEIGHTS:
+        set_preprocessing(model, WEIGHTS[config["weights"]].preprocessing)
+    return []
+
+
+def _strict_load(model: nn.Module, state: dict, path: Path) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        detail = " ".join(str(e).split())[:300] or type(e).__name__
+        raise WeightsError(f"{path}: does not match this model ({detail})") from None

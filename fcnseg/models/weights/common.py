@@ -1,0 +1,55 @@
+"""Shared bits of the importers: the error type and writing converted tensors into a model."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from ..backbones.base import Backbone
+from ..preprocessing import Preprocessing
+from ..surgery import fit_tensor
+
+__all__ = ["WeightsError", "trunk_of", "backbone_name", "fit", "load_into", "set_preprocessing"]
+
+
+class WeightsError(ValueError):
+    """A weights file or name that cannot be loaded; the message names it."""
+
+
+def trunk_of(model: nn.Module) -> Backbone:
+    """The backbone of an FCN, or ``model`` itself when it is a backbone."""
+    trunk = getattr(model, "backbone", model)
+    if not isinstance(trunk, Backbone):
+        raise TypeError(f"expected an FCN or a Backbone, got {type(model).__name__}")
+    return trunk
+
+
+def backbone_name(model: nn.Module, given: str | None = None) -> str:
+    """The backbone's registry name: ``given``, else ``model.config["backbone"]``."""
+    name = given or (getattr(model, "config", None) or {}).get("backbone")
+    if not name:
+        raise WeightsError("cannot tell the model's backbone: build it with create_model() or pass backbone=")
+    return name
+
+
+def fit(value: torch.Tensor, target: torch.Tensor, where: str) -> torch.Tensor:
+    """``value`` reshaped (see :func:`fit_tensor`) and cast to ``target``'s dtype, or a WeightsError."""
+    try:
+        return fit_tensor(value, target.shape, where).to(dtype=target.dtype)
+    except ValueError as e:
+        raise WeightsError(str(e)) from None
+
+
+def load_into(module: nn.Module, updates: Mapping[str, torch.Tensor]) -> None:
+    """Overwrite some of ``module``'s state (keys as in its ``state_dict``), strictly."""
+    state = module.state_dict()
+    unknown = [k for k in updates if k not in state]
+    if unknown:
+        raise KeyError(f"not in the model: {unknown[:3]}")
+    state.update(updates)
+    module.load_state_dict(state, strict=True)
+
+
+def set_preprocessing(model: nn.Module, pre: Preprocessing) -> None:
+    trunk_of(model).preprocessing = pre

@@ -1,0 +1,39 @@
+"""NYUD nets: early fusion (4-channel conv1_1) and late fusion (scores of two streams summed)."""
+import torch
+
+import fcnseg
+from fcnseg.engine.checkpoint import model_from_checkpoint, save_checkpoint
+from fcnseg.models.fusion import LateFusion
+from fcnseg.models.preprocessing import CAFFE_VGG, Preprocessing
+
+SMALL = dict(width=1 / 16, fc_channels=32)
+
+
+def test_early_fusion_widens_conv1_1():
+    model = fcnseg.create_model("fcn32s", 40, in_channels=4, **SMALL).eval()
+    assert model.backbone.stages["pool1"].conv1_1.in_channels == 4
+    assert model(torch.randn(1, 4, 30, 20)).shape == (1, 40, 30, 20)
+
+
+def test_late_fusion_sums_the_streams_scores():
+    model = fcnseg.create_model("fcn32s", 5, streams={"color": 3, "hha": 3}, **SMALL).eval()
+    assert isinstance(model, LateFusion)
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.randn(2, 6, 25, 33)
+    color, hha = model.streams["color"], model.streams["hha"]
+    assert torch.allclose(model(x), color(x[:, :3]) + hha(x[:, 3:]), atol=1e-6)
+
+
+def test_late_fusion_preprocesses_each_stream_and_survives_a_checkpoint(tmp_path):
+    model = fcnseg.create_model("fcn32s", 5, streams={"color": 3, "hha": 3}, **SMALL)
+    hha_pre = Preprocessing(bgr=True, scale=1.0, mean=(132.431, 94.076, 118.477), name="nyud-hha")
+    model.preprocessing = type(model.preprocessing)((("color", 3, CAFFE_VGG), ("hha", 3, hha_pre)))
+    img = torch.rand(6, 8, 8) * 255
+    out = model.preprocessing(img)
+    assert torch.allclose(out[:3], CAFFE_VGG(img[:3])) and torch.allclose(out[3:], hha_pre(img[3:]))
+    save_checkpoint(tmp_path / "lf.pt", model)
+    again, _ = model_from_checkpoint(tmp_path / "lf.pt")
+    assert isinstance(again, LateFusion) and torch.allclose(again.preprocessing(img), out)
