@@ -1,0 +1,82 @@
+"""PASCAL-Context (Mottaghi et al. 2014), 59-class task.
+
+``root`` is ``VOCdevkit/VOC2010`` (``VOCdevkit`` or its parent also work): ``JPEGImages/<id>.jpg``,
+``trainval/<id>.mat`` with matrix ``LabelMap`` (indices into the full label list ``labels.txt``,
+lines ``index: name``), splits ``ImageSets/Main/{train,val}.txt``. ``labels.txt`` is read from ``root``
+(or its parent) when present, else the shipped copy (``lists/context/classes-400.txt``, 459 labels).
+
+Labels: the 59 classes of ``classes-59.txt`` -> 1..59 (matched by name; ``diningtable``, ``clothes``,
+``bedcloth`` are the full list's ``table``, ``cloth``, ``bedclothes``), everything else (and 0) -> 0
+background. ``ignore_background=True`` turns 0 into 255. ``.classes`` always has 60 entries
+(index 0 = background), so labels keep their indices either way.
+"""
+from __future__ import annotations
+
+
+import numpy as np
+import torch
+
+from .base import DatasetInfo, Sample, SegDataset, register
+from .io import (DatasetError, apply_lut, image_to_tensor, lines_to_ids, package_list, read_indexed_names,
+                 read_mat, read_rgb)
+from .palette import voc_colormap
+from .voc import find_voc_root
+
+__all__ = ["PascalContext", "CONTEXT_CLASSES", "CONTEXT_ALIASES", "context_lut"]
+
+_c59 = read_indexed_names(package_list("context", "classes-59.txt"))
+CONTEXT_CLASSES = [_c59[i] for i in range(60)]
+# 59-class names spelled differently in the full label list.
+CONTEXT_ALIASES = {"diningtable": "table", "clothes": "cloth", "bedcloth": "bedclothes"}
+
+
+def context_lut(full: dict[int, str], ignore_background: bool = False) -> np.ndarray:
+    """Lookup table full-label index (0..max) -> 59-class label (0 background / 255)."""
+    by_name = {name: idx for idx, name in full.items()}
+    bg = 255 if ignore_background else 0
+    lut = np.full(max(full) + 1, bg, dtype=np.int64)
+    for k, name in enumerate(CONTEXT_CLASSES[1:], 1):
+        key = CONTEXT_ALIASES.get(name, name)
+        if key not in by_name:
+            raise DatasetError(f"pascal-context: class '{name}' not found in the full label list")
+        lut[by_name[key]] = k
+    return lut
+
+
+@register(DatasetInfo("pascal-context", tuple(CONTEXT_CLASSES), ("train", "val"),
+                      description="PASCAL-Context 59 classes + background"))
+class PascalContext(SegDataset):
+    """PASCAL-Context-59; item = (float32 (3, H, W) RGB 0–255, int64 (H, W) 0–59, or 1–59 / 255)."""
+
+    name = "pascal-context"
+    classes = CONTEXT_CLASSES
+    palette = voc_colormap(len(CONTEXT_CLASSES))
+
+    def __init__(self, root, split, ignore_background: bool = False, **kw) -> None:
+        self.ignore_background = ignore_background
+        super().__init__(root, split, **kw)
+
+    def _index(self) -> list[Sample]:
+        self.root = find_voc_root(self.root, prefer="VOC2010")
+        labels = next((p for p in (self.root / "labels.txt", self.root.parent / "labels.txt") if p.is_file()),
+                      package_list("context", "classes-400.txt"))
+        self.labels_file = labels
+        self._lut = context_lut(read_indexed_names(labels, self.name), self.ignore_background)
+        lst = self._split_list([self.root / "ImageSets" / "Main" / f"{self.split}.txt"])
+        return [Sample(i, {"image": self.root / "JPEGImages" / f"{i}.jpg",
+                           "label": self.root / "trainval" / f"{i}.mat"}, str(lst))
+                for i in lines_to_ids(lst, self.name)]
+
+    def _load_image(self, s: Sample) -> torch.Tensor:
+        return image_to_tensor(read_rgb(s.files["image"], self.name))
+
+    def _load_label(self, s: Sample) -> torch.Tensor:
+        path = s.files["label"]
+        return apply_lut(read_mat(path, self.name, "LabelMap"), self._lut, self.name, path)
+
+
+def _check_shipped() -> None:  # fail loudly at import if the shipped lists disagree
+    context_lut(read_indexed_names(package_list("context", "classes-400.txt")))
+
+
+_check_shipped()

@@ -1,0 +1,155 @@
+"""File readers that turn every failure into a one-line :class:`DatasetError` naming the file."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = ["DatasetError", "read_rgb", "read_index_png", "read_gray16", "read_mat", "read_lines", "read_names",
+           "read_indexed_names", "package_list",
+           "lines_to_ids", "apply_lut", "image_to_tensor"]
+
+_PACKAGE_LISTS = Path(__file__).resolve().parent / "lists"
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing, unreadable or malformed (message: ``<dataset>: <what> <path>: <why>``)."""
+
+
+def _fail(who: str, kind: str, path: Path | str, reason: Any) -> DatasetError:
+    text = str(reason).replace("\n", " ").strip() or type(reason).__name__
+    return DatasetError(f"{who}: cannot read {kind} {path}: {text}")
+
+
+def _open_loaded(path: Path, who: str, kind: str) -> Image.Image:
+    try:
+        im = Image.open(path)
+        im.load()  # force decoding: truncated files fail here, not later
+        return im
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
+        raise _fail(who, kind, path, e) from e
+
+
+def image_to_tensor(arr: np.ndarray) -> torch.Tensor:
+    """(H, W) or (H, W, C) array -> float32 tensor (C, H, W), values unchanged."""
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32))
+
+
+def read_rgb(path: Path, who: str, kind: str = "image", require_rgb: bool = False) -> np.ndarray:
+    """Read an image as uint8 (H, W, 3) RGB. ``require_rgb`` rejects non-RGB files (e.g. HHA)."""
+    im = _open_loaded(path, who, kind)
+    if require_rgb and im.mode != "RGB":
+        raise _fail(who, kind, path, f"expected a 3-channel RGB PNG, got mode {im.mode}")
+    return np.asarray(im.convert("RGB"))
+
+
+def read_index_png(path: Path, who: str, kind: str = "label") -> np.ndarray:
+    """Read a single-channel ('L') or palette ('P') label image as uint8 (H, W) indices."""
+    im = _open_loaded(path, who, kind)
+    if im.mode not in ("L", "P"):
+        raise _fail(who, kind, path, f"expected a single-channel or palette image, got mode {im.mode}")
+    return np.asarray(im)
+
+
+def read_gray16(path: Path, who: str, kind: str = "depth") -> np.ndarray:
+    """Read a 16-bit (or 8-bit) single-channel PNG as float32 (H, W)."""
+    im = _open_loaded(path, who, kind)
+    if not (im.mode.startswith("I") or im.mode == "L"):
+        raise _fail(who, kind, path, f"expected a single-channel 16-bit image, got mode {im.mode}")
+    return np.asarray(im).astype(np.float32)
+
+
+def read_mat(path: Path, who: str, key: str, field: str | None = None, kind: str = "label") -> np.ndarray:
+    """Read matrix ``key`` (or ``key.field`` of a MATLAB struct) from a MATLAB v5 .mat file."""
+    import scipy.io  # local import keeps ``import fcnseg.data`` light
+
+    try:
+        mat = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
+    except NotImplementedError as e:  # v7.3 / HDF5 files
+        raise _fail(who, kind, path, f"MATLAB v7.3 files are not supported, save as v5 ({e})") from e
+    except Exception as e:
+        raise _fail(who, kind, path, e) from e
+    if key not in mat:
+        found = sorted(k for k in mat if not k.startswith("__"))
+        raise _fail(who, kind, path, f"no variable '{key}' (found {found})")
+    value = mat[key]
+    if field is not None:
+        if not hasattr(value, field):
+            names = list(getattr(value, "_fieldnames", []) or [])
+            raise _fail(who, kind, path, f"'{key}' has no field '{field}' (fields {names})")
+        value = getattr(value, field)
+    arr = np.asarray(value)
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
+        raise _fail(who, kind, path, f"'{key}{'.' + field if field else ''}' is not a 2-D numeric matrix "
+                                     f"(shape {arr.shape}, dtype {arr.dtype})")
+    return arr
+
+
+def read_lines(path: Path, who: str, kind: str = "list") -> list[str]:
+    """Non-empty, stripped lines of a text file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except Exception as e:
+        raise _fail(who, kind, path, e) from e
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
+
+
+def lines_to_ids(path: Path, who: str) -> list[str]:
+    """Ids listed one per line (first whitespace-separated token)."""
+    return [ln.split()[0] for ln in read_lines(path, who, "split list")]
+
+
+def package_list(*parts: str) -> Path:
+    """Path of a list file shipped in ``fcnseg/data/lists``."""
+    return _PACKAGE_LISTS.joinpath(*parts)
+
+
+def apply_lut(arr: np.ndarray, lut: np.ndarray, who: str, path: Path, lo: int = 0) -> torch.Tensor:
+    """Map integer labels through ``lut`` (value ``v`` -> ``lut[v - lo]``).
+
+    Values outside the table, and values whose entry is negative (``-1`` = not allowed), fail.
+    """
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise _fail(who, "label", path, "label values are not integers")
+    a = arr.astype(np.int64) - lo
+    if a.size and (a.min() < 0 or a.max() >= len(lut)):
+        raise _fail(who, "label", path, f"label values outside [{lo}, {lo + len(lut) - 1}] "
+                                         f"(min {a.min() + lo}, max {a.max() + lo})")
+    out = lut[a].astype(np.int64)
+    if out.size and out.min() < 0:
+        bad = sorted(set((a[out < 0] + lo).tolist()))[:8]
+        raise _fail(who, "label", path, f"invalid label values {bad}")
+    return torch.from_numpy(out)
+
+
+def read_names(path: Path, who: str = "fcnseg.data") -> list[str]:
+    """Class names, one per line, up to the first blank line (shipped lists end with a note)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except Exception as e:
+        raise _fail(who, "class list", path, e) from e
+    names = []
+    for ln in lines:
+        if not ln.strip():
+            if names:
+                break
+            continue
+        names.append(ln.strip())
+    return names
+
+
+def read_indexed_names(path: Path, who: str = "fcnseg.data") -> dict[int, str]:
+    """``index: name`` lines (PASCAL-Context ``labels.txt`` format) -> {index: name}."""
+    out = {}
+    for n, ln in enumerate(read_lines(path, who, "label list"), 1):
+        idx, sep, name = ln.partition(":")
+        if not sep or not idx.strip().isdigit():
+            raise _fail(who, "label list", path, f"line {n} is not 'index: name': {ln!r}")
+        out[int(idx)] = name.strip()
+    return out
