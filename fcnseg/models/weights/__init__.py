@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..preprocessing import CAFFE_HED, Preprocessing
-from .caffe import load_caffe
+from ..preprocessing import CAFFE_HED, Preprocessing, preprocessing_from_dict
+from .caffe import load_caffe, read_caffemodel
 from .common import WeightsError, backbone_name, set_preprocessing
 from .hed import HED_SHA256, HED_SOURCE, load_hed
 from .torchvision import load_torchvision
@@ -104,7 +104,14 @@ def load_weights(model: nn.Module, spec: str | os.PathLike) -> list[str]:
 def _load_file(model: nn.Module, path: Path) -> list[str]:
     fmt = detect_format(path)
     if fmt == "caffe":
-        return load_caffe(model, path)
+        try:
+            layers = read_caffemodel(path)
+        except WeightsError:
+            if path.suffix == ".caffemodel":
+                raise
+            raise WeightsError(f"{path}: unrecognised weights file (not torch.save, safetensors "
+                               "or a binary .caffemodel)") from None
+        return load_caffe(model, layers, source=str(path))
     if fmt == "hdf5":
         raise WeightsError(f"{path}: HDF5 weight files are not supported (the HED trunk loads as 'hed-vgg16')")
     obj = _read_tensors(path, fmt)
@@ -137,7 +144,7 @@ def _load_checkpoint(model: nn.Module, ckpt: dict, path: Path) -> list[str]:
     config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     pre = ckpt.get("preprocessing") or config.get("preprocessing")
     if isinstance(pre, dict):
-        set_preprocessing(model, Preprocessing.from_dict(pre))
+        set_preprocessing(model, preprocessing_from_dict(pre))
     elif config.get("weights") in WEIGHTS:
         set_preprocessing(model, WEIGHTS[config["weights"]].preprocessing)
     return []

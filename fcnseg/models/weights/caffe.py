@@ -93,7 +93,7 @@ def write_caffemodel(path: str | os.PathLike | None, layers: Mapping[str, Sequen
     ``double_data``. ``types`` overrides the guessed layer types.
     """
     msgs = caffe_messages()
-    net = msgs.NetParameter(name=name)
+    net = msgs.NetParameter(name=name) if name else msgs.NetParameter()
     for lname, blobs in layers.items():
         arrays = [b.detach().cpu().numpy() if isinstance(b, torch.Tensor) else np.asarray(b) for b in blobs]
         ltype = (types or {}).get(lname) or _guess_type(lname, arrays)
@@ -164,13 +164,13 @@ def caffe_names(model: nn.Module) -> dict[str, str]:
     return names
 
 
-def load_caffe(model: nn.Module, path: str | os.PathLike | list[CaffeLayer]) -> list[str]:
+def load_caffe(model: nn.Module, path: str | os.PathLike | list[CaffeLayer], source: str | None = None) -> list[str]:
     """Load a caffemodel (path or parsed layers) into an FCN or backbone; returns unused layer names.
 
     Every backbone parameter must come from the file; head layers load when present (an FCN-32s
     file can initialise an FCN-16s). Sets the Caffe VGG preprocessing (BGR, 0–255, mean).
     """
-    source = "caffemodel" if isinstance(path, list) else str(path)
+    source = source or ("caffemodel" if isinstance(path, list) else str(path))
     layers = path if isinstance(path, list) else read_caffemodel(path)
     names = caffe_names(model)
     state = model.state_dict()

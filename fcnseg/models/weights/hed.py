@@ -97,7 +97,8 @@ def _convert(h5: bytes) -> dict[str, torch.Tensor]:
             for j, conv in enumerate(convs):
                 group = f"block{k}/layers/conv2d" + (f"_{j}" if j else "") + "/vars"
                 kernel = np.asarray(f[group]["0"], dtype=np.float32)  # H, W, in, out
-                out[f"stages.{tap}.{conv}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))
+                oihw = np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))
+                out[f"stages.{tap}.{conv}.weight"] = torch.from_numpy(oihw)
                 out[f"stages.{tap}.{conv}.bias"] = torch.from_numpy(np.asarray(f[group]["1"], dtype=np.float32))
     return out
 

@@ -16,13 +16,7 @@ from torch import nn
 from ..preprocessing import TORCHVISION, Preprocessing
 from .common import WeightsError, backbone_name, fit, load_into, set_preprocessing, trunk_of
 
-__all__ = ["torchvision_names", "convert_torchvision", "load_torchvision", "TORCHVISION_GOOGLENET"]
-
-# torchvision's googlenet weights run with transform_input=True, which turns ImageNet-normalised
-# input into (x − 0.5)/0.5 per channel: this preprocessing is the same thing in one step.
-TORCHVISION_GOOGLENET = Preprocessing(bgr=False, scale=1 / 255, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-                                      name="torchvision-googlenet")
-_PREPROCESSING = {"googlenet": TORCHVISION_GOOGLENET}
+__all__ = ["torchvision_names", "torchvision_preprocessing", "convert_torchvision", "load_torchvision"]
 
 
 def _backbone_module(backbone: str):
@@ -45,8 +39,8 @@ def torchvision_names(backbone: str) -> dict[str, str]:
 
 
 def torchvision_preprocessing(backbone: str) -> Preprocessing:
-    module = _backbone_module(backbone)
-    return getattr(module, "TORCHVISION_PREPROCESSING", _PREPROCESSING.get(backbone, TORCHVISION))
+    """The module's ``TORCHVISION_PREPROCESSING`` (googlenet: its transform_input), else ImageNet mean/std."""
+    return getattr(_backbone_module(backbone), "TORCHVISION_PREPROCESSING", TORCHVISION)
 
 
 def convert_torchvision(state: Mapping[str, torch.Tensor], backbone: str, target: Mapping[str, torch.Tensor],
