@@ -37,3 +37,14 @@ def test_late_fusion_preprocesses_each_stream_and_survives_a_checkpoint(tmp_path
     save_checkpoint(tmp_path / "lf.pt", model)
     again, _ = model_from_checkpoint(tmp_path / "lf.pt")
     assert isinstance(again, LateFusion) and torch.allclose(again.preprocessing(img), out)
+
+
+def test_early_fusion_loads_rgb_weights_with_zero_depth_filters():
+    rgb = fcnseg.create_model("fcn32s", 5, **SMALL).eval()
+    rgbd = fcnseg.create_model("fcn32s", 5, in_channels=4, **SMALL).eval()
+    state = {k: v for k, v in rgb.state_dict().items()}
+    from fcnseg.models.surgery import fit_tensor
+    rgbd.load_state_dict({k: fit_tensor(v, rgbd.state_dict()[k].shape, k) for k, v in state.items()})
+    assert rgbd.backbone.stages["pool1"].conv1_1.weight[:, 3].abs().sum() == 0
+    x = torch.randn(1, 4, 20, 20)
+    assert torch.allclose(rgbd.backbone(x)["fc7"], rgb.backbone(x[:, :3])["fc7"], atol=1e-6)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["convolutionalize", "fit_tensor"]
+__all__ = ["convolutionalize", "fit_tensor", "widen_input"]
 
 
 def convolutionalize(linear: nn.Linear, in_channels: int, kernel_size: int) -> nn.Conv2d:
@@ -50,7 +50,17 @@ def fit_tensor(src: torch.Tensor, shape: Sequence[int], name: str = "tensor") ->
     if (len(shape) == 4 and src.dim() >= 1 and src.shape[-1] == math.prod(shape[1:])
             and math.prod(src.shape[:-1]) == shape[0]):
         return src.reshape(shape)
+    if src.dim() == 4 and len(shape) == 4 and src.shape[1] < shape[1] and (src.shape[0], *src.shape[2:]) == (
+            shape[0], *shape[2:]):
+        return widen_input(src, shape[1])
     raise ValueError(f"{name}: shape {tuple(src.shape)} does not fit the parameter's {tuple(shape)}")
+
+
+def widen_input(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Early fusion (RGB-D): a first-conv weight with extra input channels whose filters start at
+    zero, so the widened net computes exactly what the RGB net did until training uses depth."""
+    extra = weight.new_zeros(weight.shape[0], in_channels - weight.shape[1], *weight.shape[2:])
+    return torch.cat([weight, extra], dim=1)
 
 
 def _strip(shape: Sequence[int]) -> tuple[int, ...]:

@@ -1,0 +1,56 @@
+"""Pieces the sub-commands share: config lookup, device choice, dataset from a checkpoint."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def resolve_config(name: str) -> Path:
+    """A config path, or a bare name of a config shipped in ``fcnseg/configs`` (``camvid-fcn8s``)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    for cand in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
+        if cand.is_file():
+            return cand
+    shipped = sorted(c.stem for c in CONFIG_DIR.glob("*.yaml"))
+    raise ConfigError(f"config not found: {name} (shipped configs: {', '.join(shipped)})")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device: unknown device {name!r}") from None
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+
+
+def dataset_from_checkpoint(ckpt: dict, dataset: str | None, root: str | None, split: str | None,
+                            skip_bad: bool = False, resize: float | None = None):
+    """Build the split to score: explicit arguments win over the checkpoint's own run config."""
+    from ..data import Resize, build_dataset
+
+    run = ckpt.get("run_config") or {}
+    data = run.get("data", {})
+    name = dataset or data.get("dataset")
+    root = root or data.get("root")
+    split = split or data.get("val_split") or "val"
+    resize = resize if resize is not None else data.get("resize")
+    if not name or not root:
+        raise ConfigError("say which data to use: --dataset NAME --root DIR (the checkpoint does not record it)")
+    opts = dict(data.get("options") or {}) if name == data.get("dataset") else {}
+    transform = Resize(scale=1 / resize) if resize and resize != 1 else None
+    return build_dataset(name, root, split, transform=transform, skip_bad=skip_bad, **opts)

@@ -1,0 +1,43 @@
+"""``fcnseg eval``: score a checkpoint; table on stdout, metrics.json and confusion.png on disk."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import add_device, dataset_from_checkpoint, pick_device
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by fcnseg train")
+    p.add_argument("--dataset", help="dataset name (default: the one the checkpoint was trained on)")
+    p.add_argument("--root", help="dataset folder (default: the checkpoint's)")
+    p.add_argument("--split", help="split to score (default: the checkpoint's val split)")
+    p.add_argument("--resize", type=float, help="downscale factor of the images (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (padded with void)")
+    p.add_argument("--out", help="folder for metrics.json and confusion.png (default: beside the checkpoint)")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable items with a warning")
+    p.add_argument("--no-progress", action="store_true")
+    add_device(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine.checkpoint import model_from_checkpoint
+    from ..engine.evaluate import evaluate, format_table, save_metrics
+    from ..engine.visualize import plot_confusion
+
+    device = pick_device(args.device)
+    model, ckpt = model_from_checkpoint(args.checkpoint, map_location="cpu")
+    data = dataset_from_checkpoint(ckpt, args.dataset, args.root, args.split, args.skip_bad, args.resize)
+    metrics = evaluate(model.to(device), data, device=device, batch_size=args.batch_size,
+                       exclude=getattr(data, "exclude_from_means", None), progress=not args.no_progress)
+    print(format_table(metrics, data.classes))
+    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent
+    save_metrics(metrics, out / "metrics.json")
+    if "confusion" in metrics:
+        plot_confusion(metrics["confusion"], data.classes, out / "confusion.png")
+    t = metrics.get("timing", {})
+    if t:
+        print(f"time: data {t.get('data', 0):.1f} s, model {t.get('model', 0):.1f} s, "
+              f"metrics {t.get('metrics', 0):.2f} s")
+    print(f"wrote {out / 'metrics.json'}")
+    return 0
