@@ -1,0 +1,240 @@
+"""Evaluate a model on a dataset: the paper's metrics, per class, per head, with a time split."""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..errors import ConfigError
+from .metrics import METRIC_NAMES, ConfusionMatrix
+
+__all__ = ["evaluate", "format_table", "save_metrics", "model_heads"]
+
+Exclude = Iterable[int] | Mapping[str, Iterable[int]] | None
+
+
+def model_heads(model: nn.Module) -> dict[str, int]:
+    """Head name → number of classes (``{"out": K}`` for a single-task net)."""
+    heads = getattr(model, "heads", None)
+    if isinstance(heads, Mapping) and heads:
+        return {str(h): int(k) for h, k in heads.items()}
+    k = getattr(model, "num_classes", None)
+    if isinstance(k, int):
+        return {"out": k}
+    raise ConfigError(f"cannot tell the number of classes of {type(model).__name__} (no .heads/.num_classes)")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel / DataParallel wrapper (evaluated directly)."""
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, nn.Module) and not hasattr(model, "preprocessing") else model
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _per_head_exclude(exclude: Exclude, heads: dict[str, int]) -> dict[str, list[int]]:
+    if exclude is None:
+        return {h: [] for h in heads}
+    if isinstance(exclude, Mapping):
+        unknown = set(exclude) - set(heads)
+        if unknown:
+            raise ConfigError(f"exclude names unknown heads {sorted(unknown)}; model heads: {sorted(heads)}")
+        return {h: [int(c) for c in exclude.get(h, ())] for h in heads}
+    if len(heads) > 1:
+        raise ConfigError(f"exclude for a multi-head model must be a dict head -> classes (heads: {sorted(heads)})")
+    return {h: [int(c) for c in exclude] for h in heads}
+
+
+def _labels_by_head(labels: Any, heads: dict[str, int], label_key: str | None) -> dict[str, torch.Tensor]:
+    if isinstance(labels, Mapping):
+        if list(heads) == ["out"]:
+            if label_key is None and len(labels) == 1:
+                label_key = next(iter(labels))
+            if label_key not in labels:
+                raise ConfigError(f"dataset labels are a dict with keys {sorted(labels)}; the model has one "
+                                  f"head: pass label_key= to pick one")
+            return {"out": labels[label_key]}
+        missing = [h for h in heads if h not in labels]
+        if missing:
+            raise ConfigError(f"model heads {missing} have no labels; dataset label keys: {sorted(labels)}")
+        return {h: labels[h] for h in heads}
+    if list(heads) != ["out"]:
+        raise ConfigError(f"model has heads {sorted(heads)} but the dataset gives a single label map")
+    return {"out": labels}
+
+
+def _check_classes(dataset: Dataset, heads: dict[str, int]) -> None:
+    k = getattr(dataset, "num_classes", None)
+    if list(heads) == ["out"] and isinstance(k, int) and k > 0 and k != heads["out"]:
+        raise ConfigError(f"model predicts {heads['out']} classes but dataset "
+                          f"{getattr(dataset, 'name', type(dataset).__name__)} has {k}")
+
+
+def evaluate(model: nn.Module, dataset: Dataset, *, device: str | torch.device = "cpu", batch_size: int = 1,
+             workers: int = 0, exclude: Exclude = None,
+             reducer: Callable[[torch.Tensor], torch.Tensor | None] | None = None,
+             sampler: Sampler | None = None, progress: bool = True, label_key: str | None = None,
+             collate_fn: Callable | None = None) -> dict:
+    """Score ``model`` on ``dataset`` (items: RGB 0–255 image, int64 label with void 255).
+
+    Images keep their size (batch 1 by default); larger batches are padded with void labels by
+    ``fcnseg.data.collate_pad`` so padding is never counted (the model still sees the padded image).
+    Confusion matrices accumulate on ``device``; ``reducer`` (e.g. ``distributed.all_reduce_sum``) sums
+    them across processes, each rank evaluating its ``sampler`` shard.
+
+    Returns the metrics of :func:`fcnseg.engine.metrics.compute_metrics` (fractions 0–1) — for a
+    multi-head model one such dict per head name — plus ``images`` and ``timing`` (seconds spent waiting
+    for data, in the model incl. preprocessing and argmax, and accumulating metrics; ``total``).
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device)
+    model = _unwrap(model)
+    heads = model_heads(model)
+    _check_classes(dataset, heads)
+    excl = _per_head_exclude(exclude, heads)
+    ignore = int(getattr(dataset, "ignore_index", 255))
+    if collate_fn is None and batch_size > 1:
+        from ..data import collate_pad
+
+        collate_fn = functools.partial(collate_pad, ignore_index=ignore)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=workers,
+                        collate_fn=collate_fn, pin_memory=device.type == "cuda")
+    cms = {h: ConfusionMatrix(k, device, ignore) for h, k in heads.items()}
+    timing = {"data": 0.0, "model": 0.0, "metrics": 0.0}
+    images = 0
+    was_training = model.training
+    model.to(device).eval()
+    bar = _progress(len(loader), progress)
+    start = tick = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            for batch in loader:
+                image, labels = batch[0], batch[1]
+                image = image.to(device, non_blocking=True)
+                labels = {h: v.to(device, non_blocking=True)
+                          for h, v in _labels_by_head(labels, heads, label_key).items()}
+                t0 = time.perf_counter()
+                timing["data"] += t0 - tick
+                out = model(model.preprocessing(image))
+                outs = out if isinstance(out, dict) else {"out": out}
+                preds = {h: outs[h].argmax(1) for h in heads}
+                _sync(device)
+                t1 = time.perf_counter()
+                timing["model"] += t1 - t0
+                for h, cm in cms.items():
+                    cm.update(preds[h], labels[h])
+                _sync(device)
+                tick = time.perf_counter()
+                timing["metrics"] += tick - t1
+                images += image.shape[0]
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        model.train(was_training)
+    t0 = time.perf_counter()
+    results = {h: cm.all_reduce(reducer).compute(excl[h]) for h, cm in cms.items()}
+    timing["metrics"] += time.perf_counter() - t0
+    timing["total"] = time.perf_counter() - start
+    out = dict(results["out"]) if list(results) == ["out"] else dict(results)
+    out["images"] = images
+    out["timing"] = timing
+    return out
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="eval", unit="batch", leave=False, file=sys.stderr, dynamic_ncols=True)
+
+
+def _pct(x: float) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
+
+
+def _head_table(m: Mapping, names: Sequence[str] | None) -> list[str]:
+    lines = ["  ".join(f"{v:>10}" for v in METRIC_NAMES.values()),
+             "  ".join(f"{_pct(m[k]):>10}" for k in METRIC_NAMES)]
+    iu, acc = m.get("per_class_iu"), m.get("per_class_accuracy")
+    if iu is None:
+        return lines
+    k = len(iu)
+    names = list(names) if names is not None else [str(i) for i in range(k)]
+    if len(names) != k:
+        raise ValueError(f"{len(names)} class names for {k} classes")
+    width = max(12, max(len(n) for n in names) + 2)
+    pixels = m.get("class_pixels") or [0] * k
+    excluded = set(m.get("excluded", ()))
+    lines += ["", f"{'class':<{width}}{'IU':>8}{'acc.':>8}{'pixels':>14}"]
+    for i, name in enumerate(names):
+        note = "  (excluded)" if i in excluded else ""
+        lines.append(f"{name:<{width}}{_pct(iu[i]):>8}{_pct(acc[i]):>8}{pixels[i]:>14}{note}")
+    return lines
+
+
+def format_table(metrics: Mapping, class_names: Sequence[str] | Mapping[str, Sequence[str]] | None = None) -> str:
+    """Text table: the four metrics and per-class IU / accuracy, in percent ("-" where undefined).
+
+    For multi-head results ``class_names`` may be a dict head → names.
+    """
+    if "mean_iu" in metrics:
+        lines = _head_table(metrics, class_names)
+    else:
+        lines = []
+        for head, m in metrics.items():
+            if isinstance(m, Mapping) and "mean_iu" in m:
+                names = class_names.get(head) if isinstance(class_names, Mapping) else None
+                lines += ([""] if lines else []) + [f"[{head}]"] + _head_table(m, names)
+    t = metrics.get("timing")
+    if isinstance(t, Mapping):
+        lines += ["", f"{metrics.get('images', '?')} images in {t.get('total', 0):.1f} s: data "
+                      f"{t.get('data', 0):.1f} s, model {t.get('model', 0):.1f} s, metrics {t.get('metrics', 0):.1f} s"]
+    return "\n".join(lines)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return _jsonable(x.tolist())
+    if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):
+        return _jsonable(x.tolist())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def save_metrics(metrics: Mapping, path: str | os.PathLike) -> Path:
+    """Write metrics as JSON (NaN → null), atomically; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_jsonable(metrics), indent=1)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
