@@ -1,0 +1,100 @@
+"""Training logs: CSV (``out/log.csv``), optional TensorBoard, and SIGINT/SIGTERM handling."""
+from __future__ import annotations
+
+import csv
+import signal
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CsvLog", "TensorBoard", "StopRequest", "LOG_FIELDS"]
+
+LOG_FIELDS = ("iter", "epoch", "loss", "lr", "img_per_s", "elapsed")
+
+
+class CsvLog:
+    """Appends rows to a CSV; on resume rows beyond the resumed iteration are dropped first."""
+
+    def __init__(self, path: str | Path, resume_iter: int | None = None, fields: tuple[str, ...] = LOG_FIELDS):
+        self.path, self.fields = Path(path), fields
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        rows: list[dict] = []
+        if resume_iter is not None and self.path.is_file():
+            with self.path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if _int(r.get("iter")) <= resume_iter]
+        with self.path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+
+    def write(self, row: dict[str, Any]) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore").writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def _int(v: Any) -> int:
+    try:
+        return int(float(v))
+    except (TypeError, ValueError):
+        return 1 << 62
+
+
+class TensorBoard:
+    """``SummaryWriter`` when tensorboard is installed and wanted, else a silent no-op."""
+
+    def __init__(self, logdir: str | Path, enabled: bool) -> None:
+        self.writer = None
+        if not enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # tensorboard not installed
+            warnings.warn("train.tensorboard is on but tensorboard is not installed; logging to CSV only",
+                          stacklevel=2)
+            return
+        self.writer = SummaryWriter(str(logdir))
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class StopRequest:
+    """SIGINT/SIGTERM set a flag the loop checks after each step; a second signal aborts at once.
+
+    Installed only in the main thread; previous handlers come back on exit.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self.handle)
+        return self
+
+    def handle(self, signum: int, frame: Any = None) -> None:
+        if self.requested:  # second signal: give up without saving
+            self.__exit__()
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+        print(f"\n{self.signal_name} received: finishing this step and saving a checkpoint "
+              "(send again to abort without saving)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, prev in self._previous.items():
+            signal.signal(sig, prev)
+        self._previous = {}

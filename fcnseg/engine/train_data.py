@@ -1,0 +1,242 @@
+"""Training data: transforms from the config, a resumable world-size-independent batch sampler,
+per-item seeded augmentation, and the frozen-trunk feature cache.
+
+Determinism: the global batch of step ``t`` is a fixed function of (seed, t) — epoch ``e`` is a
+seeded permutation, step ``t`` takes its next ``batch_size`` positions — and every item's random
+augmentation (and patch-sampling mask) is drawn from a seed derived from (seed, epoch, position).
+So a resumed run, any ``data.workers`` and any world size see the same images, the same way.
+Rank ``r`` of ``W`` takes the ``r``-th contiguous slice of each global batch (the union over ranks
+is what ``DistributedSampler`` + ``set_epoch`` would give for a step, but resumable mid-epoch).
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..config import DataConfig
+from ..models import FCN
+from ..models.preprocessing import Preprocessing
+from .losses import apply_patch_sampling
+
+__all__ = ["build_transform", "is_deterministic", "First", "Transformed", "GlobalBatchSampler", "SeededItems",
+           "collate_seeded", "FeatureCache", "item_seed", "fill_value"]
+
+
+def item_seed(seed: int, epoch: int, position: int, salt: str = "") -> int:
+    """A 63-bit seed from (seed, epoch, position) (stable across processes and platforms)."""
+    h = hashlib.blake2b(f"{seed}:{epoch}:{position}:{salt}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") >> 1
+
+
+def fill_value(pre: Preprocessing) -> list[float]:
+    """RGB 0–255 values that preprocess to 0 (padding of random crops)."""
+    mean = list(pre.mean[:3])
+    if pre.bgr:
+        mean = mean[::-1]
+    return [m / pre.scale for m in mean] + [m / pre.scale for m in pre.mean[3:]]
+
+
+def is_deterministic(d: DataConfig) -> bool:
+    """Whether the training transforms are deterministic (only ``resize``)."""
+    scale = d.scale_range is not None and list(d.scale_range) != [1, 1]
+    return not (scale or d.crop or d.flip or d.jitter)
+
+
+def build_transform(d: DataConfig, pre: Preprocessing, train: bool):
+    """Resize (train and val), then for training random scale, crop, flip, jitter as configured."""
+    from ..data import transforms as T
+
+    ts: list[Any] = []
+    if d.resize and d.resize != 1:
+        ts.append(T.Resize(scale=1.0 / d.resize))
+    if train:
+        if d.scale_range is not None and list(d.scale_range) != [1, 1]:
+            ts.append(T.RandomScale(float(d.scale_range[0]), float(d.scale_range[1])))
+        if d.crop:
+            ts.append(T.RandomCrop(tuple(d.crop) if isinstance(d.crop, list) else int(d.crop), fill=fill_value(pre)))
+        if d.flip:
+            ts.append(T.RandomHorizontalFlip())
+        if d.jitter:
+            ts.append(T.ColorJitter(d.jitter, d.jitter, d.jitter))
+    return T.Compose(ts) if ts else None
+
+
+class _Wrapper(Dataset):
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __getattr__(self, name: str) -> Any:  # classes, num_classes, palette, ... of the wrapped set
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+class First(_Wrapper):
+    """The first ``n`` items of a dataset (``data.max_items``)."""
+
+    def __init__(self, dataset: Any, n: int) -> None:
+        super().__init__(dataset)
+        self.n = min(n, len(dataset))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.dataset[i]
+
+    def load_label(self, i: int):
+        if hasattr(self.dataset, "load_label"):
+            return self.dataset.load_label(i)
+        return self.dataset[i][1]
+
+
+class Transformed(_Wrapper):
+    """Apply a joint ``(image, label)`` transform to every item."""
+
+    def __init__(self, dataset: Any, transform) -> None:
+        super().__init__(dataset)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        image, label = self.dataset[i]
+        return self.transform(image, label) if self.transform is not None else (image, label)
+
+
+class SeededItems(Dataset):
+    """Index with ``(index, seed)``: the item, transformed under that seed, patch-sampled; RNGs restored."""
+
+    def __init__(self, dataset: Any, transform=None, patch_p: float = 1.0) -> None:
+        self.dataset, self.transform, self.patch_p = dataset, transform, patch_p
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                random.seed(seed)
+                np.random.seed(seed % (1 << 32))
+                image, label = self.dataset[index]
+                if self.transform is not None:
+                    image, label = self.transform(image, label)
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+        label = patch_sample(label, self.patch_p, seed)
+        return image, label, seed
+
+
+def patch_sample(label: Any, p: float, seed: int) -> Any:
+    """The item's patch-sampling mask, drawn from its own seed."""
+    if p >= 1.0:
+        return label
+    return apply_patch_sampling(label, p, torch.Generator().manual_seed(seed ^ 0x5A5A5A5A))
+
+
+def collate_seeded(items: Sequence[tuple[torch.Tensor, Any, int]]):
+    """``collate_pad`` of (image, label) plus the items' seeds."""
+    from ..data import collate_pad
+
+    images, labels = collate_pad([(im, lab) for im, lab, _ in items])
+    return images, labels, torch.tensor([s for _, _, s in items], dtype=torch.int64)
+
+
+class GlobalBatchSampler:
+    """Yields this rank's micro-batches ``[(index, seed), ...]`` for steps ``start .. total-1``.
+
+    Each step's global batch of ``batch_size`` items is split into ``world_size`` contiguous
+    rank slices, each into ``accumulate`` micro-batches. Epochs drop the last partial batch.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, *, start_step: int = 0, total_steps: int,
+                 rank: int = 0, world_size: int = 1, accumulate: int = 1) -> None:
+        if num_items < batch_size:
+            raise ValueError(f"data.batch_size {batch_size} is larger than the training set ({num_items} items)")
+        if batch_size % (world_size * accumulate):
+            raise ValueError(f"data.batch_size {batch_size} (global) is not divisible by world size {world_size}"
+                             f" × train.accumulate {accumulate}")
+        self.n, self.batch, self.seed = num_items, batch_size, seed
+        self.start, self.total = start_step, total_steps
+        self.rank, self.world, self.accumulate = rank, world_size, accumulate
+        self.micro = batch_size // (world_size * accumulate)
+        self.steps_per_epoch = num_items // batch_size
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start) * self.accumulate
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if self._perm is None or self._perm[0] != epoch:
+            g = torch.Generator().manual_seed(item_seed(self.seed, epoch, -1, "perm"))
+            self._perm = (epoch, torch.randperm(self.n, generator=g))
+        return self._perm[1]
+
+    def global_batch(self, step: int) -> list[tuple[int, int]]:
+        epoch, k = divmod(step, self.steps_per_epoch)
+        perm = self.permutation(epoch)
+        pos = range(k * self.batch, (k + 1) * self.batch)
+        return [(int(perm[p]), item_seed(self.seed, epoch, p)) for p in pos]
+
+    def step_micro_batches(self, step: int) -> list[list[tuple[int, int]]]:
+        g = self.global_batch(step)
+        per_rank = self.batch // self.world
+        mine = g[self.rank * per_rank:(self.rank + 1) * per_rank]
+        return [mine[m * self.micro:(m + 1) * self.micro] for m in range(self.accumulate)]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.start, self.total):
+            yield from self.step_micro_batches(step)
+
+
+class FeatureCache:
+    """Outputs of the frozen trunk prefix for every item, computed once (``train.cache_features``).
+
+    ``taps``: the model's taps inside the frozen prefix plus the prefix's last stage output, so
+    ``model(x, features=...)`` resumes the backbone right after it. Needs deterministic transforms.
+    """
+
+    def __init__(self, model: FCN, dataset: Any, frozen: list[str], device: torch.device, transform=None) -> None:
+        bb = model.backbone
+        names = list(bb.stages.keys())
+        last = max(frozen, key=names.index)
+        self.taps = sorted({t for t in model.tap_names if t in frozen} | {last}, key=names.index)
+        self.items: list[tuple[dict[str, torch.Tensor], Any]] = []
+        was = bb.training
+        bb.eval()
+        with torch.no_grad():
+            for i in range(len(dataset)):
+                image, label = dataset[i]
+                if transform is not None:
+                    image, label = transform(image, label)
+                x = model.preprocessing(image[None].to(device))
+                feats = bb(x, set(self.taps))
+                self.items.append(({k: v[0].cpu() for k, v in feats.items()}, label, tuple(image.shape[-2:])))
+        bb.train(was)
+        self.nbytes = sum(v.numel() * v.element_size() for f, _, _ in self.items for v in f.values())
+
+    def uniform(self) -> bool:
+        return len({hw for _, _, hw in self.items}) == 1
+
+    def batch(self, keys: list[tuple[int, int]], patch_p: float):
+        """(size-only input, features, labels) for the micro-batch ``[(index, seed), ...]``."""
+        feats = {t: torch.stack([self.items[i][0][t] for i, _ in keys]) for t in self.taps}
+        labels = [patch_sample(self.items[i][1], patch_p, s) for i, s in keys]
+        if isinstance(labels[0], dict):
+            lab: Any = {k: torch.stack([lb[k] for lb in labels]) for k in labels[0]}
+        else:
+            lab = torch.stack(labels)
+        h, w = self.items[keys[0][0]][2]
+        return torch.empty(len(keys), 0, h, w), feats, lab

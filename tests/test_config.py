@@ -1,0 +1,117 @@
+"""Run configuration: YAML + overrides → dataclasses, presets, one-line errors."""
+import pytest
+
+from fcnseg.config import CAFFE_LR, RunConfig, apply_preset, load_config
+from fcnseg.errors import ConfigError
+
+
+def write(tmp_path, text, name="run.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_defaults_resolve_without_a_file():
+    cfg = load_config()
+    assert cfg.train.preset == "none" and cfg.train.optimizer == "sgd" and cfg.train.schedule == "constant"
+    assert cfg.data.batch_size == 1 and cfg.train.iterations == 1000 and cfg.train.loss_reduction == "mean"
+    assert cfg.train.bias_lr_mult == 2.0 and cfg.data.flip is False and cfg.train.accumulate == 1
+
+
+@pytest.mark.parametrize("name,lr", [("fcn32s", 1e-10), ("fcn16s", 1e-12), ("fcn8s", 1e-14), ("fcn8s-atonce", 1e-10)])
+def test_caffe_preset_matches_reference_solvers(name, lr):
+    cfg = load_config(None, ["train.preset=caffe", f"model.name={name}"])
+    t, d = cfg.train, cfg.data
+    assert t.lr == lr == CAFFE_LR[name]
+    assert (t.optimizer, t.momentum, t.weight_decay, t.schedule, t.loss_reduction) == \
+        ("sgd", 0.99, 5e-4, "constant", "sum")
+    assert d.batch_size == 1 and not d.flip and not d.crop and d.scale_range is None and t.bias_lr_mult == 2.0
+    assert t.iterations == (300000 if name == "fcn8s-atonce" else 100000)
+
+
+def test_caffe_alexnet_uses_its_solver():
+    cfg = load_config(None, ["train.preset=caffe", "model.name=fcn32s@alexnet"])
+    assert (cfg.train.lr, cfg.train.momentum, cfg.train.accumulate, cfg.data.batch_size) == (1e-4, 0.9, 20, 20)
+
+
+def test_explicit_values_win_over_preset(tmp_path):
+    p = write(tmp_path, "train:\n  preset: caffe\n  lr: 1e-9\n  epochs: 3\ndata:\n  batch_size: 4\n")
+    cfg = load_config(p, ["train.momentum=0.95"])
+    assert cfg.train.lr == 1e-9 and cfg.train.momentum == 0.95 and cfg.data.batch_size == 4
+    assert cfg.train.epochs == 3 and cfg.train.iterations is None  # preset length not forced on top
+    assert cfg.train.weight_decay == 5e-4  # still the preset's
+
+
+def test_modern_preset_and_adamw():
+    cfg = load_config(None, ["train.preset=modern"])
+    assert (cfg.train.schedule, cfg.train.loss_reduction, cfg.data.flip, cfg.data.scale_range) == \
+        ("poly", "mean", True, [0.5, 2.0])
+    assert cfg.data.batch_size == 8 and cfg.train.lr == 1e-3 and cfg.train.epochs == 50
+    cfg = load_config(None, ["train.preset=modern", "train.optimizer=adamw"])
+    assert cfg.train.lr == 1e-4 and cfg.train.weight_decay == 1e-2
+
+
+def test_overrides_use_yaml_scalars_and_accept_1e_minus_4():
+    cfg = load_config(None, ["train.lr=1e-4", "data.scale_range=[0.5, 1.5]", "data.val_split=null",
+                             "model.num_classes=21", "data.options.task=semantic", "out=/tmp/x", "train.amp=false"])
+    assert cfg.train.lr == 1e-4 and isinstance(cfg.train.lr, float)
+    assert cfg.data.scale_range == [0.5, 1.5] and cfg.data.val_split is None and cfg.model.num_classes == 21
+    assert cfg.data.options == {"task": "semantic"} and cfg.out == "/tmp/x" and cfg.train.amp == "off"
+
+
+def test_yaml_string_float_is_coerced(tmp_path):
+    cfg = load_config(write(tmp_path, "train:\n  lr: 1e-4\n  iterations: 10\n"))
+    assert cfg.train.lr == 1e-4 and cfg.train.iterations == 10
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    p = write(tmp_path, "train:\n  lrr: 1\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml.*'train\.lrr'") as e:
+        load_config(p)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"override 'data\.bogus=1'.*'data\.bogus'"):
+        load_config(None, ["data.bogus=1"])
+    with pytest.raises(ConfigError, match="unknown key 'optim'"):
+        load_config(None, ["optim=1"])
+
+
+def test_malformed_yaml_and_bad_types(tmp_path):
+    with pytest.raises(ConfigError, match=r"bad\.yaml: malformed YAML at line \d+"):
+        load_config(write(tmp_path, "train:\n  lr: [1, 2\n", "bad.yaml"))
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(write(tmp_path, "- 1\n", "list.yaml"))
+    with pytest.raises(ConfigError, match=r"'train\.iterations' expects int, got 'ten'"):
+        load_config(None, ["train.iterations=ten"])
+    with pytest.raises(ConfigError, match="'model' must be a mapping"):
+        load_config(write(tmp_path, "model: 3\n", "m.yaml"))
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="must look like"):
+        load_config(None, ["train.lr"])
+
+
+@pytest.mark.parametrize("override,match", [
+    ("train.preset=fast", "train.preset"), ("train.optimizer=adam", "train.optimizer"),
+    ("train.schedule=cosine", "train.schedule"), ("data.batch_size=0", "data.batch_size"),
+    ("train.patch_p=0", "patch_p"), ("train.amp=fp8", "train.amp"), ("data.resize=0.5", "downscale"),
+    ("train.schedule=step", "step_size"), ("train.class_weights=inverse", "class_weights"),
+    ("train.epochs=2 train.iterations=3", "only one of"),
+])
+def test_validation_errors(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, override.split())
+
+
+def test_batch_must_divide_by_accumulate():
+    with pytest.raises(ConfigError, match="divisible by train.accumulate"):
+        load_config(None, ["data.batch_size=3", "train.accumulate=2"])
+
+
+def test_to_dict_round_trip():
+    cfg = load_config(None, ["train.preset=caffe", "model.name=fcn16s", "data.options.task=both"])
+    d = cfg.to_dict()
+    assert d["train"]["lr"] == 1e-12 and d["data"]["options"] == {"task": "both"}
+    again = apply_preset(RunConfig.from_dict(d))
+    assert again == cfg
+    with pytest.raises(ConfigError, match="unknown key 'model.nam'"):
+        RunConfig.from_dict({"model": {"nam": 1}})

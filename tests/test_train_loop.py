@@ -1,0 +1,296 @@
+"""The training loop on tiny CamVid-layout data: logs, checkpoints, exact resume, SIGINT, SIGKILL,
+non-finite losses, frozen-trunk feature cache, staged initialisation, accumulation, multi-head."""
+import math
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fcnseg import create_model
+from fcnseg.config import load_config
+from fcnseg.data import build_dataset
+from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from fcnseg.engine.train import train
+from fcnseg.engine.train_model import init_from_checkpoint
+from fcnseg.errors import FcnsegError
+
+H, W = 32, 40
+
+
+def make_camvid(root: Path, n_train: int = 8, n_val: int = 3, seed: int = 0) -> Path:
+    """Blocky random scenes in the SegNet CamVid layout (classes 0..10, 11 = void)."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        (root / f"{split}annot").mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            lab = np.kron(rng.integers(0, 12, (H // 8, W // 8)), np.ones((8, 8), np.int64)).astype(np.uint8)
+            img = (lab[..., None] * np.array([20, 7, 13]) + rng.integers(0, 30, (H, W, 3))).clip(0, 255)
+            Image.fromarray(img.astype(np.uint8)).save(root / split / f"{i:03d}.png")
+            Image.fromarray(lab).save(root / f"{split}annot" / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return make_camvid(tmp_path_factory.mktemp("camvid"))
+
+
+BASE = ["data.dataset=camvid", "model.name=fcn8s", "model.width=0.0625", "model.fc_channels=64",
+        "model.alignment=same", "train.progress=false", "train.eval_every=0", "train.log_every=1",
+        "data.batch_size=2", "train.lr=1e-3", "train.iterations=4", "data.val_split=null"]
+
+
+def cfg_for(root, out, *extra):
+    return load_config(None, [*BASE, f"data.root={root}", f"out={out}", *extra])
+
+
+def weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    diff = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not diff, f"differ: {diff[:5]}"
+
+
+class Wrap(torch.utils.data.Dataset):
+    """Forwards to a dataset; ``hook(call_number, item)`` may alter the item or raise a signal."""
+
+    def __init__(self, ds, hook):
+        self.ds, self.hook, self.calls = ds, hook, 0
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        self.calls += 1
+        return self.hook(self.calls, self.ds[i])
+
+    def __getattr__(self, name):
+        if name in ("ds", "hook", "calls"):
+            raise AttributeError(name)
+        return getattr(self.ds, name)
+
+
+def test_run_writes_log_checkpoints_and_evaluates(data_root, tmp_path):
+    pytest.importorskip("fcnseg.engine.evaluate")
+    out = tmp_path / "run"
+    cfg = cfg_for(data_root, out, "data.val_split=val", "train.eval_every=2", "train.checkpoint_every=2",
+                  "train.class_weights=median-frequency", "train.tensorboard=true", "train.amp=fp16",
+                  "train.channels_last=true", "train.deterministic=true")
+    with pytest.warns(UserWarning) as rec:
+        res = train(cfg)
+    msgs = " ".join(str(w.message) for w in rec)
+    if "tensorboard" not in sys.modules:
+        assert "tensorboard is not installed" in msgs
+    assert "CUDA only" in msgs
+    assert res["iterations"] == 4 and not res["interrupted"] and math.isfinite(res["loss"])
+    assert res["best_checkpoint"] and 0 <= res["best_mean_iu"] <= 1 and "mean_iu" in res["metrics"]
+    rows = (out / "log.csv").read_text().splitlines()
+    assert rows[0] == "iter,epoch,loss,lr,img_per_s,elapsed" and len(rows) == 5
+    assert (out / "eval.csv").read_text().count("\n") == 3 and (out / "config.yaml").is_file()
+    model, ckpt = model_from_checkpoint(out / "last.pt")
+    assert ckpt["iteration"] == 4 and ckpt["run_config"]["train"]["lr"] == 1e-3 and ckpt["world_size"] == 1
+    assert model.config["name"] == "fcn8s" and set(ckpt["optimizer"]) == {"state", "param_groups"}
+    assert load_checkpoint(out / "best.pt")["best_mean_iu"] == res["best_mean_iu"]
+    assert not torch.are_deterministic_algorithms_enabled()  # global flags restored
+
+
+AUGMENTED = ["train.schedule=poly", "train.momentum=0.9", "data.flip=true", "data.crop=24",
+             "data.scale_range=[0.75, 1.25]", "data.jitter=0.2", "train.patch_p=0.7", "train.iterations=6",
+             "train.checkpoint_every=100"]
+
+
+def test_sigint_saves_and_resume_is_bit_identical(data_root, tmp_path, capsys):
+    """Train 2K straight == train K (stopped by SIGINT), resume, train the rest: same weights exactly
+    (dropout, random augmentation, patch sampling, momentum and a poly schedule all in play)."""
+    ref = train(cfg_for(data_root, tmp_path / "ref", *AUGMENTED))
+    ds = build_dataset("camvid", data_root, "train")
+
+    def sigint_at_step_4(call, item):  # 2 items per step: call 7 is loaded by step 4
+        if call == 7:
+            signal.raise_signal(signal.SIGINT)
+        return item
+
+    cut = train(cfg_for(data_root, tmp_path / "cut", *AUGMENTED), train_set=Wrap(ds, sigint_at_step_4))
+    assert cut["interrupted"] and cut["iterations"] == 3 + 1
+    assert "stopped at iteration 4/6" in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["iteration"] == 4
+    done = train(cfg_for(data_root, tmp_path / "cut", *AUGMENTED, "train.resume=auto"))
+    assert done["iterations"] == 6 and not done["interrupted"]
+    assert_same(weights(tmp_path / "ref" / "last.pt"), weights(tmp_path / "cut" / "last.pt"))
+    assert ref["loss"] == done["loss"]
+    iters = [r.split(",")[0] for r in (tmp_path / "cut" / "log.csv").read_text().splitlines()[1:]]
+    assert iters == ["1", "2", "3", "4", "5", "6"]
+
+
+_CHILD = r"""
+import sys, time, torch
+from fcnseg.config import load_config
+from fcnseg.data import build_dataset
+from fcnseg.engine.train import train
+
+class Slow(torch.utils.data.Dataset):
+    def __init__(self, ds): self.ds = ds
+    def __len__(self): return len(self.ds)
+    def __getitem__(self, i):
+        time.sleep(0.05)
+        return self.ds[i]
+    def __getattr__(self, n):
+        if n == "ds": raise AttributeError(n)
+        return getattr(self.ds, n)
+
+cfg = load_config(None, sys.argv[2:])
+train(cfg, train_set=Slow(build_dataset("camvid", sys.argv[1], "train")))
+"""
+
+
+def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(data_root, tmp_path):
+    args = [*BASE, *AUGMENTED, f"data.root={data_root}", "train.iterations=24", "train.checkpoint_every=3"]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(data_root), *args, f"out={out}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "last.pt").is_file():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+        time.sleep(random.uniform(0.0, 0.5))
+    finally:
+        proc.kill()
+        proc.wait()
+    saved = load_checkpoint(out / "last.pt")["iteration"]
+    assert saved % 3 == 0 and 3 <= saved < 24
+    res = train(load_config(None, [*args, f"out={out}", "train.resume=auto"]))
+    assert res["iterations"] == 24
+    train(load_config(None, [*args, f"out={tmp_path / 'whole'}"]))
+    assert_same(weights(tmp_path / "whole" / "last.pt"), weights(out / "last.pt"))
+
+
+def poison_step_4(call, item):  # the first item of step 4 holds an inf pixel
+    image, label = item
+    if call == 7:
+        image = image.clone()
+        image[:, 0, 0] = math.inf
+    return image, label
+
+
+def test_nonfinite_stop_keeps_last_good_checkpoint(data_root, tmp_path):
+    out = tmp_path / "nan"
+    ds = Wrap(build_dataset("camvid", data_root, "train"), poison_step_4)
+    cfg = cfg_for(data_root, out, "train.checkpoint_every=2", "train.iterations=6")
+    with pytest.raises(FcnsegError, match="non-finite loss at iteration 4") as e:
+        train(cfg, train_set=ds)
+    assert "\n" not in str(e.value) and "last.pt" in str(e.value)
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["iteration"] == 2 and not (out / "best.pt").exists()
+    assert [r.split(",")[0] for r in (out / "log.csv").read_text().splitlines()[1:]] == ["1", "2", "3"]
+
+
+def test_nonfinite_skip_warns_and_continues(data_root, tmp_path):
+    ds = Wrap(build_dataset("camvid", data_root, "train"), poison_step_4)
+    cfg = cfg_for(data_root, tmp_path / "skip", "train.nonfinite=skip", "train.iterations=6")
+    with pytest.warns(UserWarning, match="non-finite loss at iteration 4: step skipped"):
+        res = train(cfg, train_set=ds)
+    assert res["iterations"] == 6 and res["skipped_steps"] == 1
+    assert all(torch.isfinite(v).all() for v in weights(tmp_path / "skip" / "last.pt").values())
+
+
+def test_frozen_trunk_with_feature_cache_matches_uncached(data_root, tmp_path, capsys):
+    common = ["train.freeze_backbone=true", "data.resize=2", "model.dropout=0", "train.lr=1e-2"]
+    train(cfg_for(data_root, tmp_path / "cached", *common, "train.cache_features=true"))
+    assert "cached pool3/pool4/pool5 features of 8 images" in capsys.readouterr().err
+    train(cfg_for(data_root, tmp_path / "plain", *common))
+    a, b = weights(tmp_path / "cached" / "last.pt"), weights(tmp_path / "plain" / "last.pt")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    torch.manual_seed(1337)
+    init = create_model("fcn8s", 11, width=0.0625, fc_channels=64, alignment="same").state_dict()
+    trunk = [k for k in a if k.startswith("backbone.stages.") and not k.startswith("backbone.stages.fc7")]
+    assert trunk and all(torch.equal(a[k], init[k]) for k in trunk)
+    assert not torch.equal(a["backbone.stages.fc7.fc7.weight"], init["backbone.stages.fc7.fc7.weight"])
+
+
+def test_cache_needs_deterministic_transforms(data_root, tmp_path, capsys):
+    train(cfg_for(data_root, tmp_path / "r", "train.freeze_backbone=true", "train.cache_features=true",
+                  "data.flip=true", "train.iterations=1"))
+    assert "training transforms are random" in capsys.readouterr().err
+
+
+def test_staged_init_from_previous_stage(data_root, tmp_path):
+    train(cfg_for(data_root, tmp_path / "s32", "model.name=fcn32s", "train.iterations=2"))
+    path = tmp_path / "s32" / "last.pt"
+    m16 = create_model("fcn16s", 11, width=0.0625, fc_channels=64, alignment="same")
+    up_before = m16.upsample["out"][0].weight.clone()
+    copied, fresh = init_from_checkpoint(m16, str(path))
+    src = weights(path)
+    assert "score.out.fc7.weight" in copied and all(torch.equal(m16.state_dict()[k], src[k]) for k in copied)
+    assert "score.out.pool4.weight" in fresh and not m16.score["out"]["pool4"].weight.any()
+    assert torch.equal(m16.upsample["out"][0].weight, up_before)  # 2x kernel: not the 32x one
+    res = train(cfg_for(data_root, tmp_path / "s16", "model.name=fcn16s", f"model.init_from={path}",
+                        "train.iterations=1"))
+    assert res["iterations"] == 1
+
+
+def test_accumulation_and_global_normalisation(data_root, tmp_path):
+    """Batch 4 in one pass == batch 4 as 2 micro-batches (loss normalised by the global batch)."""
+    common = ["data.batch_size=4", "model.dropout=0", "train.patch_p=0.5", "data.flip=true",
+              "train.class_weights=[1,2,1,1,1,1,1,1,1,1,0.5]", "train.iterations=3"]
+    for red in ("mean", "sum"):
+        lr = "1e-3" if red == "mean" else "1e-6"
+        train(cfg_for(data_root, tmp_path / f"one-{red}", *common, f"train.loss_reduction={red}", f"train.lr={lr}"))
+        train(cfg_for(data_root, tmp_path / f"two-{red}", *common, f"train.loss_reduction={red}", f"train.lr={lr}",
+                      "train.accumulate=2"))
+        a, b = weights(tmp_path / f"one-{red}" / "last.pt"), weights(tmp_path / f"two-{red}" / "last.pt")
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+class TwoHeads(torch.utils.data.Dataset):
+    heads = {"semantic": 4, "geometric": 3}
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        return (torch.rand(3, H, W, generator=g) * 255,
+                {"semantic": torch.randint(0, 4, (H, W), generator=g),
+                 "geometric": torch.randint(0, 3, (H, W), generator=g)})
+
+
+def test_multi_head_training(tmp_path):
+    cfg = load_config(None, [*BASE, f"out={tmp_path}", "train.iterations=2", "train.patch_p=0.5"])
+    res = train(cfg, train_set=TwoHeads())
+    assert res["iterations"] == 2 and math.isfinite(res["loss"])
+    w = weights(tmp_path / "last.pt")
+    assert "score.semantic.fc7.weight" in w and "score.geometric.pool3.weight" in w
+
+
+def test_bad_setup_errors_are_one_line(data_root, tmp_path):
+    from fcnseg.errors import ConfigError, CheckpointError
+
+    with pytest.raises(ConfigError, match="larger than the training set"):
+        train(cfg_for(data_root, tmp_path / "a", "data.batch_size=16"))
+    with pytest.raises(ConfigError, match="data.root is not set"):
+        train(load_config(None, [*BASE, f"out={tmp_path / 'b'}"]))
+    with pytest.raises(CheckpointError, match="not found"):
+        train(cfg_for(data_root, tmp_path / "c", f"train.resume={tmp_path / 'none.pt'}"))
+    with pytest.raises(ConfigError, match="class_weights needs 11"):
+        train(cfg_for(data_root, tmp_path / "d", "train.class_weights=[1, 2]"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            train(cfg_for(data_root, tmp_path / "f", "train.device=cuda"))
+    with pytest.raises(ValueError, match="label value 42"):
+        train(cfg_for(data_root, tmp_path / "e"), train_set=Wrap(build_dataset("camvid", data_root, "train"),
+                                                                 lambda c, it: (it[0], it[1] * 0 + 42)))
