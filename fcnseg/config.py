@@ -42,6 +42,8 @@ class DataConfig:
     root: Union[str, None] = None
     train_split: str = "train"
     val_split: Union[str, None] = "val"       # None: no validation
+    val_dataset: Union[str, None] = None      # score on another dataset (SBD train → VOC seg11valid)
+    val_root: Union[str, None] = None
     options: dict = field(default_factory=dict)  # extra build_dataset options (e.g. task: semantic)
     resize: Union[float, None] = None         # downscale factor: 2 halves each side (train and val)
     scale_range: Union[list, None] = None     # preset; [lo, hi] random rescale

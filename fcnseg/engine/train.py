@@ -137,6 +137,10 @@ class _Run:
 
         # data
         self.train_raw, self.val_raw = self._datasets(train_set, val_set)
+        names = getattr(self.train_raw, "classes", None)   # recorded so predict can name and colour classes
+        self.class_names = list(names) if names is not None else None
+        palette = getattr(self.train_raw, "palette", None)
+        self.palette = palette.tolist() if hasattr(palette, "tolist") else palette
         self.classes = cfg.model.num_classes or dataset_classes(self.train_raw)
         self.heads = sorted(self.classes) if isinstance(self.classes, dict) else ["out"]
 
@@ -203,9 +207,9 @@ class _Run:
             if d.root is None:
                 raise ConfigError("data.root is not set (the dataset's folder)")
 
-            def build(split: str):
+            def build(split: str, name: str | None = None, root: str | None = None):
                 try:
-                    return build_dataset(d.dataset, d.root, split, skip_bad=d.skip_bad, **d.options)
+                    return build_dataset(name or d.dataset, root or d.root, split, skip_bad=d.skip_bad, **d.options)
                 except KeyError as e:
                     raise ConfigError(f"data.dataset: {e.args[0] if e.args else e}") from None
                 except TypeError as e:
@@ -214,7 +218,7 @@ class _Run:
             if train_set is None:
                 train_set = build(d.train_split)
             if val_set is None and d.val_split:
-                val_set = build(d.val_split)
+                val_set = build(d.val_split, d.val_dataset, d.val_root)
         if d.max_items:
             train_set = First(train_set, d.max_items)
             val_set = First(val_set, d.max_items) if val_set is not None else None
@@ -422,7 +426,8 @@ class _Run:
                                      "position": self.iteration * self.batch, "items": len(self.train_raw)},
                             run_config=self.cfg.to_dict(), best_mean_iu=self.best,
                             elapsed=self.elapsed0 + time.perf_counter() - self.t_start,
-                            metrics=_plain(self.metrics))
+                            metrics=_plain(self.metrics), classes=self.class_names,
+                            palette=self.palette)
         D.barrier()
         if name == "last.pt":
             self.last_good = path
