@@ -294,3 +294,35 @@ def test_bad_setup_errors_are_one_line(data_root, tmp_path):
     with pytest.raises(ValueError, match="label value 42"):
         train(cfg_for(data_root, tmp_path / "e"), train_set=Wrap(build_dataset("camvid", data_root, "train"),
                                                                  lambda c, it: (it[0], it[1] * 0 + 42)))
+
+
+def test_feature_cache_is_reused_only_for_the_same_frozen_trunk_and_data():
+    """A study training several heads on one frozen trunk computes the features once."""
+    import fcnseg
+    from fcnseg.data import Resize, build_dataset, sample_root
+    from fcnseg.engine.train_data import FeatureCache, First
+
+    data = First(build_dataset("camvid", sample_root(), "val"), 2)
+    small = dict(width=1 / 16, fc_channels=16)
+    frozen = ["pool1", "pool2", "pool3", "pool4", "pool5"]
+    a = fcnseg.create_model("fcn8s", 11, **small)
+    b = fcnseg.create_model("fcn32s", 11, **small)
+    b.backbone.load_state_dict(a.backbone.state_dict())
+    first = FeatureCache.reuse_or_build(a, data, frozen, torch.device("cpu"), Resize(scale=0.25))
+    again = FeatureCache.reuse_or_build(a, data, frozen, torch.device("cpu"), Resize(scale=0.25))
+    assert again is first
+    other_taps = FeatureCache.reuse_or_build(b, data, frozen, torch.device("cpu"), Resize(scale=0.25))
+    assert other_taps is first and other_taps.needed == ["pool5"]   # a subset of what is cached
+    c = fcnseg.create_model("pool4-only", 11, **small)
+    c.backbone.load_state_dict(a.backbone.state_dict(), strict=False)
+    sub = FeatureCache.reuse_or_build(c, data, frozen[:4], torch.device("cpu"), Resize(scale=0.25))
+    assert sub is first and sub.needed == ["pool4"]
+    _, feats, _ = sub.batch([(0, 0)], 1.0)
+    with torch.no_grad():
+        x = c.preprocessing(Resize(scale=0.25)(*data[0])[0][None])
+        assert torch.allclose(c(x), c(x, features=feats), atol=1e-5)
+    with torch.no_grad():
+        b.backbone.stages["pool1"].conv1_1.weight.add_(1.0)
+    changed = FeatureCache.reuse_or_build(b, data, frozen, torch.device("cpu"), Resize(scale=0.25))
+    assert changed is not first
+    FeatureCache._memo = None

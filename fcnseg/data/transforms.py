@@ -157,6 +157,9 @@ class Resize:
             raise ValueError("Resize: give exactly one of scale or size")
         self.scale, self.size = scale, size
 
+    def __repr__(self) -> str:
+        return f"Resize(scale={self.scale!r}, size={self.size!r})"
+
     def __call__(self, image: torch.Tensor, label: Any) -> Pair:
         h, w = image.shape[-2:]
         size = tuple(self.size) if self.size is not None else (max(1, round(h * self.scale)),

@@ -335,7 +335,8 @@ class _Run:
                       "(scale_range/crop/flip/jitter); not caching")
             return None
         t0 = time.perf_counter()
-        cache = FeatureCache(self.model, self.train_raw, frozen, self.device, build_transform(d, self.pre, True))
+        cache = FeatureCache.reuse_or_build(self.model, self.train_raw, frozen, self.device,
+                                            build_transform(d, self.pre, True))
         if not cache.uniform() and micro > 1:
             self._say("train.cache_features: images differ in size and micro-batches hold several; not caching")
             return None
@@ -453,7 +454,8 @@ class _Run:
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # evaluation must not shift the training RNG
             metrics = evaluate(self.model, val, device=self.device, batch_size=t.eval_batch_size, sampler=shard,
-                               reducer=D.all_reduce_sum if self.world > 1 else None, progress=False)
+                               reducer=D.all_reduce_sum if self.world > 1 else None, progress=False,
+                               exclude=getattr(self.val_raw, "exclude_from_means", None))
         self.model.train()
         keep_frozen_eval(self.model, self.frozen)
         return metrics

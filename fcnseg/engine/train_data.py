@@ -204,15 +204,20 @@ class GlobalBatchSampler:
 class FeatureCache:
     """Outputs of the frozen trunk prefix for every item, computed once (``train.cache_features``).
 
-    ``taps``: the model's taps inside the frozen prefix plus the prefix's last stage output, so
-    ``model(x, features=...)`` resumes the backbone right after it. Needs deterministic transforms.
+    It holds the frozen prefix's taps at stride ≥ 8 plus its last stage output, so
+    ``model(x, features=...)`` resumes the backbone right after the prefix. Needs deterministic
+    transforms. ``needed`` is what the current model reads (see :meth:`batch`).
     """
+
+    MIN_STRIDE = 8  # finer taps (pool1, pool2) are large and no FCN head reads them
 
     def __init__(self, model: FCN, dataset: Any, frozen: list[str], device: torch.device, transform=None) -> None:
         bb = model.backbone
         names = list(bb.stages.keys())
         last = max(frozen, key=names.index)
-        self.taps = sorted({t for t in model.tap_names if t in frozen} | {last}, key=names.index)
+        coarse = {t.name for t in bb.taps if t.name in frozen and t.stride >= self.MIN_STRIDE}
+        self.taps = sorted(coarse | {t for t in model.tap_names if t in frozen} | {last}, key=names.index)
+        self.needed = self.needed_taps(model, frozen)
         self.items: list[tuple[dict[str, torch.Tensor], Any]] = []
         was = bb.training
         bb.eval()
@@ -227,12 +232,46 @@ class FeatureCache:
         bb.train(was)
         self.nbytes = sum(v.numel() * v.element_size() for f, _, _ in self.items for v in f.values())
 
+    @staticmethod
+    def needed_taps(model: FCN, frozen: list[str]) -> list[str]:
+        names = list(model.backbone.stages.keys())
+        last = max(frozen, key=names.index)
+        return sorted({t for t in model.tap_names if t in frozen} | {last}, key=names.index)
+
+    _memo: tuple[tuple, dict[str, str], "FeatureCache"] | None = None   # the last cache built in this process
+
+    @classmethod
+    def reuse_or_build(cls, model: FCN, dataset: Any, frozen: list[str], device: torch.device,
+                       transform=None) -> "FeatureCache":
+        """As the constructor, but a study that trains many heads on one frozen trunk (``fcnseg
+        reproduce``) computes the features once: the last cache serves any later model whose
+        frozen stages have the same weights (checksummed) and whose taps it holds, on the same
+        data (root, split, length) and transform."""
+        from .checkpoint import state_checksum
+
+        bb = model.backbone
+        sums = {n: state_checksum(bb.stages[n].state_dict()) for n in frozen}
+        root, split = getattr(dataset, "root", None), getattr(dataset, "split", None)
+        key = None if root is None or split is None else (
+            str(root), split, len(dataset), repr(transform), str(device), repr(model.preprocessing))
+        needed = cls.needed_taps(model, frozen)
+        if key is not None and cls._memo is not None:
+            old_key, old_sums, cache = cls._memo
+            if old_key == key and all(old_sums.get(n) == c for n, c in sums.items()) and set(needed) <= set(cache.taps):
+                cache.needed = needed
+                return cache
+        cls._memo = None  # free the old one before building the new one
+        cache = cls(model, dataset, frozen, device, transform)
+        if key is not None:
+            cls._memo = (key, sums, cache)
+        return cache
+
     def uniform(self) -> bool:
         return len({hw for _, _, hw in self.items}) == 1
 
     def batch(self, keys: list[tuple[int, int]], patch_p: float):
         """(size-only input, features, labels) for the micro-batch ``[(index, seed), ...]``."""
-        feats = {t: torch.stack([self.items[i][0][t] for i, _ in keys]) for t in self.taps}
+        feats = {t: torch.stack([self.items[i][0][t] for i, _ in keys]) for t in self.needed}
         labels = [patch_sample(self.items[i][1], patch_p, s) for i, s in keys]
         if isinstance(labels[0], dict):
             lab: Any = {k: torch.stack([lb[k] for lb in labels]) for k in labels[0]}

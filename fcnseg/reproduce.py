@@ -1,0 +1,238 @@
+"""The paper's findings on a dataset at hand: a protocol file lists runs (config overrides), this
+module trains and scores each, writes one JSON per run, ``RESULTS.md`` and the RQ4 figure.
+
+A protocol (``fcnseg/configs/reproduce/<name>.yaml``)::
+
+    description: ...
+    base: {model: {...}, data: {...}, train: {...}}      # a run config
+    groups: {RQ1: "title", ...}
+    runs:
+      - {name: fcn32s, group: RQ1, about: "...", set: {model.name: fcn32s}}
+      - {name: fcn16s, group: RQ1, set: {model.name: fcn16s, model.init_from: "@fcn32s"}}
+
+``@run`` names the best (else last) checkpoint of an earlier run: the staged 32s → 16s → 8s
+recipe. Finished runs (their JSON exists) are not trained again, so an interrupted study resumes.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = ["load_protocol", "run_study", "write_results"]
+
+PROTOCOL_DIR = Path(__file__).resolve().parent / "configs" / "reproduce"
+
+
+def load_protocol(dataset: str, protocol: str) -> dict:
+    path = PROTOCOL_DIR / f"{dataset}-{protocol}.yaml"
+    if not path.is_file():
+        have = sorted(p.stem for p in PROTOCOL_DIR.glob("*.yaml"))
+        raise ConfigError(f"no protocol {dataset}-{protocol} (have: {', '.join(have)})")
+    try:
+        proto = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: malformed YAML: {str(e).splitlines()[0]}") from None
+    names = [r["name"] for r in proto["runs"]]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: run names repeat")
+    proto["path"] = str(path)
+    return proto
+
+
+def _flatten(d: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k != "options":
+            out += _flatten(v, key + ".")
+        else:
+            out.append(f"{key}={json.dumps(v) if not isinstance(v, str) else v}")
+    return out
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": cores, "gpu": gpu, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _read_csv(path: Path) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None) and _isnum(v)} for row in csv.DictReader(f)]
+
+
+def _isnum(v: str) -> bool:
+    try:
+        float(v)
+        return True
+    except ValueError:
+        return False
+
+
+def _curve(run_dir: Path) -> list[dict[str, float]]:
+    """Validation mean IU against iterations and training wall time (from the run's logs)."""
+    evals, log = _read_csv(run_dir / "eval.csv"), _read_csv(run_dir / "log.csv")
+    points = []
+    for e in evals:
+        before = [r for r in log if r.get("iter", 0) <= e["iter"]]
+        points.append({"iter": e["iter"], "seconds": before[-1].get("elapsed", 0.0) if before else 0.0,
+                       "mean_iu": e.get("mean_iu")})
+    return points
+
+
+def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None = None,
+              only: list[str] | None = None, overrides: list[str] | None = None) -> Path:
+    """Train and score every run of the protocol; return the path of RESULTS.md."""
+    from .config import load_config
+    from .data import build_dataset
+    from .engine.checkpoint import model_from_checkpoint
+    from .engine.evaluate import evaluate
+    from .engine.train import train
+
+    proto = load_protocol(dataset, protocol)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = proto["base"]
+    if root:
+        base = {**base, "data": {**base["data"], "root": root}}
+    study_t0 = time.perf_counter()
+    for spec in proto["runs"]:
+        name = spec["name"]
+        if only and name not in only:
+            continue
+        result_json = out / f"{name}.json"
+        if result_json.is_file():
+            print(f"[reproduce] {name}: done already ({result_json})")
+            continue
+        sets = dict(spec.get("set", {}))
+        for k, v in list(sets.items()):
+            if isinstance(v, str) and v.startswith("@"):
+                prev = json.loads((out / f"{v[1:]}.json").read_text())
+                sets[k] = prev["checkpoint"]
+        run_dir = out / "runs" / name
+        cfg = load_config(None, _flatten(base) + [f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
+                                                  for k, v in sets.items()] + [f"out={run_dir}"] + list(overrides or []))
+        print(f"[reproduce] {name}: {spec.get('about', '')}", flush=True)
+        t0 = time.perf_counter()
+        result = train(cfg)
+        wall = time.perf_counter() - t0
+        ckpt = result.get("best_checkpoint") or result["last_checkpoint"]
+        model, _ = model_from_checkpoint(ckpt)
+        from .data import Resize
+        resize = cfg.data.resize
+        val = build_dataset(cfg.data.dataset, cfg.data.root, cfg.data.val_split,
+                            transform=Resize(scale=1 / resize) if resize and resize != 1 else None)
+        metrics = evaluate(model, val, progress=False)
+        record = {
+            "run": name, "group": spec.get("group"), "about": spec.get("about", ""),
+            "config": cfg.to_dict(), "seed": cfg.train.seed, "commit": commit(), "machine": machine(),
+            "wall_time_s": round(wall, 1), "iterations": result.get("iterations"), "checkpoint": ckpt,
+            "metrics": {k: metrics[k] for k in ("pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu")},
+            "per_class_iu": dict(zip(val.classes, metrics["per_class_iu"])),
+            "curve": _curve(run_dir),
+        }
+        result_json.write_text(json.dumps(record, indent=1, default=float) + "\n")
+        print(f"[reproduce] {name}: mean IU {100 * metrics['mean_iu']:.1f}% in {wall / 60:.1f} min", flush=True)
+    return write_results(proto, out, time.perf_counter() - study_t0)
+
+
+def write_results(proto: dict, out: Path, seconds: float | None = None) -> Path:
+    """RESULTS.md (one table per group, per-class IU, the RQ4 figure) from the run JSON files."""
+    records = {}
+    for spec in proto["runs"]:
+        p = out / f"{spec['name']}.json"
+        if p.is_file():
+            records[spec["name"]] = json.loads(p.read_text())
+    if not records:
+        raise ConfigError(f"{out}: no finished runs to report")
+    any_rec = next(iter(records.values()))
+    m = any_rec["machine"]
+    total = sum(r["wall_time_s"] for r in records.values())
+    lines = [f"# {proto.get('title', 'Reproduction')}", "", proto.get("description", "").strip(), "",
+             f"- command: `{proto.get('command', '')}`",
+             f"- machine: {m['cpu']}, {m['cores']} cores" + (f", {m['gpu']}" if m.get("gpu") else "")
+             + f"; torch {m['torch']}; commit {any_rec['commit']}",
+             f"- training + scoring time of the runs below: {total / 60:.1f} min", ""]
+    for group, title in proto.get("groups", {}).items():
+        rows = [r for r in records.values() if r.get("group") == group]
+        if not rows:
+            continue
+        lines += [f"## {group}: {title}", "", "| run | what | mean IU | pixel acc. | mean acc. | f.w. IU | iterations | minutes |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            mm = r["metrics"]
+            lines.append(f"| {r['run']} | {r['about']} | **{100 * mm['mean_iu']:.1f}** | {100 * mm['pixel_accuracy']:.1f} | "
+                         f"{100 * mm['mean_accuracy']:.1f} | {100 * mm['fw_iu']:.1f} | {r['iterations']} | "
+                         f"{r['wall_time_s'] / 60:.1f} |")
+        lines.append("")
+        for a, b in proto.get("compare", {}).get(group, []):
+            if a in records and b in records:
+                d = 100 * (records[b]["metrics"]["mean_iu"] - records[a]["metrics"]["mean_iu"])
+                lines.append(f"- {b} vs {a}: {d:+.1f} mean IU points")
+        lines.append("")
+    classes = list(any_rec["per_class_iu"])
+    lines += ["## Per-class IU (%)", "", "| run | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+    for r in records.values():
+        lines.append(f"| {r['run']} | " + " | ".join("-" if v is None else f"{100 * v:.1f}"
+                                                     for v in r["per_class_iu"].values()) + " |")
+    fig = _plot_curves([r for r in records.values() if r.get("group") == "RQ4" and r.get("curve")], out / "rq4.png")
+    if fig:
+        lines += ["", "## RQ4 curves", "", "![mean IU against wall time and iterations](rq4.png)"]
+    lines += ["", f"Generated by `fcnseg reproduce` from the JSON files beside this page."]
+    path = out / "RESULTS.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _plot_curves(records: list[dict], path: Path) -> Path | None:
+    if not records:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for r in records:
+        pts = [p for p in r["curve"] if p.get("mean_iu") is not None]
+        axes[0].plot([p["seconds"] / 60 for p in pts], [100 * p["mean_iu"] for p in pts], marker="o", label=r["run"])
+        axes[1].plot([p["iter"] for p in pts], [100 * p["mean_iu"] for p in pts], marker="o", label=r["run"])
+    axes[0].set_xlabel("training wall time (min)")
+    axes[1].set_xlabel("iterations")
+    for ax in axes:
+        ax.set_ylabel("val mean IU (%)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
