@@ -33,7 +33,13 @@ class ModelConfig:
     fc_channels: Union[int, None] = None      # None: the backbone's (4096)
     width: Union[float, None] = None          # None: 1.0 (reduced nets for tests/demos)
     dropout: Union[float, None] = None        # None: keep the backbone's dropout p
-    init_from: Union[str, None] = None        # checkpoint whose matching tensors initialise the net
+    init_from: Union[str, dict, None] = None  # checkpoint whose matching tensors initialise the net
+    #                                           (late fusion: also a dict stream name -> checkpoint)
+    in_channels: Union[int, None] = None      # None: 3; 4 = early fusion (RGB-D; extra conv1_1 filters start at 0)
+    streams: Union[dict, None] = None         # late fusion: stream name -> input channels, e.g. {color: 3, hha: 3}
+    preprocessing: Union[dict, None] = None   # override the weights' input preprocessing after they load:
+    #   {bgr, scale, mean, std, name} (keys left out keep the weights' values); late fusion: the same
+    #   dict for every stream, or a dict per stream name
 
 
 @dataclass
@@ -213,6 +219,56 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.class_weights must be null, 'median-frequency' or a list, got {t.class_weights!r}")
     if d.batch_size is not None and t.accumulate and d.batch_size % t.accumulate:
         raise ConfigError(f"data.batch_size {d.batch_size} is not divisible by train.accumulate {t.accumulate}")
+    _check_model(cfg.model)
+
+
+_PRE_KEYS = ("bgr", "scale", "mean", "std", "name")
+
+
+def _check_model(m: ModelConfig) -> None:
+    """Fusion fields and the preprocessing override (shape only; values are used by build_model)."""
+    if m.in_channels is not None and m.in_channels < 1:
+        raise ConfigError(f"model.in_channels must be >= 1, got {m.in_channels}")
+    if m.streams is not None:
+        if not m.streams or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0
+                                    for c in m.streams.values()):
+            raise ConfigError(f"model.streams must map stream names to input channels, got {m.streams}")
+        if m.in_channels is not None:
+            raise ConfigError("set model.streams (late fusion) or model.in_channels (early fusion), not both")
+    if isinstance(m.init_from, dict):
+        unknown = sorted(set(m.init_from) - set(m.streams or {}))
+        if unknown:
+            raise ConfigError(f"model.init_from names streams {unknown} that model.streams "
+                              f"({sorted(m.streams or {})}) does not have")
+    pre = m.preprocessing
+    if pre is None:
+        return
+    if m.streams and pre and all(isinstance(v, dict) for v in pre.values()):
+        unknown = sorted(set(pre) - set(m.streams))
+        if unknown:
+            raise ConfigError(f"model.preprocessing names streams {unknown}; model.streams: {sorted(m.streams)}")
+        for name, p in pre.items():
+            _check_pre(p, f"model.preprocessing.{name}")
+    else:
+        _check_pre(pre, "model.preprocessing")
+
+
+def _check_pre(p: dict, where: str) -> None:
+    unknown = sorted(set(p) - set(_PRE_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown} (known: {', '.join(_PRE_KEYS)})")
+    number = (int, float)
+    if "bgr" in p and not isinstance(p["bgr"], bool):
+        raise ConfigError(f"{where}.bgr must be true or false, got {p['bgr']!r}")
+    if "scale" in p and (isinstance(p["scale"], bool) or not isinstance(p["scale"], number) or not p["scale"] > 0):
+        raise ConfigError(f"{where}.scale must be a number > 0, got {p['scale']!r}")
+    for key in ("mean", "std"):
+        v = p.get(key)
+        if v is not None and (not isinstance(v, list) or not v
+                              or any(isinstance(x, bool) or not isinstance(x, number) for x in v)):
+            raise ConfigError(f"{where}.{key} must be a list of numbers (one per channel), got {v!r}")
+    if any(x == 0 for x in p.get("std") or ()):
+        raise ConfigError(f"{where}.std must not contain 0, got {p['std']}")
 
 
 # --- loading -------------------------------------------------------------------------------------

@@ -1,4 +1,7 @@
 """User-facing errors: one line, naming the file or option at fault."""
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class FcnsegError(Exception):
@@ -11,3 +14,10 @@ class ConfigError(FcnsegError, ValueError):
 
 class CheckpointError(FcnsegError, ValueError):
     """A checkpoint or weights file that is missing, corrupt or does not fit."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of ``str(e)`` without terminal escapes (else the type name), cut to ``limit``."""
+    lines = [ln.strip() for ln in _ANSI.sub("", str(e)).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -10,8 +10,9 @@ A protocol (``fcnseg/configs/reproduce/<name>.yaml``)::
       - {name: fcn32s, group: RQ1, about: "...", set: {model.name: fcn32s}}
       - {name: fcn16s, group: RQ1, set: {model.name: fcn16s, model.init_from: "@fcn32s"}}
 
-``@run`` names the best (else last) checkpoint of an earlier run: the staged 32s → 16s → 8s
-recipe. Finished runs (their JSON exists) are not trained again, so an interrupted study resumes.
+``@run`` names the final checkpoint of an earlier run: the staged 32s → 16s → 8s recipe. Every
+run is scored on the validation split at its final iteration (no selection on val). Finished runs
+(their JSON exists) are not trained again, so an interrupted study resumes.
 """
 from __future__ import annotations
 
@@ -114,9 +115,7 @@ def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None 
               only: list[str] | None = None, overrides: list[str] | None = None) -> Path:
     """Train and score every run of the protocol; return the path of RESULTS.md."""
     from .config import load_config
-    from .data import build_dataset
-    from .engine.checkpoint import model_from_checkpoint
-    from .engine.evaluate import evaluate
+    from .data import dataset_info
     from .engine.train import train
 
     proto = load_protocol(dataset, protocol)
@@ -146,19 +145,16 @@ def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None 
         t0 = time.perf_counter()
         result = train(cfg)
         wall = time.perf_counter() - t0
-        ckpt = result.get("best_checkpoint") or result["last_checkpoint"]
-        model, _ = model_from_checkpoint(ckpt)
-        from .data import Resize
-        resize = cfg.data.resize
-        val = build_dataset(cfg.data.dataset, cfg.data.root, cfg.data.val_split,
-                            transform=Resize(scale=1 / resize) if resize and resize != 1 else None)
-        metrics = evaluate(model, val, progress=False)
+        metrics = result.get("metrics")
+        if not metrics:
+            raise ConfigError(f"run {name}: no validation metrics (set data.val_split)")
         record = {
             "run": name, "group": spec.get("group"), "about": spec.get("about", ""),
             "config": cfg.to_dict(), "seed": cfg.train.seed, "commit": commit(), "machine": machine(),
-            "wall_time_s": round(wall, 1), "iterations": result.get("iterations"), "checkpoint": ckpt,
+            "wall_time_s": round(wall, 1), "iterations": result.get("iterations"),
+            "checkpoint": result["last_checkpoint"],
             "metrics": {k: metrics[k] for k in ("pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu")},
-            "per_class_iu": dict(zip(val.classes, metrics["per_class_iu"])),
+            "per_class_iu": dict(zip(dataset_info(cfg.data.dataset).classes, metrics["per_class_iu"])),
             "curve": _curve(run_dir),
         }
         result_json.write_text(json.dumps(record, indent=1, default=float) + "\n")

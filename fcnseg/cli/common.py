@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import torch
@@ -21,6 +22,41 @@ def resolve_config(name: str) -> Path:
             return cand
     shipped = sorted(c.stem for c in CONFIG_DIR.glob("*.yaml"))
     raise ConfigError(f"config not found: {name} (shipped configs: {', '.join(shipped)})")
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on any UTF-8 stream: undecodable file-name bytes become U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def tile_size(text: str) -> int:
+    """argparse type of ``--tile``: a whole number of at least 32 pixels."""
+    value = positive_int(text)
+    if value < 32:
+        raise argparse.ArgumentTypeError(f"must be at least 32 pixels, got {value}")
+    return value
+
+
+def downscale(text: str) -> float:
+    """argparse type of ``--resize``: a finite downscale factor >= 1 (2 halves each side)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 1:
+        raise argparse.ArgumentTypeError(f"must be a finite downscale factor >= 1, got {text}")
+    return value
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -53,4 +89,7 @@ def dataset_from_checkpoint(ckpt: dict, dataset: str | None, root: str | None, s
         raise ConfigError("say which data to use: --dataset NAME --root DIR (the checkpoint does not record it)")
     opts = dict(data.get("options") or {}) if name == data.get("dataset") else {}
     transform = Resize(scale=1 / resize) if resize and resize != 1 else None
-    return build_dataset(name, root, split, transform=transform, skip_bad=skip_bad, **opts)
+    try:
+        return build_dataset(name, root, split, transform=transform, skip_bad=skip_bad, **opts)
+    except TypeError as e:  # options recorded in the checkpoint that this dataset does not take
+        raise ConfigError(f"dataset {name}: bad options {opts} ({e})") from None

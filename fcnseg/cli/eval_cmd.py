@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_device, dataset_from_checkpoint, pick_device
+from .common import add_device, dataset_from_checkpoint, downscale, pick_device, positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -12,8 +12,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="dataset name (default: the one the checkpoint was trained on)")
     p.add_argument("--root", help="dataset folder (default: the checkpoint's)")
     p.add_argument("--split", help="split to score (default: the checkpoint's val split)")
-    p.add_argument("--resize", type=float, help="downscale factor of the images (default: the checkpoint's)")
-    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (padded with void)")
+    p.add_argument("--resize", type=downscale, help="downscale factor of the images (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass (padded with void)")
     p.add_argument("--out", help="folder for metrics.json and confusion.png (default: beside the checkpoint)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable items with a warning")
     p.add_argument("--no-progress", action="store_true")
@@ -24,10 +24,15 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.checkpoint import model_from_checkpoint
     from ..engine.evaluate import evaluate, format_table, save_metrics
     from ..engine.visualize import plot_confusion
+    from ..errors import CheckpointError
 
     device = pick_device(args.device)
     model, ckpt = model_from_checkpoint(args.checkpoint, map_location="cpu")
     data = dataset_from_checkpoint(ckpt, args.dataset, args.root, args.split, args.skip_bad, args.resize)
+    k = getattr(data, "num_classes", None)
+    if list(model.heads) == ["out"] and isinstance(k, int) and k > 0 and k != model.heads["out"]:
+        raise CheckpointError(f"checkpoint {args.checkpoint} predicts {model.heads['out']} classes but dataset "
+                              f"{getattr(data, 'name', args.dataset)} has {k}")
     metrics = evaluate(model.to(device), data, device=device, batch_size=args.batch_size,
                        exclude=getattr(data, "exclude_from_means", None), progress=not args.no_progress)
     print(format_table(metrics, data.classes))

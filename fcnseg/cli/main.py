@@ -5,9 +5,11 @@ import argparse
 import os
 import sys
 import traceback
+import warnings
 from typing import Callable, Sequence
 
-from ..errors import FcnsegError
+from ..errors import ConfigError, FcnsegError
+from .common import printable
 
 # sub-command name → module under fcnseg.cli exposing ``add_arguments(parser)`` and ``run(args)``
 COMMANDS: dict[str, str] = {
@@ -22,10 +24,22 @@ COMMANDS: dict[str, str] = {
 }
 
 
+class UsageError(ConfigError):
+    """A command line argparse rejects (unknown flag, missing or malformed argument)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors raise :class:`UsageError` (one line, exit 2), not usage text + SystemExit."""
+
+    def error(self, message: str):  # type: ignore[override]
+        sub = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
+        raise UsageError(f"{sub}{message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(prog="fcnseg", description="Fully Convolutional Networks for Semantic "
+    parser = _Parser(prog="fcnseg", description="Fully Convolutional Networks for Semantic "
                                      "Segmentation (Long, Shelhamer, Darrell), in PyTorch.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -38,18 +52,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _error(message: str, code: int) -> int:
-    print(f"fcnseg: error: {message}", file=sys.stderr)
+    print(f"fcnseg: error: {printable(message)}", file=sys.stderr)
     return code
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (e.g. items skipped with --skip-bad) as ``fcnseg: warning: <one line>``."""
+    text = _one_line(message if isinstance(message, BaseException) else category(str(message)))
+    print(f"fcnseg: warning: {printable(text)}", file=sys.stderr if file is None else file, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            args = build_parser().parse_args(argv)
+        except UsageError as e:
+            return _error(_one_line(e), 2)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     run: Callable[[argparse.Namespace], int | None] = args.run
     try:
         return int(run(args) or 0)
     except KeyboardInterrupt:
         return _error("interrupted", 130)
-    except (FcnsegError, FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError) as e:
+    except (FcnsegError, OSError) as e:  # bad input or environment: missing, unreadable, unwritable files
         if args.debug:
             traceback.print_exc()
         return _error(_one_line(e), 2)
@@ -61,8 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(f"{type(e).__name__}: {_one_line(e)} (rerun with --debug for the traceback)", 1)
 
 
-def _one_line(e: BaseException) -> str:
+def _one_line(e: BaseException, limit: int = 1000) -> str:
     text = str(e).strip() or type(e).__name__
     if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
         text = f"{e.filename}: {text}"
-    return text.splitlines()[0]
+    text = text.splitlines()[0]
+    return text if len(text) <= limit else text[: limit - 5] + " ..."

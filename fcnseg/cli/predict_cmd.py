@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_device, pick_device
+from .common import add_device, pick_device, printable, tile_size
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -11,29 +11,48 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by fcnseg train")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
-    p.add_argument("--tile", type=int, help="predict images larger than this by overlapping tiles")
+    p.add_argument("--tile", type=tile_size, help="predict images larger than this by overlapping tiles (>= 32)")
     p.add_argument("--overlay", choices=["png", "jpg", "none"], default="png")
     add_device(p)
 
 
-def run(args: argparse.Namespace) -> int:
+def _palette(ckpt: dict, path: str, classes: int):
+    """The checkpoint's palette (one RGB triple per class at least), else the VOC colour map."""
     import numpy as np
 
     from ..data import voc_colormap
-    from ..engine.checkpoint import model_from_checkpoint
-    from ..engine.predict import format_summary, predict_paths
+    from ..errors import CheckpointError
 
-    if args.tile is not None and args.tile < 32:
-        raise ValueError("--tile must be at least 32 pixels")
+    raw = ckpt.get("palette")
+    if raw is None:
+        return voc_colormap()
+    try:
+        pal = np.asarray(raw, dtype=np.int64)
+    except (TypeError, ValueError):
+        pal = None
+    if pal is None or pal.ndim != 2 or pal.shape[1] != 3 or len(pal) < classes or pal.min() < 0 or pal.max() > 255:
+        raise CheckpointError(f"checkpoint {path}: palette must list {classes} RGB triples in 0-255, got {raw!r:.60}")
+    return pal.astype(np.uint8)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine.checkpoint import model_from_checkpoint
+    from ..engine.predict import ImageReadError, format_summary, predict_paths
+
     device = pick_device(args.device)
     model, ckpt = model_from_checkpoint(args.checkpoint, map_location="cpu")
     classes = ckpt.get("classes")
-    palette = np.asarray(ckpt["palette"], dtype=np.uint8) if ckpt.get("palette") is not None else voc_colormap()
+    if not (isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes)):
+        classes = None  # names are only for the summary lines
+    palette = _palette(ckpt, args.checkpoint, max(model.heads.values()))
     n = 0
     for summary in predict_paths(model, args.inputs, args.out, palette=palette, device=device,
                                  skip_bad=args.skip_bad, tile=args.tile, class_names=classes,
                                  overlay_format=None if args.overlay == "none" else args.overlay):
-        print(format_summary(summary), flush=True)
+        print(printable(format_summary(summary)), flush=True)
         n += 1
-    print(f"{n} image(s) → {args.out}")
+    if n == 0:
+        raise ImageReadError(f"no image predicted: {', '.join(args.inputs)} "
+                             f"{'held no readable image' if args.skip_bad else 'held no image files'}")
+    print(printable(f"{n} image(s) → {args.out}"))
     return 0

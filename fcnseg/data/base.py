@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import ConfigError
 from .io import DatasetError
 
 __all__ = ["IGNORE_INDEX", "Sample", "SegDataset", "DatasetInfo", "register", "build_dataset",
@@ -72,7 +73,8 @@ class SegDataset(Dataset):
         self.skip_bad = skip_bad
         self.bad: set[str] = set()
         if not self.root.is_dir():
-            raise DatasetError(f"{self.name}: root folder {self.root} does not exist")
+            raise DatasetError(f"{self.name}: root folder {self.root} "
+                               f"{'is not a folder' if self.root.exists() else 'does not exist'}")
         samples = self._check_files(self._index())
         if validate:
             samples = self._validate(samples)
@@ -143,7 +145,8 @@ class SegDataset(Dataset):
                 kept.append(s)
                 continue
             kind, path = missing[0]
-            msg = f"{self.name}: missing {kind} file {path}" + (f" (listed in {s.source})" if s.source else "")
+            what = f"{kind} {path} is not a regular file" if path.exists() else f"missing {kind} file {path}"
+            msg = f"{self.name}: {what}" + (f" (listed in {s.source})" if s.source else "")
             if not self.skip_bad:
                 raise DatasetError(msg)
             warnings.warn(msg + "; item skipped", stacklevel=3)
@@ -185,6 +188,12 @@ class SegDataset(Dataset):
 
 
 # --- registry ---------------------------------------------------------------------------------------
+class UnknownDatasetError(ConfigError, KeyError):
+    """A dataset name that is not registered (a ``KeyError`` too, for older callers)."""
+
+    __str__ = Exception.__str__  # KeyError would quote the message
+
+
 _REGISTRY: dict[str, tuple[type[SegDataset], DatasetInfo]] = {}
 
 
@@ -204,7 +213,7 @@ def register(info: DatasetInfo) -> Callable[[type[SegDataset]], type[SegDataset]
 def _lookup(name: str) -> tuple[type[SegDataset], DatasetInfo]:
     key = name.lower().replace("_", "-")
     if key not in _REGISTRY:
-        raise KeyError(f"unknown dataset '{name}'; known: {', '.join(list_datasets())}")
+        raise UnknownDatasetError(f"unknown dataset '{name}'; known: {', '.join(list_datasets())}")
     return _REGISTRY[key]
 
 

@@ -1,12 +1,15 @@
 """File readers that turn every failure into a one-line :class:`DatasetError` naming the file."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+
+from ..errors import FcnsegError
 
 __all__ = ["DatasetError", "read_rgb", "read_index_png", "read_gray16", "read_mat", "read_lines", "read_names",
            "read_indexed_names", "package_list",
@@ -15,7 +18,7 @@ __all__ = ["DatasetError", "read_rgb", "read_index_png", "read_gray16", "read_ma
 _PACKAGE_LISTS = Path(__file__).resolve().parent / "lists"
 
 
-class DatasetError(ValueError):
+class DatasetError(FcnsegError, ValueError):
     """A dataset file is missing, unreadable or malformed (message: ``<dataset>: <what> <path>: <why>``)."""
 
 
@@ -26,9 +29,15 @@ def _fail(who: str, kind: str, path: Path | str, reason: Any) -> DatasetError:
 
 def _open_loaded(path: Path, who: str, kind: str) -> Image.Image:
     try:
-        im = Image.open(path)
+        with warnings.catch_warnings():
+            # Above PIL's MAX_IMAGE_PIXELS PIL only warns (up to twice that): refuse, a decoded bomb
+            # (then converted to float) exhausts memory.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
         im.load()  # force decoding: truncated files fail here, not later
         return im
+    except Image.UnidentifiedImageError as e:  # its message repeats the path
+        raise _fail(who, kind, path, "not an image file (or an unsupported format)") from e
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
         raise _fail(who, kind, path, e) from e
 

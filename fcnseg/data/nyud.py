@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from .base import DatasetInfo, Sample, SegDataset, register
 from .io import (DatasetError, apply_lut, image_to_tensor, lines_to_ids, package_list, read_gray16,
                  read_mat, read_names, read_rgb)
@@ -59,7 +60,7 @@ def nyud_channel_means(modality: str, bgr: bool = False) -> tuple[float, ...]:
 
 def _check_modality(modality: str) -> str:
     if modality not in NYUD_MODALITIES:
-        raise ValueError(f"nyud: modality must be one of {list(NYUD_MODALITIES)}, got {modality!r}")
+        raise ConfigError(f"nyud: modality must be one of {list(NYUD_MODALITIES)}, got {modality!r}")
     return modality
 
 

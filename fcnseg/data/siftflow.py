@@ -17,6 +17,7 @@ import re
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from .base import DatasetInfo, Label, Sample, SegDataset, register
 from .io import DatasetError, apply_lut, image_to_tensor, lines_to_ids, package_list, read_mat, read_rgb
 from .palette import voc_colormap
@@ -64,11 +65,21 @@ class SiftFlow(SegDataset):
 
     def __init__(self, root, split, task: str = "both", **kw) -> None:
         if task not in _TASKS:
-            raise ValueError(f"siftflow: task must be one of {_TASKS}, got {task!r}")
+            raise ConfigError(f"siftflow: task must be one of {_TASKS}, got {task!r}")
         self.task = task
         self.classes = SIFTFLOW_GEO_CLASSES if task == "geometric" else SIFTFLOW_CLASSES
         self.palette = voc_colormap(len(self.classes))
         super().__init__(root, split, **kw)
+
+    @property
+    def exclude_from_means(self) -> dict[str, list[int]] | list[int] | None:
+        """On the test split: the semantic classes absent from it (cow, desert, moon), left out of the
+        mean metrics (read by ``evaluate`` callers): ``{"semantic": [...]}`` for ``task="both"``, a list
+        for ``task="semantic"``; else None."""
+        if self.split != "test" or self.task == "geometric":
+            return None
+        absent = list(SIFTFLOW_ABSENT_IN_TEST)
+        return {"semantic": absent} if self.task == "both" else absent
 
     def _index(self) -> list[Sample]:
         lst = self._split_list([self.root / f"{self.split}.txt", package_list("siftflow", f"{self.split}.txt")])

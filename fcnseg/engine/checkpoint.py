@@ -61,7 +61,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """Load and verify a checkpoint; any defect is a one-line ``CheckpointError`` naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint {path} is not a file" if path.exists() else f"checkpoint not found: {path}")
     try:
         with warnings.catch_warnings():  # torch's notes on odd pickles: the error below says it all
             warnings.simplefilter("ignore")
@@ -101,9 +101,10 @@ def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.dev
     odd = sorted(set(shapes) ^ set(ckpt["model"])) or [k for k in shapes if shapes[k] != tuple(ckpt["model"][k].shape)]
     if odd:
         k = odd[0]
-        have = tuple(ckpt["model"][k].shape) if k in ckpt["model"] else "no tensor"
-        raise CheckpointError(f"checkpoint {path} does not fit model {name} with {classes} classes: {k} is "
-                              f"{have} in the file, {shapes.get(k, 'not in the model')} in the model")
+        have = f"is {tuple(ckpt['model'][k].shape)} in the file" if k in ckpt["model"] else "is not in the file"
+        want = f"{shapes[k]} in the model" if k in shapes else "not in the model"
+        raise CheckpointError(f"checkpoint {path} does not fit model {name} with {classes} classes: {k} {have}, "
+                              f"{want}")
     model = create_model(name, classes, **cfg)
     try:
         model.load_state_dict(ckpt["model"])
@@ -116,6 +117,7 @@ def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.dev
             if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values) or 0 in pre.std:
                 raise ValueError(f"scale/mean/std must be finite numbers, std non-zero: {values}")
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path}: bad preprocessing record ({first_line(e)})") from None
+        raise CheckpointError(f"checkpoint {path}: bad preprocessing record ({type(e).__name__}: "
+                              f"{first_line(e)})") from None
     model.preprocessing = pre
     return model, ckpt

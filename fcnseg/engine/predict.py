@@ -17,10 +17,14 @@ from ..errors import FcnsegError
 from .visualize import colorize, overlay
 
 __all__ = ["ImageReadError", "ImageTooLargeError", "load_image", "read_rgb_uint8", "iter_image_paths",
-           "predict_paths", "predict_labels", "format_summary", "IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS"]
+           "predict_paths", "predict_labels", "format_summary", "IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS",
+           "DEFAULT_MAX_TILED_PIXELS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".gif")
 DEFAULT_MAX_PIXELS = 4096 * 4096
+# Tiling bounds the network's memory, not the decoded image's (3 bytes/pixel, plus label and overlay):
+# 134 MP (e.g. 11585x11585) is ~0.4 GB as RGB. Above it, even tiled prediction is refused.
+DEFAULT_MAX_TILED_PIXELS = 8 * DEFAULT_MAX_PIXELS
 _EXIF_ORIENTATION = 0x0112
 _OUTPUT_SUFFIXES = ("_label.png", "_overlay.png", "_overlay.jpg")
 
@@ -48,6 +52,8 @@ def _open(path: Path) -> Image.Image:
         raise ImageNotFoundError(f"image not found: {path}")
     if path.is_dir():
         raise ImageReadError(f"cannot read image {path}: is a directory")
+    if not path.is_file():  # a FIFO would block, a device never ends
+        raise ImageReadError(f"cannot read image {path}: not a regular file")
     try:
         size = path.stat().st_size
     except OSError as e:
@@ -88,7 +94,7 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
 
 @contextlib.contextmanager
 def _no_pixel_limit(enabled: bool):
-    """Lift PIL's decompression-bomb limit (huge images predicted by tiles were asked for)."""
+    """Lift PIL's decompression-bomb limit (``max_pixels``, checked before decoding, replaces it)."""
     if not enabled:
         yield
         return
@@ -105,10 +111,10 @@ def read_rgb_uint8(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX
 
     Raises :class:`ImageReadError` (one line, naming the file) for missing, empty, truncated, corrupt or
     non-image files, and :class:`ImageTooLargeError` above ``max_pixels`` (checked before decoding;
-    ``None`` = no limit, PIL's own decompression-bomb limit lifted too).
+    ``None`` = no limit). PIL's own decompression-bomb limit is replaced by ``max_pixels``.
     """
     path = Path(path)
-    with _no_pixel_limit(max_pixels is None):
+    with _no_pixel_limit(True):
         im = _open(path)
         try:
             w, h = im.size
@@ -250,6 +256,7 @@ def _relative(path: Path, inputs: list[Path]) -> Path:
 def predict_paths(model: nn.Module, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                   palette: np.ndarray | Sequence, device: str | torch.device = "cpu", skip_bad: bool = False,
                   tile: int | None = None, overlap: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  max_tiled_pixels: int | None = DEFAULT_MAX_TILED_PIXELS,
                   class_names: Sequence[str] | None = None, alpha: float = 0.5, overlay_format: str = "png",
                   head: str | None = None) -> Iterator[dict]:
     """Predict every image in ``inputs`` (files, or directories searched recursively), one at a time.
@@ -259,7 +266,8 @@ def predict_paths(model: nn.Module, inputs: Sequence[str | os.PathLike], out_dir
     stems get ``-1``, ``-2``) and yields per image ``{"path", "size": (H, W), "seconds", "top":
     [(class, fraction), ...] (3 largest), "label_path", "overlay_path", "tiled"}``.
 
-    Images above ``max_pixels`` raise :class:`ImageTooLargeError` unless ``tile`` is given. Unreadable
+    Images above ``max_pixels`` raise :class:`ImageTooLargeError` unless ``tile`` is given (then the
+    limit is ``max_tiled_pixels``, the decoded image still has to fit in memory). Unreadable
     files raise :class:`ImageReadError` naming the file; with ``skip_bad`` they (and too-large images)
     are skipped with a warning naming the file. Missing inputs always raise, before any work.
     """
@@ -275,7 +283,14 @@ def predict_paths(model: nn.Module, inputs: Sequence[str | os.PathLike], out_dir
     for path in paths:
         t0 = time.perf_counter()
         try:
-            rgb = read_rgb_uint8(path, None if tile else max_pixels)
+            try:
+                rgb = read_rgb_uint8(path, max_tiled_pixels if tile else max_pixels)
+            except ImageTooLargeError as e:
+                if not tile:
+                    raise
+                what = str(e).split("; predict it by tiles")[0].replace("max_pixels", "max_tiled_pixels")
+                raise ImageTooLargeError(f"{what}: too large even for tiled prediction, which still decodes "
+                                         "the whole image") from None
         except ImageReadError as e:
             if not skip_bad:
                 raise

@@ -1,6 +1,8 @@
 """Building the model a run trains: classes from the data, staged initialisation, freezing."""
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from typing import Any, Union
 
 import torch
@@ -9,9 +11,12 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import CheckpointError, ConfigError
 from ..models import FCN, create_model
+from ..models.fusion import StreamPreprocessing
+from ..models.preprocessing import Preprocessing
 from .checkpoint import load_checkpoint
 
-__all__ = ["dataset_classes", "build_model", "init_from_checkpoint", "freeze_backbone", "set_dropout"]
+__all__ = ["dataset_classes", "build_model", "init_from_checkpoint", "freeze_backbone", "set_dropout",
+           "override_preprocessing"]
 
 
 def dataset_classes(dataset: Any) -> Union[int, dict]:
@@ -35,6 +40,10 @@ def build_model(m: ModelConfig, num_classes: Union[int, dict]) -> FCN:
         kwargs["fc_channels"] = m.fc_channels
     if m.width is not None:
         kwargs["width"] = m.width
+    if m.in_channels is not None:
+        kwargs["in_channels"] = m.in_channels
+    if m.streams:
+        kwargs["streams"] = dict(m.streams)
     try:
         model = create_model(m.name, num_classes, backbone=m.backbone, weights=m.weights, alignment=m.alignment,
                              learn_upsampling=m.learn_upsampling, **kwargs)
@@ -42,7 +51,37 @@ def build_model(m: ModelConfig, num_classes: Union[int, dict]) -> FCN:
         raise ConfigError(f"model: {e}") from None
     if m.dropout is not None:
         set_dropout(model, m.dropout)
+    if m.preprocessing:
+        override_preprocessing(model, m.preprocessing)
     return model
+
+
+def override_preprocessing(model: nn.Module, spec: Mapping[str, Any]) -> None:
+    """Replace fields of the model's preprocessing (``model.preprocessing`` of the config).
+
+    ``spec``: ``{bgr, scale, mean, std, name}``, fields left out keep their value. For late fusion either
+    one such dict for every stream or ``{stream name: dict}``.
+    """
+    streams = getattr(model, "streams", None)
+    if not isinstance(streams, nn.ModuleDict):
+        model.preprocessing = _replace(model.preprocessing, spec, "model.preprocessing")
+        return
+    per_stream = bool(spec) and all(isinstance(v, Mapping) for v in spec.values())
+    for name, stream in streams.items():
+        given = spec.get(name) if per_stream else spec
+        if given:
+            stream.preprocessing = _replace(stream.preprocessing, given, f"model.preprocessing.{name}")
+    model.preprocessing = StreamPreprocessing(tuple((n, s.backbone.in_channels, s.preprocessing)
+                                                    for n, s in streams.items()))
+
+
+def _replace(pre: Preprocessing, given: Mapping[str, Any], where: str) -> Preprocessing:
+    values = {k: tuple(float(x) for x in v) if k in ("mean", "std") else v for k, v in given.items()}
+    values.setdefault("name", "config")
+    try:
+        return dataclasses.replace(pre, **values)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def set_dropout(model: nn.Module, p: float) -> None:
@@ -53,11 +92,21 @@ def set_dropout(model: nn.Module, p: float) -> None:
             mod.p = p
 
 
-def init_from_checkpoint(model: nn.Module, path: str) -> tuple[list[str], list[str]]:
+def init_from_checkpoint(model: nn.Module, path: Union[str, Mapping[str, str]]) -> tuple[list[str], list[str]]:
     """Copy every tensor of checkpoint ``path`` whose name and shape match (staged 32s→16s→8s).
 
-    Returns (copied names, model names left at their initialisation).
+    For a late-fusion net ``path`` may map stream names to checkpoints (each stream starts from its
+    single-modality net, as the reference's color-HHA net does). Returns (copied names, model names
+    left at their initialisation).
     """
+    if isinstance(path, Mapping):
+        streams = getattr(model, "streams", None)
+        if not isinstance(streams, nn.ModuleDict) or set(path) - set(streams):
+            have = sorted(streams) if isinstance(streams, nn.ModuleDict) else "none (not a late-fusion net)"
+            raise ConfigError(f"model.init_from names streams {sorted(path)}; the model's streams: {have}")
+        copied = [f"streams.{n}.{k}" for n, p in path.items() for k in init_from_checkpoint(streams[n], p)[0]]
+        done = set(copied)
+        return copied, [k for k in model.state_dict() if k not in done]
     state = load_checkpoint(path)["model"]
     own = model.state_dict()
     copied = [k for k, v in state.items() if k in own and own[k].shape == v.shape]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from ..preprocessing import CAFFE_HED, Preprocessing, preprocessing_from_dict
 from .caffe import load_caffe, read_caffemodel
-from .common import WeightsError, backbone_name, set_preprocessing
+from .common import WeightsError, backbone_name, set_preprocessing, torch_load_failure
 from .hed import HED_SHA256, HED_SOURCE, load_hed
 from .torchvision import load_torchvision
 
@@ -116,15 +117,24 @@ def _load_file(model: nn.Module, path: Path) -> list[str]:
         raise WeightsError(f"{path}: HDF5 weight files are not supported (the HED trunk loads as 'hed-vgg16')")
     obj = _read_tensors(path, fmt)
     if isinstance(obj, dict) and "model" in obj and "config" in obj:
+        if isinstance(obj["model"], dict):
+            _check_finite(obj["model"], path)
         return _load_checkpoint(model, obj, path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path}: holds no state_dict of tensors")
+    _check_finite(obj, path)
     if any(k.startswith("backbone.") for k in obj):  # an fcnseg model's own state_dict
         _strict_load(model, obj, path)
         return []
     return load_torchvision(model, obj, source=str(path))
+
+
+def _check_finite(state: dict, path: Path) -> None:
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all():
+            raise WeightsError(f"{path}: non-finite values (NaN or inf) in {k}")
 
 
 def _read_tensors(path: Path, fmt: str):
@@ -132,10 +142,11 @@ def _read_tensors(path: Path, fmt: str):
         if fmt == "safetensors":
             from safetensors.torch import load_file
             return load_file(str(path))
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on odd pickles: the error below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise WeightsError(f"{path}: unreadable as {fmt} weights ({first[:200]})") from None
+        raise WeightsError(f"{path}: unreadable as {fmt} weights ({torch_load_failure(e)})") from None
 
 
 def _load_checkpoint(model: nn.Module, ckpt: dict, path: Path) -> list[str]:

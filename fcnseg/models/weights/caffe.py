@@ -81,6 +81,8 @@ def _blob_array(blob, where: str) -> np.ndarray:
         shape = (values.size,)
     if values.size != int(np.prod(shape)):
         raise WeightsError(f"{where}: blob declares shape {shape} but holds {values.size} values")
+    if not np.isfinite(values).all():
+        raise WeightsError(f"{where}: blob holds non-finite values (NaN or inf)")
     return values.reshape(shape)
 
 

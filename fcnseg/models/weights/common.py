@@ -1,19 +1,21 @@
 """Shared bits of the importers: the error type and writing converted tensors into a model."""
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 
+from ...errors import FcnsegError, first_line
 from ..backbones.base import Backbone
 from ..preprocessing import Preprocessing
 from ..surgery import fit_tensor
 
-__all__ = ["WeightsError", "trunk_of", "backbone_name", "fit", "load_into", "set_preprocessing"]
+__all__ = ["WeightsError", "trunk_of", "backbone_name", "fit", "load_into", "set_preprocessing", "torch_load_failure"]
 
 
-class WeightsError(ValueError):
+class WeightsError(FcnsegError, ValueError):
     """A weights file or name that cannot be loaded; the message names it."""
 
 
@@ -53,3 +55,20 @@ def load_into(module: nn.Module, updates: Mapping[str, torch.Tensor]) -> None:
 
 def set_preprocessing(model: nn.Module, pre: Preprocessing) -> None:
     trunk_of(model).preprocessing = pre
+
+
+def torch_load_failure(e: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` failed, in a few words for a one-line message."""
+    text = str(e)
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:
+        return (f"refused to unpickle {refused.group(1)}: only tensors and plain data are loaded, since "
+                "unpickling other objects can run arbitrary code")
+    if isinstance(e, EOFError):
+        return "empty or truncated file"
+    if "PytorchStreamReader" in text or "inline_container" in text:
+        return "truncated or corrupt (not a complete torch.save zip archive)"
+    if "Weights only load failed" in text:
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        return "not a torch.save file of tensors" + (f" ({detail.group(1).strip()[:80]})" if detail else "")
+    return first_line(e)

@@ -1,0 +1,63 @@
+"""``fcnseg bench`` options and entry point (wired into the CLI by ``fcnseg.cli``)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from .core import DEFAULT_ENGINES, run_bench
+
+__all__ = ["add_bench_arguments", "main_bench"]
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``fcnseg bench``."""
+    p.add_argument("--model", default="fcn8s", help="model name (default fcn8s; the peer needs fcn8s)")
+    p.add_argument("--backbone", default="vgg16")
+    p.add_argument("--num-classes", type=int, default=21)
+    p.add_argument("--checkpoint", help="measure a trained checkpoint's weights instead of seeded random ones")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=(500, 500),
+                   help="input size (default 500 500, the paper's PASCAL scale)")
+    p.add_argument("--batch", type=int, default=1, help="latency batch (default 1)")
+    p.add_argument("--throughput-batch", type=int, default=4, help="throughput batch; 0 skips (default 4)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--engines", help="comma-separated engine names (default for cpu: "
+                   + ",".join(DEFAULT_ENGINES["cpu"]) + ")")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16", "int8"),
+                   help="only the default engines of this precision (and the peer)")
+    p.add_argument("--alignment", choices=("caffe", "same"), default="caffe",
+                   help="alignment for engine names without @caffe/@same (default caffe)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5, help="timed batch-1 runs per engine (default 5)")
+    p.add_argument("--throughput-repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, help="intra-op threads for every engine (default: torch's)")
+    p.add_argument("--no-peer", action="store_true", help="skip torchfcn")
+    p.add_argument("--no-train-step", action="store_true", help="skip the training-step timing")
+    p.add_argument("--eval-split", action="store_true",
+                   help="also time evaluate() on the bundled CamVid sample (data / model / metrics split)")
+    p.add_argument("--sgemm-n", type=int, default=4096, help="matmul size for the machine's sgemm rate; 0 skips")
+    p.add_argument("--width", type=float, default=1.0, help="channel width multiplier (tests: 1/16)")
+    p.add_argument("--fc-channels", type=int, help="fc6/fc7 channels (default the backbone's)")
+    p.add_argument("--out", help="JSON report path (a .md beside it gets the tables)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
+def main_bench(args: argparse.Namespace) -> int:
+    """Run ``fcnseg bench``: print the markdown table, write JSON/markdown when ``--out`` is given."""
+    from .report import bench_markdown
+
+    out_md = None
+    if args.out and not getattr(args, "no_md", False):
+        out_md = args.out[:-5] + ".md" if args.out.endswith(".json") else args.out + ".md"
+    report = run_bench(model=args.model, backbone=args.backbone, num_classes=args.num_classes,
+                       checkpoint=args.checkpoint, size=tuple(args.size), batch=args.batch,
+                       throughput_batch=args.throughput_batch, device=args.device, dtype=args.dtype,
+                       engines=[e for e in args.engines.split(",") if e.strip()] if args.engines else None,
+                       alignment=args.alignment, warmup=args.warmup, repeats=args.repeats,
+                       throughput_repeats=args.throughput_repeats, threads=args.threads, peer=not args.no_peer,
+                       train_step=not args.no_train_step, eval_split=args.eval_split, sgemm_n=args.sgemm_n,
+                       width=args.width, fc_channels=args.fc_channels, out_json=args.out, out_md=out_md,
+                       progress=not args.quiet, command=getattr(args, "command_line", None))
+    print(bench_markdown(report))
+    if not args.out:
+        print(json.dumps(report.get("ratios_vs_peer", {}), indent=1))
+    return 0

@@ -1,0 +1,432 @@
+"""``run_bench``: every engine in its own process, side by side with the peer, one JSON out."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, FcnsegError
+from .measure import count_flops, machine_info, sgemm_gflops
+
+__all__ = ["run_bench", "EngineSpec", "parse_engine", "DEFAULT_ENGINES", "BenchError"]
+
+SCHEMA = "fcnseg-bench-v1"
+# CPU defaults: the peer, our exact paths, then the lossy fast paths, then 'same' alignment.
+DEFAULT_ENGINES: dict[str, tuple[str, ...]] = {
+    "cpu": ("peer", "torch-fp32", "torch-fp32-cl", "torch-fp32-trim", "ort-fp32", "ort-fp32-trim",
+            "torch-bf16-trim", "ort-int8", "ort-int8-trim", "torch-fp32@same", "ort-fp32@same"),
+    "cuda": ("peer", "torch-fp32", "torch-fp32-cl", "torch-bf16-cl", "torch-bf16-cl-trim", "torch-fp16-cl",
+             "torch-bf16-cl-graphs", "torch-fp32@same", "torch-bf16-cl@same"),
+}
+_NAME = re.compile(r"^(?P<rt>peer|torch|ort)(-(?P<dt>fp32|bf16|fp16|int8))?(?P<flags>(-(cl|trim|compile|graphs))*)"
+                   r"(@(?P<al>caffe|same))?$")
+
+
+class BenchError(FcnsegError, RuntimeError):
+    """A benchmark worker failed."""
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Parsed engine name ``<runtime>[-<dtype>][-cl][-trim][-compile][-graphs][@<alignment>]``."""
+
+    name: str
+    runtime: str
+    dtype: str = "fp32"
+    channels_last: bool = False
+    trim: bool = False
+    compile: bool = False
+    cuda_graphs: bool = False
+    alignment: str = "caffe"
+
+    @property
+    def exact(self) -> bool:
+        return self.dtype == "fp32"
+
+
+def parse_engine(name: str) -> EngineSpec:
+    """``"ort-int8-trim"`` → EngineSpec(runtime="ort", dtype="int8", trim=True); bad names → ConfigError."""
+    m = _NAME.match(name.strip())
+    if not m:
+        raise ConfigError(f"--engines: cannot parse engine {name!r}; expected e.g. peer, torch-fp32, torch-fp32-cl, "
+                          "torch-bf16-trim, ort-fp32, ort-int8-trim, ort-fp32@same")
+    flags = set(filter(None, m["flags"].split("-")))
+    spec = EngineSpec(name=name, runtime=m["rt"], dtype=m["dt"] or "fp32", channels_last="cl" in flags,
+                      trim="trim" in flags, compile="compile" in flags, cuda_graphs="graphs" in flags,
+                      alignment=m["al"] or "caffe")
+    if spec.runtime == "peer" and (spec.dtype != "fp32" or flags or spec.alignment != "caffe"):
+        raise ConfigError(f"--engines: the peer runs as published (fp32, caffe alignment): {name!r}")
+    if spec.runtime == "ort" and (spec.dtype in ("bf16", "fp16") or flags - {"trim"}):
+        raise ConfigError(f"--engines: ONNX Runtime engines are ort-fp32 / ort-int8 [-trim]: {name!r}")
+    if spec.runtime == "torch" and spec.dtype == "int8":
+        raise ConfigError(f"--engines: int8 is offered through ONNX Runtime (ort-int8): {name!r}")
+    if spec.trim and spec.alignment != "caffe":
+        raise ConfigError(f"--engines: -trim only applies to caffe alignment: {name!r}")
+    return spec
+
+
+def _models_config(model: str, backbone: str, num_classes: int, alignment: str, width: float,
+                   fc_channels: int | None) -> dict:
+    cfg: dict[str, Any] = {"name": model, "num_classes": num_classes, "backbone": backbone, "alignment": alignment}
+    if width != 1.0:
+        cfg["width"] = width
+    if fc_channels is not None:
+        cfg["fc_channels"] = fc_channels
+    return cfg
+
+
+def _build(cfg: dict, device: str | None = None):
+    from ..models import create_model
+
+    c = dict(cfg)
+    name, classes = c.pop("name"), c.pop("num_classes")
+    if device == "meta":
+        with torch.device("meta"):
+            return create_model(name, classes, **c)
+    return create_model(name, classes, **c)
+
+
+def _flops(cfg: dict, size: tuple[int, int], in_channels: int, trim: bool) -> int | None:
+    """FLOPs of one batch-1 forward, counted on the meta device (nothing computed)."""
+    try:
+        model = _build(cfg, "meta").eval()
+        x = torch.empty(1, in_channels, *size, device="meta")
+        if trim:
+            from ..engine.trim import TrimmedFCN
+
+            model = TrimmedFCN(model)
+            with torch.no_grad():
+                model(x)  # builds the background skeleton: a one-off per size residue, not counted
+        return count_flops(model, x)["total"]
+    except Exception:  # a model the meta device cannot run: report no count rather than fail
+        return None
+
+
+def _seeded_model(cfg: dict, seed: int):
+    """Our model with reproducible random weights; the zero-initialised score layers get small random
+    weights too, so outputs (and their differences across engines) are not trivially zero."""
+    torch.manual_seed(seed)
+    model = _build(cfg).eval()
+    with torch.no_grad():
+        for p in model.score.parameters():
+            p.normal_(0, 1e-3)
+    return model
+
+
+def _calibration(cfg_in_channels: int, size: tuple[int, int], count: int, seed: int) -> list[torch.Tensor]:
+    """Calibration images for int8: the bundled CamVid sample's train split when present (real image
+    statistics), else smooth random images."""
+    try:
+        from ..data import build_dataset, sample_root
+
+        ds = build_dataset("camvid", sample_root(), "train")
+        imgs = [ds[i][0] for i in range(min(count, len(ds)))]
+        if imgs and imgs[0].shape[0] == cfg_in_channels:
+            return [torch.nn.functional.interpolate(i[None], size=size, mode="bilinear", align_corners=False)[0]
+                    for i in imgs]
+    except Exception:
+        pass
+    g = torch.Generator().manual_seed(seed)
+    return [torch.nn.functional.interpolate(torch.rand(1, cfg_in_channels, size[0] // 8, size[1] // 8,
+                                                       generator=g) * 255, size=size, mode="bilinear")[0]
+            for _ in range(count)]
+
+
+def _run_worker(spec: dict, tmp: Path, timeout: float) -> dict:
+    spec_path = tmp / f"spec-{spec['engine'].replace('@', '_')}.json"
+    spec_path.write_text(json.dumps(spec))
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else root
+    try:
+        proc = subprocess.run([sys.executable, "-m", "fcnseg.bench.worker", str(spec_path)], env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"engine": spec["engine"], "error": f"timed out after {timeout:.0f} s"}
+    if proc.returncode != 0 or not Path(spec["result_out"]).is_file():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()
+        return {"engine": spec["engine"], "error": tail[-1] if tail else f"exit code {proc.returncode}"}
+    return json.loads(Path(spec["result_out"]).read_text())
+
+
+def _merge_runs(first: dict, again: dict) -> dict:
+    """Pool two runs of one engine: samples concatenated, statistics recomputed, peaks maxed."""
+    from .measure import stats
+
+    out = dict(first)
+    out["runs"] = 2
+    for key in ("latency", "throughput", "train_step"):
+        if key in first and key in again:
+            merged = dict(first[key])
+            merged["samples"] = first[key]["samples"] + again[key]["samples"]
+            merged["seconds"] = stats(merged["samples"])
+            merged["median_first_run"] = first[key]["seconds"]["median"]
+            merged["median_second_run"] = again[key]["seconds"]["median"]
+            if key == "throughput":
+                merged["images_per_s"] = merged["batch"] / merged["seconds"]["median"]
+            if key == "train_step":
+                merged["peak_mb"] = max(first[key]["peak_mb"], again[key]["peak_mb"])
+            out[key] = merged
+    for key in ("peak_mem_b1_mb", "peak_mem_bN_mb", "peak_rss_load_mb"):
+        if key in first and key in again:
+            out[key] = max(first[key], again[key])
+    out["loadavg_end"] = again.get("loadavg_end")
+    return out
+
+
+def _compare(a: np.ndarray, b: np.ndarray) -> dict:
+    if a.shape != b.shape:
+        return {"error": f"shapes differ: {a.shape} vs {b.shape}"}
+    return {"max_abs_diff": float(np.abs(a - b).max()), "label_agreement": float((a.argmax(1) == b.argmax(1)).mean()),
+            "scale": float(np.abs(b).max())}
+
+
+def run_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classes: int = 21,
+              size: tuple[int, int] = (500, 500), batch: int = 1, throughput_batch: int = 4,
+              device: str = "cpu", dtype: str | None = None, engines: Sequence[str] | None = None,
+              warmup: int = 1, repeats: int = 5,
+              throughput_repeats: int = 2, peer: bool = True, train_step: bool = True, alignment: str = "caffe",
+              threads: int | None = None, checkpoint: str | None = None, width: float = 1.0,
+              fc_channels: int | None = None, sgemm_n: int = 4096, eval_split: bool = False,
+              calibration_count: int = 4, seed: int = 0, timeout: float = 900.0, peer_twice: bool = True,
+              command: str | None = None,
+              out_json: str | os.PathLike | None = None, out_md: str | os.PathLike | None = None,
+              progress: bool = True) -> dict:
+    """Measure each engine in a fresh process on the same input and weights; return (and write) a report.
+
+    Per engine: batch-``batch`` latency (median, IQR, min/max over ``repeats``), batch-``throughput_batch``
+    throughput, peak memory (RSS on CPU, ``max_memory_allocated`` on CUDA), counted FLOPs and achieved
+    GFLOP/s against the machine's sgemm rate, max |Δ| of the scores against the peer (or our fp32
+    model at the same alignment), and for the plain fp32 engines one training step. ``engines``
+    default: :data:`DEFAULT_ENGINES`; names ``<runtime>[-dtype][-cl][-trim][@alignment]``.
+    ``alignment`` is the default for names without ``@``. The peer is ``torchfcn==1.9.7``'s FCN8s
+    holding the same weights (needs model fcn8s@vgg16, caffe alignment); with ``peer_twice`` it runs
+    first and again last, its samples pooled, so that load drift on a shared machine shows.
+    """
+    t_start = time.time()
+    log = (lambda msg: print(f"[bench {time.time() - t_start:5.0f}s] {msg}", file=sys.stderr, flush=True)) \
+        if progress else (lambda msg: None)
+    if device != "cpu" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available on this machine")
+    dev_kind = "cuda" if device.startswith("cuda") else "cpu"
+    names = list(engines) if engines else list(DEFAULT_ENGINES[dev_kind])
+    specs = [parse_engine(n if "@" in n or alignment == "caffe" else f"{n}@{alignment}") for n in names]
+    if dtype is not None and not engines:  # the default list, narrowed to one precision (the peer stays)
+        specs = [s for s in specs if s.dtype == dtype or s.runtime == "peer"]
+    if not peer:
+        specs = [s for s in specs if s.runtime != "peer"]
+    if any(s.runtime == "peer" for s in specs) and (model != "fcn8s" or backbone != "vgg16" or width != 1.0
+                                                     or fc_channels not in (None, 4096)):
+        log("peer skipped: torchfcn offers the full-width FCN8s-VGG16 only")
+        specs = [s for s in specs if s.runtime != "peer"]
+    if dev_kind == "cuda" and any(s.runtime == "ort" for s in specs):
+        raise ConfigError("--engines: ONNX Runtime engines are benchmarked on the CPU only here")
+    threads = int(threads or torch.get_num_threads())
+    torch.set_num_threads(threads)
+    size = (int(size[0]), int(size[1]))
+    report: dict[str, Any] = {"schema": SCHEMA, "created": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+                              "command": command or " ".join(["python", *sys.argv]), "machine": machine_info(),
+                              "device": device,
+                              "options": {"model": model, "backbone": backbone, "num_classes": num_classes,
+                                          "size": list(size), "batch": batch, "throughput_batch": throughput_batch,
+                                          "warmup": warmup, "repeats": repeats,
+                                          "throughput_repeats": throughput_repeats, "threads": threads,
+                                          "alignment": alignment, "checkpoint": checkpoint, "width": width,
+                                          "fc_channels": fc_channels, "seed": seed}}
+    if sgemm_n:
+        log(f"sgemm {sgemm_n}x{sgemm_n}")
+        report["sgemm"] = sgemm_gflops(sgemm_n)
+    with tempfile.TemporaryDirectory(prefix="fcnseg-bench-") as tmp_s:
+        tmp = Path(tmp_s)
+        models, weights, cfgs = {}, {}, {}
+        for al in sorted({s.alignment for s in specs} | {"caffe"} if any(s.runtime == "peer" for s in specs)
+                         else {s.alignment for s in specs}):
+            if checkpoint:
+                from ..engine.checkpoint import model_from_checkpoint
+
+                m, _ = model_from_checkpoint(checkpoint)
+                cfg = dict(m.config)
+                cfg.pop("weights", None)
+                if cfg.get("alignment") != al:  # same weights, other padding
+                    cfg["alignment"] = al
+                    m2 = _build(cfg)
+                    m2.load_state_dict(m.state_dict())
+                    m2.preprocessing = m.preprocessing
+                    m = m2
+            else:
+                cfg = _models_config(model, backbone, num_classes, al, width, fc_channels)
+                m = _seeded_model(cfg, seed)
+            models[al], cfgs[al] = m.eval(), cfg
+            weights[al] = tmp / f"weights-{al}.pt"
+            torch.save(m.state_dict(), weights[al])
+        in_ch = int(getattr(next(iter(models.values())).backbone, "in_channels", 3))
+        onnx_files = _exports(specs, models, size, tmp, calibration_count, seed, log)
+        report["flops"] = {}
+        for s in specs:
+            key = f"{s.alignment}{'-trim' if s.trim else ''}"
+            if key not in report["flops"]:
+                report["flops"][key] = _flops(cfgs[s.alignment], size, in_ch, s.trim)
+        results = []
+        for s in specs:
+            log(f"engine {s.name}")
+            spec = {"engine": s.name, "runtime": s.runtime, "dtype": s.dtype, "channels_last": s.channels_last,
+                    "trim": s.trim, "compile": s.compile, "cuda_graphs": s.cuda_graphs,
+                    "model_config": cfgs[s.alignment], "weights": str(weights[s.alignment]),
+                    "preprocessing": models[s.alignment].preprocessing.to_dict(),
+                    "onnx": str(onnx_files.get((s.dtype, s.trim, s.alignment), "")), "device": device,
+                    "threads": threads, "size": list(size), "batch": batch, "throughput_batch": throughput_batch,
+                    "warmup": warmup, "repeats": repeats, "throughput_repeats": throughput_repeats,
+                    "train_step": train_step and s.runtime in ("peer", "torch") and s.dtype == "fp32"
+                    and not (s.channels_last or s.trim or s.compile or s.cuda_graphs),
+                    "seed": seed, "in_channels": in_ch,
+                    "scores_out": str(tmp / f"scores-{s.name.replace('@', '_')}.npy"),
+                    "result_out": str(tmp / f"result-{s.name.replace('@', '_')}.json")}
+            if s.runtime == "peer":
+                peer_spec = dict(spec, scores_out=str(tmp / "scores-peer-again.npy"),
+                                 result_out=str(tmp / "result-peer-again.json"))
+            r = _run_worker(spec, tmp, timeout)
+            r["spec"] = {k: spec[k] for k in ("runtime", "dtype", "channels_last", "trim", "compile", "cuda_graphs")}
+            r["alignment"], r["exact_path"] = s.alignment, s.exact
+            key = f"{s.alignment}{'-trim' if s.trim else ''}"
+            r["flops"] = report["flops"].get(key)
+            if "error" in r:
+                log(f"  {s.name} failed: {r['error']}")
+            else:
+                med = r["latency"]["seconds"]["median"]
+                log(f"  {s.name}: {med:.3f} s median, peak {r['peak_mem_b1_mb']:.0f} MiB")
+                if r["flops"]:
+                    r["achieved_gflops"] = r["flops"] * r["latency"]["batch"] / med / 1e9
+            results.append(r)
+        peer_i = next((i for i, r in enumerate(results) if r["engine"] == "peer" and "error" not in r), None)
+        if peer_i is not None and peer_twice and len(specs) > 1:
+            log("engine peer (again, last: its samples are pooled with the first run's against load drift)")
+            again = _run_worker(peer_spec, tmp, timeout)
+            if "error" not in again:
+                results[peer_i] = _merge_runs(results[peer_i], again)
+        _add_comparisons(results, specs, tmp)
+        report["engines"] = results
+        if eval_split:
+            report["eval_split"] = _eval_split(models.get("caffe") or next(iter(models.values())), device, log)
+    report["ratios_vs_peer"] = _ratios(report)
+    report["machine"]["loadavg_end"] = list(os.getloadavg())
+    report["wall_seconds"] = time.time() - t_start
+    if out_json:
+        p = Path(out_json)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(report, indent=1) + "\n")
+    if out_md:
+        from .report import bench_markdown
+
+        p = Path(out_md)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(bench_markdown(report))
+    return report
+
+
+def _exports(specs: list[EngineSpec], models: dict, size: tuple[int, int], tmp: Path, calib_count: int, seed: int,
+             log) -> dict:
+    """ONNX files the ORT engines need: fp32 dynamic, fp32 trimmed (fixed size), int8 of either."""
+    from ..export import export_onnx, quantize_onnx
+
+    files: dict[tuple, Path] = {}
+    wanted = {(s.dtype, s.trim, s.alignment) for s in specs if s.runtime == "ort"}
+    for dtype, trim, al in sorted(wanted):
+        fp32 = tmp / f"model-{al}{'-trim' if trim else ''}.onnx"
+        if not fp32.exists():
+            log(f"export ONNX ({al}{', trimmed, fixed size' if trim else ', dynamic'})")
+            export_onnx(models[al], fp32, dynamic=not trim, trim=trim, example_size=size if trim else (96, 112),
+                        verify=True, verify_sizes=((64, 80), (97, 51), (130, 113)))
+            files[("fp32", trim, al)] = fp32
+        if dtype == "int8":
+            log(f"quantize int8 static ({al}{', trimmed' if trim else ''})")
+            in_ch = int(getattr(models[al].backbone, "in_channels", 3))
+            q = quantize_onnx(fp32, fp32.with_suffix(".int8.onnx"), _calibration(in_ch, size, calib_count, seed))
+            files[("int8", trim, al)] = q
+    return files
+
+
+def _add_comparisons(results: list[dict], specs: list[EngineSpec], tmp: Path) -> None:
+    """max |Δ| of each engine's scores vs the peer (caffe) or our plain torch-fp32 (same alignment)."""
+    def scores(name: str) -> np.ndarray | None:
+        p = tmp / f"scores-{name.replace('@', '_')}.npy"
+        return np.load(p) if p.is_file() else None
+
+    by_name = {s.name: s for s in specs}
+    refs: dict[str, tuple[str, np.ndarray]] = {}
+    for s in specs:
+        if s.runtime == "torch" and s.dtype == "fp32" and not (s.channels_last or s.trim):
+            a = scores(s.name)
+            if a is not None:
+                refs.setdefault(s.alignment, (s.name, a))
+    peer = next((s.name for s in specs if s.runtime == "peer"), None)
+    peer_scores = scores(peer) if peer else None
+    for r in results:
+        s = by_name[r["engine"]]
+        a = scores(s.name)
+        if a is None:
+            continue
+        if peer_scores is not None and s.alignment == "caffe" and s.runtime != "peer":
+            r["vs_peer"] = _compare(a, peer_scores)
+        ref = refs.get(s.alignment)
+        if ref is not None and ref[0] != s.name and s.runtime != "peer":
+            r["vs_reference"] = {"reference": ref[0], **_compare(a, ref[1])}
+
+
+def _ratios(report: dict) -> dict:
+    """Speed-up (peer median / engine median) and peak-memory ratio (engine / peer) per engine."""
+    res = {r["engine"]: r for r in report.get("engines", []) if "error" not in r}
+    peer = res.get("peer")
+    if peer is None:
+        return {}
+    out = {}
+    for name, r in res.items():
+        if name == "peer":
+            continue
+        entry = {"latency_speedup": peer["latency"]["seconds"]["median"] / r["latency"]["seconds"]["median"],
+                 "peak_mem_ratio": r["peak_mem_b1_mb"] / peer["peak_mem_b1_mb"]}
+        if "throughput" in r and "throughput" in peer:
+            entry["throughput_speedup"] = r["throughput"]["images_per_s"] / peer["throughput"]["images_per_s"]
+        out[name] = entry
+    return out
+
+
+def _eval_split(model, device: str, log) -> dict | None:
+    """``evaluate()``'s time split (data / model / metrics) on the bundled CamVid sample's val split,
+    with this model's architecture (random weights: the split, not the scores, is the point)."""
+    try:
+        from ..data import build_dataset, sample_root
+        from ..engine.evaluate import evaluate
+    except ImportError as e:
+        log(f"eval split skipped: {e}")
+        return None
+    try:
+        ds = build_dataset("camvid", sample_root(), "val")
+    except Exception as e:
+        log(f"eval split skipped: {e}")
+        return None
+    import copy
+
+    m = copy.deepcopy(model)
+    if getattr(m, "heads", {"out": 0}).get("out") != ds.num_classes:
+        from ..models import create_model
+
+        cfg = dict(m.config)
+        name, _ = cfg.pop("name"), cfg.pop("num_classes")
+        cfg.pop("weights", None)
+        m = create_model(name, ds.num_classes, **cfg)
+    log(f"eval split on camvid sample val ({len(ds)} images)")
+    metrics = evaluate(m, ds, device=device, progress=False)
+    t = metrics.get("timing", {})
+    total = t.get("total") or sum(v for k, v in t.items() if k != "total") or 1.0
+    return {"dataset": "camvid sample val", "images": metrics.get("images"), "timing": t,
+            "fractions": {k: v / total for k, v in t.items() if k != "total"}}

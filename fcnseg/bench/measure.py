@@ -1,0 +1,144 @@
+"""Measuring primitives: timing statistics, resident memory, FLOPs, the machine's sgemm rate."""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+__all__ = ["stats", "time_calls", "rss_mb", "reset_peak_rss", "peak_rss_mb", "count_flops", "sgemm_gflops",
+           "machine_info"]
+
+
+def stats(samples: list[float]) -> dict[str, float]:
+    """Median, min, max, quartiles (IQR) and count of a list of seconds."""
+    s = sorted(samples)
+    if len(s) >= 2:
+        q1, _, q3 = statistics.quantiles(s, n=4, method="inclusive")
+    else:
+        q1 = q3 = s[0]
+    return {"median": statistics.median(s), "min": s[0], "max": s[-1], "q1": q1, "q3": q3, "n": len(s)}
+
+
+def time_calls(fn: Callable[[], object], warmup: int, repeats: int, sync: Callable[[], None] | None = None
+               ) -> list[float]:
+    """Wall seconds of ``repeats`` calls after ``warmup`` untimed ones."""
+    sync = sync or (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _status(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def rss_mb() -> float:
+    """Current resident set size in MiB (Linux /proc; else the lifetime peak)."""
+    v = _status("VmRSS")
+    return v if v is not None else peak_rss_mb()
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process; False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS in MiB since the last :func:`reset_peak_rss` (VmHWM), else since process start."""
+    v = _status("VmHWM")
+    if v is not None:
+        return v
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024 if platform.system() != "Darwin" else r / 2**20
+
+
+def count_flops(module: nn.Module, *inputs: torch.Tensor) -> dict:
+    """FLOPs of one forward, counted by ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add
+    is 2 FLOPs; conv/matmul only: bias adds, ReLU and pooling are not counted). Runs on whatever
+    device the module is on — use ``meta`` to count without computing."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        module(*inputs)
+    by_op: dict[str, int] = {}
+    for ops in counter.get_flop_counts().get("Global", {}).items():
+        by_op[str(ops[0])] = int(ops[1])
+    return {"total": int(counter.get_total_flops()), "by_op": by_op}
+
+
+def sgemm_gflops(n: int = 4096, repeats: int = 3) -> dict[str, float]:
+    """This machine's fp32 matmul rate (n×n @ n×n, 2n³ FLOPs) with torch's current thread count."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    ts = time_calls(lambda: torch.mm(a, b), 0, repeats)
+    flops = 2 * n**3
+    return {"n": n, "best_gflops": flops / min(ts) / 1e9, "median_gflops": flops / statistics.median(ts) / 1e9}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_flags() -> list[str]:
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [w for w in wanted if w in have]
+    except OSError:
+        pass
+    return []
+
+
+def machine_info() -> dict:
+    """CPU model and flags, core count, thread count, library versions, load average."""
+    info = {"cpu": _cpu_model(), "cpu_flags": _cpu_flags(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "torch": torch.__version__, "platform": platform.platform()}
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        info["onnxruntime"] = None
+    try:
+        info["loadavg"] = list(os.getloadavg())
+    except OSError:
+        info["loadavg"] = None
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info

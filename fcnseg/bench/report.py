@@ -1,0 +1,87 @@
+"""Markdown tables from a bench report (the dict/JSON of :func:`fcnseg.bench.run_bench`)."""
+from __future__ import annotations
+
+__all__ = ["bench_markdown", "engine_table", "machine_line"]
+
+
+def _f(v, fmt: str = ".3f", none: str = "–") -> str:
+    return none if v is None else format(v, fmt)
+
+
+def machine_line(report: dict) -> str:
+    m = report.get("machine", {})
+    load = m.get("loadavg")
+    load_end = m.get("loadavg_end")
+    sg = report.get("sgemm", {})
+    flags = ", ".join(m.get("cpu_flags", [])) or "no flags"
+    parts = [f"CPU {m.get('cpu', '?')} ({m.get('cores', '?')} cores; {flags})",
+             f"{m.get('torch_threads', '?')} threads", f"torch {m.get('torch', '?')}",
+             f"onnxruntime {m.get('onnxruntime') or 'absent'}", f"python {m.get('python', '?')}"]
+    if m.get("gpu"):
+        parts.append(f"GPU {m['gpu']}")
+    if sg:
+        parts.append(f"sgemm {sg['n']}² {sg['best_gflops']:.0f} GFLOP/s (best), {sg['median_gflops']:.0f} (median)")
+    if load:
+        parts.append("load average at start " + " / ".join(f"{x:.2f}" for x in load)
+                     + (", at end " + " / ".join(f"{x:.2f}" for x in load_end) if load_end else ""))
+    return "; ".join(parts)
+
+
+def engine_table(report: dict) -> str:
+    """One row per engine: latency (median [q1–q3]), throughput, speed-up and memory vs the peer, exactness."""
+    opts = report.get("options", {})
+    nb = opts.get("throughput_batch")
+    ratios = report.get("ratios_vs_peer", {})
+    sg = report.get("sgemm", {}).get("best_gflops")
+    head = ("| engine | exact | latency b1 s: median [IQR] (min–max) | "
+            f"{'throughput img/s (b' + str(nb) + ')' if nb and nb > 1 else 'throughput'} | speed-up vs peer | "
+            "peak RSS MiB b1 | RSS vs peer | RSS at load MiB | GFLOP | GFLOP/s (% sgemm) | max abs Δ vs peer | "
+            "labels = peer | "
+            "train step s |")
+    ncols = head.count("|") - 1
+    rows = [head, "|" + "|".join(["---"] * ncols) + "|"]
+    for r in report.get("engines", []):
+        name = r["engine"]
+        if "error" in r:
+            rows.append(f"| {name} | – | failed: {r['error'][:80]} |" + " |" * (ncols - 3))
+            continue
+        lat = r["latency"]["seconds"]
+        thr = r.get("throughput", {}).get("images_per_s")
+        ratio = ratios.get(name, {})
+        gf = r.get("flops")
+        ach = r.get("achieved_gflops")
+        vs = r.get("vs_peer") or {}
+        exact = "ref" if name == "peer" else ("yes" if r.get("exact_path") else "no")
+        delta = vs.get("max_abs_diff")
+        if delta is None and r.get("vs_reference"):
+            delta_txt = f"{r['vs_reference']['max_abs_diff']:.1e} (vs {r['vs_reference']['reference']})"
+            agree_txt = f"{100 * r['vs_reference']['label_agreement']:.2f}% (vs ref)"
+        else:
+            delta_txt = "ref" if name == "peer" else _f(delta, ".1e")
+            agree_txt = "ref" if name == "peer" else (f"{100 * vs['label_agreement']:.2f}%" if vs else "–")
+        train = r.get("train_step", {}).get("seconds", {}).get("median")
+        pct = f" ({100 * ach / sg:.0f}%)" if ach and sg else ""
+        rows.append(
+            f"| {name} | {exact} | {lat['median']:.3f} [{lat['q1']:.3f}–{lat['q3']:.3f}] "
+            f"({lat['min']:.3f}–{lat['max']:.3f}) | {_f(thr, '.2f')} | "
+            f"{'1.00' if name == 'peer' else _f(ratio.get('latency_speedup'), '.2f')}× | "
+            f"{r['peak_mem_b1_mb']:.0f} | {'1.00' if name == 'peer' else _f(ratio.get('peak_mem_ratio'), '.2f')} | "
+            f"{_f(r.get('peak_rss_load_mb'), '.0f')} | "
+            f"{_f(gf / 1e9 if gf else None, '.1f')} | {_f(ach, '.0f')}{pct} | {delta_txt} | {agree_txt} | "
+            f"{_f(train, '.2f')} |")
+    return "\n".join(rows)
+
+
+def bench_markdown(report: dict, title: str | None = None) -> str:
+    opts = report.get("options", {})
+    h, w = opts.get("size", ("?", "?"))
+    lines = [f"# {title or 'fcnseg bench'}: {opts.get('model')}@{opts.get('backbone')}, {h}×{w}, "
+             f"{report.get('device', 'cpu')}", "",
+             machine_line(report), "",
+             f"Command: `{report.get('command', '')}`", "", engine_table(report), ""]
+    ev = report.get("eval_split")
+    if ev:
+        fr = ev["fractions"]
+        lines += [f"`evaluate()` time split ({ev['dataset']}, {ev['images']} images): "
+                  + ", ".join(f"{k} {100 * v:.1f}%" for k, v in fr.items()), ""]
+    return "\n".join(lines)

@@ -1,0 +1,29 @@
+"""``fcnseg reproduce camvid --protocol cpu|full --out DIR``: the paper's RQ1–RQ4 on real data."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", choices=["camvid"], help="dataset of the study")
+    p.add_argument("--protocol", choices=["cpu", "full"], default="cpu",
+                   help="cpu: half resolution, frozen trunk, ≤ 60 min on 2 cores; full: full resolution, for a GPU")
+    p.add_argument("--out", required=True, help="folder for RESULTS.md and one JSON per run")
+    p.add_argument("--root", help="dataset folder (default: the protocol's, ../shared/datasets/camvid)")
+    p.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs of the protocol")
+    p.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from the JSON files")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides applied to every run")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..reproduce import load_protocol, run_study, write_results
+
+    if args.report_only:
+        path = write_results(load_protocol(args.dataset, args.protocol), Path(args.out))
+    else:
+        path = run_study(args.dataset, args.protocol, args.out, root=args.root, only=args.only,
+                         overrides=args.overrides)
+    print(f"wrote {path}")
+    return 0

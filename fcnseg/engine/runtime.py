@@ -1,0 +1,302 @@
+"""Inference engines behind one interface: RGB 0–255 images in, scores or labels out.
+
+* :class:`TorchEngine` — PyTorch eager (``inference_mode``), optional channels_last, bf16/fp16
+  autocast, ``torch.compile`` and CUDA graphs for fixed sizes.
+* :class:`OrtEngine` — an ONNX file (from :func:`fcnseg.export.export_onnx`, fp32 or int8) in ONNX
+  Runtime; preprocessing and heads come from the file's metadata.
+* :func:`choose_engine` — the fastest *exact* engine for a device.
+
+Every engine takes N×C×H×W float tensors (RGB, 0–255) and returns float32 scores on the CPU
+(``TorchEngine`` on CUDA returns them on the GPU), a dict head → scores for multi-head nets.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..models.preprocessing import Preprocessing
+
+__all__ = ["Engine", "TorchEngine", "OrtEngine", "EngineModule", "choose_engine", "DTYPES", "ort_available"]
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+Scores = torch.Tensor | dict[str, torch.Tensor]
+
+
+def ort_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class Engine(ABC):
+    """``predict_scores(images) -> scores``; ``predict_labels`` = argmax over classes."""
+
+    name: str = "engine"
+    exact: bool = True          # same function as the fp32 PyTorch model (up to fp32 rounding)
+    heads: dict[str, int]
+    preprocessing: Preprocessing
+
+    @abstractmethod
+    def predict_scores(self, images: torch.Tensor) -> Scores:
+        """Scores (float32, N×K×H×W) for RGB 0–255 images (N×C×H×W, or C×H×W for one)."""
+
+    def predict_labels(self, images: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Label maps (int64, N×H×W)."""
+        out = self.predict_scores(images)
+        return {k: v.argmax(1) for k, v in out.items()} if isinstance(out, dict) else out.argmax(1)
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.name, "exact": self.exact}
+
+    def as_module(self) -> "EngineModule":
+        """An ``nn.Module`` view (for :func:`fcnseg.engine.evaluate.evaluate`): identity preprocessing,
+        ``forward`` = ``predict_scores`` on RGB 0–255 images."""
+        return EngineModule(self)
+
+    @staticmethod
+    def _batch(images: torch.Tensor) -> torch.Tensor:
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+        if images.dim() == 3:
+            images = images[None]
+        if images.dim() != 4:
+            raise ValueError(f"images must be N×C×H×W or C×H×W, got shape {tuple(images.shape)}")
+        return images
+
+
+_IDENTITY = Preprocessing(bgr=False, scale=1.0, mean=(0.0, 0.0, 0.0), name="identity")
+
+
+class EngineModule(nn.Module):
+    """Wrap an :class:`Engine` as a module taking RGB 0–255 images (its ``preprocessing`` is identity)."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__()
+        self.engine = engine
+        self.heads = dict(engine.heads)
+        self.num_classes = self.heads["out"] if list(self.heads) == ["out"] else dict(self.heads)
+        self.preprocessing = _IDENTITY
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # gives .parameters()/.to() a device
+
+    def forward(self, images: torch.Tensor) -> Scores:
+        return self.engine.predict_scores(images)
+
+
+# ---------------------------------------------------------------------------------------- PyTorch
+
+class TorchEngine(Engine):
+    """PyTorch eager inference.
+
+    ``dtype``: ``"fp32"`` (exact), ``"bf16"``/``"fp16"`` (autocast: convs in half precision, lossy).
+    ``channels_last``: NHWC activations (default: on CUDA only, where it is faster; on CPU it
+    depends on the oneDNN build — measure with ``fcnseg bench``). ``compile``: ``torch.compile``
+    (``dynamic=False``; recompiles per size). ``cuda_graphs``: capture one CUDA graph per input
+    shape and replay it (fixed sizes; CUDA only; the scores returned are copies). ``trim``: skip
+    the image-independent pad-100 border of Caffe-aligned VGG nets (exact, see
+    :mod:`fcnseg.engine.trim`).
+    """
+
+    def __init__(self, model: nn.Module, device: str | torch.device = "cpu", *, channels_last: bool | None = None,
+                 dtype: str = "fp32", compile: bool = False, cuda_graphs: bool = False, trim: bool = False,
+                 max_graphs: int = 8) -> None:
+        if dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {device}: CUDA is not available on this machine")
+        if cuda_graphs and self.device.type != "cuda":
+            raise ConfigError("cuda_graphs needs a CUDA device")
+        self.channels_last = (self.device.type == "cuda") if channels_last is None else bool(channels_last)
+        self.dtype, self.compile, self.cuda_graphs = dtype, compile, cuda_graphs
+        self.exact = dtype == "fp32"
+        self.trim = trim
+        self.name = "torch-" + dtype + ("-cl" if self.channels_last else "") + ("-trim" if trim else "") \
+            + ("-compile" if compile else "") + ("-graphs" if cuda_graphs else "")
+        self.model = model.eval().to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if trim:
+            from .trim import TrimmedFCN
+
+            self.model = TrimmedFCN(self.model)
+        self.preprocessing = model.preprocessing
+        self.heads = dict(getattr(model, "heads", None) or {"out": int(model.num_classes)})
+        self._fn = torch.compile(self.model, dynamic=False) if compile else self.model
+        self._graphs: dict[tuple, tuple[Any, torch.Tensor, Any]] = {}
+        self._max_graphs = max_graphs
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "device": str(self.device), "dtype": self.dtype,
+                "channels_last": self.channels_last, "compile": self.compile, "cuda_graphs": self.cuda_graphs,
+                "trim": self.trim}
+
+    def _forward(self, x: torch.Tensor) -> Scores:
+        if self.dtype == "fp32":
+            return self._fn(x)
+        with torch.autocast(self.device.type, dtype=DTYPES[self.dtype]):
+            return self._fn(x)
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.preprocessing(self._batch(images).to(self.device, non_blocking=True))
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
+
+    @staticmethod
+    def _float(out: Scores) -> Scores:
+        if isinstance(out, dict):
+            return {k: v.float() for k, v in out.items()}
+        return out.float()
+
+    @torch.inference_mode()
+    def predict_scores(self, images: torch.Tensor) -> Scores:
+        x = self._prepare(images)
+        if self.cuda_graphs:
+            return self._replay(x)
+        return self._float(self._forward(x))
+
+    def _replay(self, x: torch.Tensor) -> Scores:
+        """Run through a CUDA graph captured for this shape (captured on first sight)."""
+        key = (tuple(x.shape), x.stride(), x.dtype)
+        if key not in self._graphs:
+            if len(self._graphs) >= self._max_graphs:
+                self._graphs.pop(next(iter(self._graphs)))
+            static_in = x.clone()
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                for _ in range(3):  # warm up cuDNN autotuning and the allocator outside the graph
+                    self._forward(static_in)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self._float(self._forward(static_in))
+            self._graphs[key] = (graph, static_in, static_out)
+        graph, static_in, static_out = self._graphs[key]
+        static_in.copy_(x)
+        graph.replay()
+        if isinstance(static_out, dict):
+            return {k: v.clone() for k, v in static_out.items()}
+        return static_out.clone()
+
+
+# ---------------------------------------------------------------------------------------- ONNX Runtime
+
+class OrtEngine(Engine):
+    """An exported ONNX file in ONNX Runtime. ``threads``: intra-op threads (default: all cores
+    torch uses). ``providers``: ONNX Runtime execution providers (default: CPU).
+    ``memory_arena=False`` releases activation buffers between runs (lower peak RSS, a little slower)."""
+
+    def __init__(self, onnx_path: str | os.PathLike, *, threads: int | None = None,
+                 providers: list[str] | None = None, preprocessing: Preprocessing | None = None,
+                 memory_arena: bool = True) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ConfigError("the ONNX Runtime engine needs onnxruntime: pip install 'fcnseg[onnx]'") from None
+        from ..export import _decode_meta
+
+        path = Path(onnx_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX file not found: {path}")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.enable_cpu_mem_arena = memory_arena
+        opts.enable_mem_pattern = memory_arena
+        available = ort.get_available_providers()
+        providers = providers or ["CPUExecutionProvider"]
+        missing = [p for p in providers if p not in available]
+        if missing:
+            raise ConfigError(f"ONNX Runtime providers {missing} not available here (available: {available})")
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        except Exception as e:
+            raise ConfigError(f"cannot load ONNX file {path}: {str(e).splitlines()[0]}") from None
+        meta = _decode_meta(self.session.get_modelmeta().custom_metadata_map)
+        self.meta = meta
+        if preprocessing is None:
+            if "preprocessing" not in meta:
+                raise ConfigError(f"{path} has no fcnseg preprocessing metadata; pass preprocessing=")
+            preprocessing = Preprocessing.from_dict(meta["preprocessing"])
+        self.preprocessing = preprocessing
+        outs = [o.name for o in self.session.get_outputs()]
+        self.heads = {str(k): int(v) for k, v in meta.get("heads", {"out": 0}).items()}
+        self._names = outs
+        self._single = outs == ["scores"]
+        self.threads = opts.intra_op_num_threads
+        self.quantized = meta.get("quantized")
+        self.exact = self.quantized is None
+        self.input_size = meta.get("input_size")  # fixed H, W of a static export, else None
+        self.name = "ort-" + ("int8" if self.quantized else "fp32") + ("-trim" if meta.get("trim") else "")
+        self.path = path
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "threads": self.threads, "providers": self.session.get_providers(),
+                "quantized": self.quantized}
+
+    @torch.inference_mode()
+    def predict_scores(self, images: torch.Tensor) -> Scores:
+        images = self._batch(images)
+        if self.input_size and list(images.shape[-2:]) != list(self.input_size):
+            raise ValueError(f"{self.path} was exported for {self.input_size[0]}×{self.input_size[1]} inputs, "
+                             f"got {images.shape[-2]}×{images.shape[-1]}")
+        x = self.preprocessing(images.cpu()).contiguous().numpy()
+        outs = self.session.run(self._names, {"input": x})
+        if self._single:
+            return torch.from_numpy(outs[0])
+        return {n: torch.from_numpy(o) for n, o in zip(self._names, outs)}
+
+
+def _ort_from_model(model: nn.Module, threads: int | None = None, cache_dir: str | os.PathLike | None = None
+                    ) -> OrtEngine:
+    """Export ``model`` to ONNX and open it. Without ``cache_dir`` the file is temporary (the session
+    holds the weights); with it, the export is kept under a name derived from the weights' checksum
+    and reused next time."""
+    from ..export import export_onnx
+
+    if cache_dir is not None:
+        from .checkpoint import state_checksum
+
+        key = state_checksum(model.state_dict())[:16]
+        meta = json.dumps([getattr(model, "config", {}), model.preprocessing.to_dict()], sort_keys=True, default=str)
+        key += hashlib.sha256(meta.encode()).hexdigest()[:8]
+        path = Path(cache_dir) / f"fcnseg-{key}.onnx"
+        if not path.is_file():
+            export_onnx(model, path)
+        return OrtEngine(path, threads=threads)
+    with tempfile.TemporaryDirectory(prefix="fcnseg-ort-") as tmp:
+        path = export_onnx(model, Path(tmp) / "model.onnx")
+        return OrtEngine(path, threads=threads)
+
+
+def choose_engine(model: nn.Module, device: str | torch.device = "cpu", *, exact: bool | None = None,
+                  threads: int | None = None, cache_dir: str | os.PathLike | None = None) -> Engine:
+    """The fastest engine measured for ``device`` (see docs/PERFORMANCE.md) that keeps the scores.
+
+    CPU: ONNX Runtime fp32 when onnxruntime is installed (the model is exported — verified against
+    PyTorch on three sizes, ~10-20 s for VGG16 — to a temporary file, or once into ``cache_dir``),
+    else PyTorch fp32 with the border trimmed where the backbone allows it (exact). CUDA: PyTorch
+    bf16 autocast + channels_last (scores differ at the bf16 level, labels rarely); ``exact=True``
+    keeps fp32 there.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return TorchEngine(model, device, channels_last=True, dtype="fp32" if exact else "bf16")
+    if device.type != "cpu":
+        return TorchEngine(model, device)
+    if ort_available():
+        return _ort_from_model(model, threads=threads, cache_dir=cache_dir)
+    from .trim import trim_supported
+
+    return TorchEngine(model, device, channels_last=False, trim=trim_supported(model))

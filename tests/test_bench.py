@@ -1,0 +1,101 @@
+"""Bench: FLOP counting, engine names, an end-to-end run on a tiny net, the peer's weight mapping."""
+import importlib.util
+import json
+import sys
+
+import pytest
+import torch
+
+import fcnseg
+from fcnseg.bench import count_flops, parse_engine, run_bench
+from fcnseg.bench.measure import peak_rss_mb, reset_peak_rss, stats
+from fcnseg.errors import ConfigError
+
+HAS_PEER = importlib.util.find_spec("torchfcn") is not None
+
+
+def test_flop_count_of_convs():
+    x = torch.randn(1, 8, 10, 12)
+    assert count_flops(torch.nn.Conv2d(8, 16, 1), x)["total"] == 2 * 8 * 16 * 10 * 12
+    assert count_flops(torch.nn.Conv2d(8, 16, 3, padding=1), x)["total"] == 2 * 8 * 16 * 9 * 10 * 12
+
+
+def test_flops_of_fcn8s_at_500_on_meta():
+    with torch.device("meta"):
+        m = fcnseg.create_model("fcn8s", 21).eval()
+        x = torch.empty(1, 3, 500, 500)
+    assert abs(count_flops(m, x)["total"] / 1e9 - 363.1) < 0.5  # the paper-faithful net at PASCAL scale
+
+
+def test_stats_and_memory_helpers():
+    s = stats([3.0, 1.0, 2.0, 10.0])
+    assert s["median"] == 2.5 and s["min"] == 1.0 and s["max"] == 10.0 and s["q1"] <= s["median"] <= s["q3"]
+    reset_peak_rss()
+    assert peak_rss_mb() > 0
+
+
+def test_engine_names():
+    s = parse_engine("ort-int8-trim")
+    assert (s.runtime, s.dtype, s.trim, s.alignment, s.exact) == ("ort", "int8", True, "caffe", False)
+    s = parse_engine("torch-bf16-cl@same")
+    assert (s.runtime, s.dtype, s.channels_last, s.alignment) == ("torch", "bf16", True, "same")
+    for bad in ("tensorflow", "peer-bf16", "ort-bf16", "torch-fp32-trim@same", "torch-int8"):
+        with pytest.raises(ConfigError):
+            parse_engine(bad)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime not installed")
+def test_run_bench_end_to_end_tiny(tmp_path):
+    out = tmp_path / "bench.json"
+    report = run_bench(size=(48, 56), width=1 / 16, fc_channels=64, engines=["torch-fp32", "ort-fp32",
+                       "torch-fp32-trim", "ort-fp32@same"], repeats=1, warmup=0, throughput_batch=2,
+                       throughput_repeats=1, sgemm_n=64, out_json=out, out_md=tmp_path / "bench.md", progress=False)
+    data = json.loads(out.read_text())
+    assert data["schema"] == "fcnseg-bench-v1" and data == json.loads(json.dumps(report))
+    assert {"machine", "sgemm", "flops", "engines", "options", "ratios_vs_peer"} <= set(data)
+    assert len(data["machine"]["loadavg"]) == 3
+    eng = {e["engine"]: e for e in data["engines"]}
+    assert set(eng) == {"torch-fp32", "ort-fp32", "torch-fp32-trim", "ort-fp32@same"}
+    for e in eng.values():
+        assert "error" not in e, e.get("error")
+        assert e["latency"]["seconds"]["median"] > 0 and e["peak_mem_b1_mb"] > 0
+        assert e["throughput"]["batch"] == 2 and e["flops"] > 0
+    assert eng["torch-fp32"]["train_step"]["seconds"]["median"] > 0
+    assert eng["ort-fp32"]["vs_reference"]["max_abs_diff"] <= 1e-4
+    assert eng["torch-fp32-trim"]["vs_reference"]["max_abs_diff"] <= 1e-5
+    assert "vs_reference" not in eng["ort-fp32@same"]  # no torch-fp32@same ran: nothing to compare with
+    assert data["flops"]["caffe-trim"] < data["flops"]["caffe"]
+    assert "| torch-fp32-trim | yes |" in (tmp_path / "bench.md").read_text()
+
+
+@pytest.mark.skipif(not HAS_PEER, reason="the peer torchfcn==1.9.7 is not installed")
+def test_peer_loader_maps_every_layer():
+    from fcnseg.bench.peer import load_peer_models, peer_state_dict
+
+    load_peer_models()
+    assert "fcn" not in sys.modules and "torchvision" not in sys.modules  # stubs only during the import
+    with torch.device("meta"):
+        ours = fcnseg.create_model("fcn8s", 21).state_dict()
+        theirs = load_peer_models().FCN8s(n_class=21).state_dict()
+    mapped = peer_state_dict(ours)
+    assert set(mapped) == set(theirs)
+    assert all(mapped[k].shape == theirs[k].shape for k in theirs)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_PEER, reason="the peer torchfcn==1.9.7 is not installed")
+def test_peer_with_our_weights_gives_our_scores():
+    from fcnseg.bench.peer import peer_fcn8s
+
+    torch.manual_seed(0)
+    m = fcnseg.create_model("fcn8s", 3).eval()
+    with torch.no_grad():
+        for p in m.score.parameters():
+            p.normal_(0, 1e-3)
+    peer = peer_fcn8s(3, m.state_dict())
+    x = torch.randn(1, 3, 20, 26) * 50
+    with torch.no_grad():
+        a, b = m(x), peer(x)
+    assert a.shape == b.shape and a.abs().max() > 0
+    assert (a - b).abs().max() <= 1e-6

@@ -1,0 +1,134 @@
+"""Inference engines: one interface, same scores; the exact border-trimming path."""
+import pytest
+import torch
+
+import fcnseg
+from fcnseg.engine.runtime import EngineModule, TorchEngine, choose_engine, ort_available
+from fcnseg.engine.trim import TrimmedFCN, trim_supported
+from fcnseg.errors import ConfigError
+
+
+def _tiny(alignment="caffe", classes=5, name="fcn8s"):
+    torch.manual_seed(0)
+    m = fcnseg.create_model(name, classes, width=1 / 16, fc_channels=64, alignment=alignment).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.1)
+        for mod in m.modules():  # positive biases: a non-zero background, as trained nets have
+            if isinstance(mod, torch.nn.Conv2d) and mod.bias is not None:
+                mod.bias.uniform_(0, 0.5)
+    return m
+
+
+def _ref(m, x):
+    with torch.no_grad():
+        return m(m.preprocessing(x))
+
+
+def _img(n, h, w, seed=0):
+    return torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(seed)) * 255
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"channels_last": True}, {"trim": True}, {"trim": True, "channels_last": True}])
+def test_torch_engine_fp32_matches_model(kwargs):
+    m = _tiny()
+    engine = TorchEngine(m, **kwargs)
+    assert engine.exact
+    for i, (h, w) in enumerate([(50, 70), (97, 51), (1, 1)]):
+        x = _img(1 + i % 2, h, w, i)
+        assert (engine.predict_scores(x) - _ref(m, x)).abs().max() <= 1e-5
+    assert engine.predict_labels(x[0]).shape == (1, 1, 1)
+
+
+@pytest.mark.parametrize("name", ["fcn8s", "fcn32s", "fcn16s"])
+def test_trim_is_exact_on_many_sizes(name):
+    m = _tiny(name=name)
+    t = TrimmedFCN(m)
+    for i, (h, w) in enumerate([(1, 1), (5, 9), (31, 200), (64, 80), (97, 51), (130, 113), (16, 17)]):
+        x = m.preprocessing(_img(1, h, w, i))
+        with torch.no_grad():
+            ref, out = m(x), t(x)
+        assert t._plan(h, w) is not None  # the trimmed path was taken
+        assert out.shape == ref.shape and (out - ref).abs().max() <= 1e-5 * max(1.0, ref.abs().max())
+
+
+def test_trim_in_strips_is_exact():
+    m = _tiny()
+    t = TrimmedFCN(m, strip_bytes=4096)  # forces several strips per stage
+    for i, (h, w) in enumerate([(64, 80), (97, 51), (33, 20)]):
+        x = m.preprocessing(_img(2, h, w, i))
+        with torch.no_grad():
+            assert (t(x) - m(x)).abs().max() <= 1e-5
+
+
+def test_trim_counts_fewer_flops():
+    from fcnseg.bench.measure import count_flops
+
+    m = _tiny()
+    t = TrimmedFCN(m)
+    x = torch.zeros(1, 3, 200, 200)
+    t(x)  # background skeleton: one-off
+    assert count_flops(t, x)["total"] < 0.75 * count_flops(m, x)["total"]
+
+
+def test_trim_multi_head_and_unsupported():
+    torch.manual_seed(0)
+    m = fcnseg.create_model("fcn8s", {"a": 3, "b": 2}, width=1 / 16, fc_channels=64).eval()
+    x = m.preprocessing(_img(1, 40, 44))
+    with torch.no_grad():
+        ref, out = m(x), TrimmedFCN(m)(x)
+    assert all((out[k] - ref[k]).abs().max() <= 1e-5 for k in ref)
+    same = _tiny("same")
+    assert not trim_supported(same)
+    with pytest.raises(ValueError, match="TrimmedFCN"):
+        TorchEngine(same, trim=True)
+
+
+def test_bf16_is_close_not_exact():
+    m = _tiny()
+    engine = TorchEngine(m, dtype="bf16")
+    assert not engine.exact
+    x = _img(1, 40, 48)
+    out, ref = engine.predict_scores(x), _ref(m, x)
+    assert out.dtype == torch.float32 and (out - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_bad_options_are_clear_errors():
+    m = _tiny()
+    with pytest.raises(ConfigError, match="dtype"):
+        TorchEngine(m, dtype="int4")
+    with pytest.raises(ConfigError, match="CUDA"):
+        TorchEngine(m, cuda_graphs=True)
+    with pytest.raises(ValueError, match="N×C×H×W"):
+        TorchEngine(m).predict_scores(torch.zeros(4, 4))
+
+
+def test_engine_module_feeds_evaluate_style_callers():
+    m = _tiny()
+    mod = EngineModule(TorchEngine(m))
+    x = _img(1, 33, 41)
+    assert mod.heads == {"out": 5} and mod.num_classes == 5
+    assert torch.equal(mod.preprocessing(x), x)
+    assert (mod(mod.preprocessing(x)) - _ref(m, x)).abs().max() <= 1e-5
+
+
+@pytest.mark.skipif(not ort_available(), reason="onnxruntime not installed")
+def test_choose_engine_cpu_is_exact_ort():
+    m = _tiny()
+    engine = choose_engine(m, "cpu")
+    assert engine.name == "ort-fp32" and engine.exact
+    x = _img(1, 45, 38)
+    assert (engine.predict_scores(x) - _ref(m, x)).abs().max() <= 1e-4
+
+
+@pytest.mark.skipif(not ort_available(), reason="onnxruntime not installed")
+def test_choose_engine_reuses_a_cached_export(tmp_path):
+    m = _tiny()
+    a = choose_engine(m, "cpu", cache_dir=tmp_path)
+    files = list(tmp_path.glob("*.onnx"))
+    b = choose_engine(m, "cpu", cache_dir=tmp_path)
+    assert len(files) == 1 and a.path == b.path == files[0]
+    with torch.no_grad():
+        m.score.out.fc7.weight.add_(1.0)  # other weights: another file
+    choose_engine(m, "cpu", cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.onnx"))) == 2
