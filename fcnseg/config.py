@@ -7,6 +7,8 @@ plain defaults). Values set explicitly (in the file or an override) always win.
 from __future__ import annotations
 
 import dataclasses
+import math
+import reprlib
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -193,9 +195,13 @@ def validate(cfg: RunConfig) -> None:
                 ("train.step_size", t.step_size), ("data.resize", d.resize), ("data.max_items", d.max_items),
                 ("train.checkpoint_every", t.checkpoint_every), ("train.log_every", t.log_every),
                 ("train.eval_batch_size", t.eval_batch_size)]
+    m = cfg.model
+    positive += [("model.width", m.width), ("model.fc_channels", m.fc_channels)]
+    if isinstance(m.num_classes, int):
+        positive.append(("model.num_classes", m.num_classes))
     for key, v in positive:
-        if v is not None and not v > 0:
-            raise ConfigError(f"{key} must be > 0, got {v}")
+        if v is not None and not (v > 0 and math.isfinite(v)):
+            raise ConfigError(f"{key} must be a finite number > 0, got {v}")
     for key, v in [("train.eval_every", t.eval_every), ("data.workers", d.workers),
                    ("train.warmup_iters", t.warmup_iters), ("train.weight_decay", t.weight_decay),
                    ("train.momentum", t.momentum), ("data.jitter", d.jitter)]:
@@ -321,7 +327,7 @@ def _merge(obj: Any, data: dict, source: str, prefix: str) -> None:
             if value is None:
                 continue
             if not isinstance(value, dict):
-                raise ConfigError(f"{source}: '{path}' must be a mapping, got {value!r}")
+                raise ConfigError(f"{source}: '{path}' must be a mapping, got {reprlib.repr(value)}")
             _merge(getattr(obj, key), value, source, f"{path}.")
             continue
         hint = hints[key]
@@ -360,4 +366,4 @@ def _coerce(value: Any, hint: Any, path: str, source: str) -> Any:
         except ValueError:
             pass
     names = " or ".join(getattr(t, "__name__", str(t)) for t in options if t is not type(None))
-    raise ConfigError(f"{source}: '{path}' expects {names}, got {value!r}")
+    raise ConfigError(f"{source}: '{path}' expects {names}, got {reprlib.repr(value)}")

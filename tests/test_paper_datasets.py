@@ -207,7 +207,8 @@ def test_nyud_early_and_late_fusion(tmp_path):
         for k, v in load_checkpoint(path)["model"].items():
             torch.testing.assert_close(state[f"streams.{stream}.{k}"], v, rtol=0, atol=1e-6)
     color, hha = ckpt["preprocessing"]["streams"]  # input channels 0:3, 3:6
-    assert color["channels"] == hha["channels"] == 3
+    assert (color["stream"], hha["stream"]) == ("color", "hha") and color["channels"] == hha["channels"] == 3
+    color, hha = color["preprocessing"], hha["preprocessing"]
     assert color["bgr"] and tuple(color["mean"]) == tuple(NYUD_COLOR)
     assert not hha["bgr"] and tuple(hha["mean"]) == tuple(NYUD_HHA)
 

@@ -81,8 +81,9 @@ def dataset_from_checkpoint(ckpt: dict, dataset: str | None, root: str | None, s
 
     run = ckpt.get("run_config") or {}
     data = run.get("data", {})
-    name = dataset or data.get("dataset")
-    root = root or data.get("root")
+    # the run's validation data (SBD-trained VOC nets score on VOC seg11valid)
+    name = dataset or data.get("val_dataset") or data.get("dataset")
+    root = root or (data.get("val_root") if name == data.get("val_dataset") else None) or data.get("root")
     split = split or data.get("val_split") or "val"
     resize = resize if resize is not None else data.get("resize")
     if not name or not root:

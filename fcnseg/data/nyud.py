@@ -33,7 +33,7 @@ __all__ = ["NYUD", "NYUD_CLASSES", "NYUD_MEANS", "NYUD_LOG_DEPTH_MEAN", "NYUD_MO
 
 NYUD_CLASSES = read_names(package_list("nyud", "classes.txt"))
 NYUD_LOG_DEPTH_MEAN = 7.844
-# Reference (Caffe) means: colour and HHA in BGR order (HHA's BGR = its PNG's channels reversed).
+# Reference (Caffe) means: colour in BGR order; HHA in its PNG's channel order (the reference does not reorder it).
 NYUD_MEANS = {"color": (116.190, 97.203, 92.318), "hha": (132.431, 94.076, 118.477),
               "log_depth": NYUD_LOG_DEPTH_MEAN}
 NYUD_MODALITIES = {"color": 3, "hha": 3, "depth": 1, "rgbd": 4, "color+hha": 6}
@@ -54,7 +54,9 @@ def nyud_channel_means(modality: str, bgr: bool = False) -> tuple[float, ...]:
             out.append(NYUD_LOG_DEPTH_MEAN)
         else:
             m = NYUD_MEANS[part]
-            out.extend(m if bgr else m[::-1])
+            # colour means are BGR (Caffe's order); the reference subtracts the HHA mean in the
+            # PNG's own channel order, which an item keeps
+            out.extend(m if part == "hha" or bgr else m[::-1])
     return tuple(out)
 
 

@@ -141,7 +141,7 @@ class _Run:
         self.class_names = list(names) if names is not None else None
         palette = getattr(self.train_raw, "palette", None)
         self.palette = palette.tolist() if hasattr(palette, "tolist") else palette
-        self.classes = cfg.model.num_classes or dataset_classes(self.train_raw)
+        self.classes = cfg.model.num_classes if cfg.model.num_classes is not None else dataset_classes(self.train_raw)
         self.heads = sorted(self.classes) if isinstance(self.classes, dict) else ["out"]
 
         # model (same initialisation on every rank)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, FcnsegError
 from ..models import FCN, create_model
 from ..models.fusion import StreamPreprocessing
 from ..models.preprocessing import Preprocessing
@@ -47,7 +47,9 @@ def build_model(m: ModelConfig, num_classes: Union[int, dict]) -> FCN:
     try:
         model = create_model(m.name, num_classes, backbone=m.backbone, weights=m.weights, alignment=m.alignment,
                              learn_upsampling=m.learn_upsampling, **kwargs)
-    except (KeyError, TypeError) as e:
+    except FcnsegError:
+        raise
+    except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"model: {e}") from None
     if m.dropout is not None:
         set_dropout(model, m.dropout)

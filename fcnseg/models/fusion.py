@@ -28,11 +28,12 @@ class StreamPreprocessing:
         return torch.cat(parts, dim=-3)
 
     def to_dict(self) -> dict:
-        return {"streams": [{"name": n, "channels": c, **p.to_dict()} for n, c, p in self.streams]}
+        return {"streams": [{"stream": n, "channels": c, "preprocessing": p.to_dict()} for n, c, p in self.streams]}
 
     @classmethod
     def from_dict(cls, d: dict) -> "StreamPreprocessing":
-        return cls(tuple((s["name"], int(s["channels"]), Preprocessing.from_dict(s)) for s in d["streams"]))
+        return cls(tuple((s["stream"], int(s["channels"]), Preprocessing.from_dict(s["preprocessing"]))
+                         for s in d["streams"]))
 
 
 class LateFusion(nn.Module):
