@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..data import build_dataset, sample_root
     from ..engine.checkpoint import model_from_checkpoint
-    from ..engine.evaluate import evaluate, format_table, save_metrics
+    from ..engine.evaluate import format_table, save_metrics
     from ..engine.predict import format_summary, predict_paths
     from ..engine.train import train
     from ..engine.visualize import plot_confusion, plot_curves
@@ -33,17 +33,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"demo: training {cfg.model.name} ({cfg.model.backbone}, {cfg.model.weights}) on the bundled CamVid "
           f"sample at {root}", flush=True)
     result = train(cfg)
-    ckpt_path = result.get("best_checkpoint") or result["last_checkpoint"]
-    model, _ = model_from_checkpoint(ckpt_path)
+    # the final model is what is reported (no choice of checkpoint on the val split it is scored on)
+    model, _ = model_from_checkpoint(result["last_checkpoint"])
     val = build_dataset("camvid", root, "val")
-    metrics = evaluate(model, val, progress=False)
+    metrics = result["metrics"]
     table = format_table(metrics, val.classes)
     print(table)
     save_metrics(metrics, out / "metrics.json")
     plot_confusion(metrics["confusion"], val.classes, out / "confusion.png")
-    plot_curves(out / "log.csv", out / "curves.png", out / "val.json" if (out / "val.json").exists() else None)
-    picks = [root / "val" / Path(p).name for p in sorted(val.image_paths)[: args.predict]] \
-        if hasattr(val, "image_paths") else sorted((root / "val").iterdir())[: args.predict]
+    plot_curves(out / "log.csv", out / "curves.png", out / "eval.csv")
+    picks = sorted((root / "val").iterdir())[: args.predict]
     shown = []
     for s in predict_paths(model, picks, out / "predictions", palette=val.palette, class_names=val.classes):
         print(format_summary(s))

@@ -156,11 +156,15 @@ def _num(v) -> float:
 
 
 def _read_val(val_json: str | os.PathLike) -> list[dict]:
-    """Validation records: a JSON list of dicts, a dict holding such a list, or JSON lines."""
+    """Validation records: a CSV with an ``iter`` column, a JSON list of dicts, a dict holding
+    such a list, or JSON lines."""
     path = Path(val_json)
     if not path.is_file():
         raise FileNotFoundError(f"validation metrics file not found: {path}")
     text = path.read_text(encoding="utf-8")
+    if path.suffix == ".csv":  # the training engine's eval.csv: iter, mean_iu, ...
+        import csv
+        return [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(text.splitlines())]
     try:
         data = json.loads(text)
     except json.JSONDecodeError:

@@ -1,0 +1,50 @@
+"""The command line end to end: train → eval → predict on the bundled sample, and the demo."""
+import json
+
+import pytest
+
+from fcnseg.cli.main import main
+from fcnseg.data import sample_root
+
+TINY = ["model.width=0.0625", "model.fc_channels=16", "model.weights=null", "data.max_items=4",
+        "train.epochs=1", "train.progress=false", "data.resize=3", "data.batch_size=2"]
+
+
+def test_every_command_has_help(capsys):
+    for cmd in ["train", "eval", "predict", "demo", "export", "bench", "reproduce", "models"]:
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--help"])
+        assert e.value.code == 0
+        assert "usage: fcnseg " + cmd in capsys.readouterr().out
+
+
+def test_models_lists_the_family(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "fcn8s-atonce" in out and "fcn32s@alexnet" in out
+
+
+@pytest.mark.slow
+def test_train_eval_predict_round_trip(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "camvid-fcn32s", f"data.root={sample_root()}", f"out={out}", *TINY]) == 0
+    assert (out / "last.pt").is_file() and (out / "log.csv").is_file()
+    assert main(["eval", "--checkpoint", str(out / "last.pt"), "--out", str(tmp_path / "ev"), "--no-progress"]) == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert 0 <= metrics["mean_iu"] <= 1 and (tmp_path / "ev" / "confusion.png").is_file()
+    val = sorted((sample_root() / "val").iterdir())[:2]
+    assert main(["predict", *map(str, val), "--checkpoint", str(out / "last.pt"), "--out", str(tmp_path / "p")]) == 0
+    text = capsys.readouterr().out
+    assert "mean IU" in text and "2 image(s)" in text
+    assert len(list((tmp_path / "p").glob("*_label.png"))) == 2
+
+
+@pytest.mark.slow
+def test_demo_writes_its_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--predict", "2", "data.max_items=6", "data.batch_size=2", "train.epochs=1",
+                 "train.progress=false"]) == 0
+    for name in ["metrics.json", "report.md", "curves.png", "confusion.png", "last.pt"]:
+        assert (out / name).is_file(), name
+    assert len(list((out / "predictions").glob("*_overlay.png"))) == 2
+    assert "Report:" in capsys.readouterr().out
