@@ -50,6 +50,12 @@ def run(args: argparse.Namespace) -> int:
     minutes = (time.perf_counter() - t0) / 60
     report = _report(cfg, result, metrics, table, shown, out, minutes)
     (out / "report.md").write_text(report)
+    from ..reproduce import machine
+    summary = {"command": "make demo", "mean_iu": metrics["mean_iu"], "pixel_accuracy": metrics["pixel_accuracy"],
+               "mean_accuracy": metrics["mean_accuracy"], "fw_iu": metrics["fw_iu"], "minutes": round(minutes, 1),
+               "iterations": result.get("iterations"), "val_images": len(val), "machine": machine(),
+               "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(f"\nmean IU {100 * metrics['mean_iu']:.1f}% on the sample's {len(val)} held-out images "
           f"({minutes:.1f} min). Report: {out / 'report.md'}")
     return 0
