@@ -4,13 +4,13 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..atomic import atomic_write
 from ..errors import CheckpointError, first_line
 from ..models import FCN, create_model
 from ..models.preprocessing import Preprocessing, preprocessing_from_dict
@@ -43,17 +43,8 @@ def save_checkpoint(path: str | os.PathLike, model: FCN, **extra: Any) -> Path:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "model": state, "config": dict(model.config),
                "preprocessing": model.preprocessing.to_dict(), "checksum": state_checksum(state), **extra}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        torch.save(payload, f)
     return path
 
 

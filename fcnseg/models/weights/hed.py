@@ -16,10 +16,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
+import tempfile
 import os
 import subprocess
 import sys
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...atomic import atomic_write
 from ..backbones.vgg import VGG16_BLOCKS
 from .common import WeightsError, fit, load_into, trunk_of
 
@@ -131,27 +132,15 @@ def _download() -> bytes:
 
 
 def _save_atomic(state: dict[str, torch.Tensor], target: Path, record: Path) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    target.parent.mkdir(parents=True, exist_ok=True)
     meta = {"source": HED_SOURCE, "source_sha256": HED_SHA256, "license": "MIT",
             "notes": "VGG16 conv1_1-conv5_3 of HED; no fc6/fc7"}
-    tmp = _temp_in(target.parent, target.name)
-    try:
-        save_file(state, str(tmp), metadata=meta)
-        digest = _sha256_file(tmp)
-        os.replace(tmp, target)
-        tmp = _temp_in(target.parent, record.name)
-        tmp.write_text(f"{digest}  {target.name}\n")
-        os.replace(tmp, record)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _temp_in(folder: Path, name: str) -> Path:
-    fd, path = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(path)
+    data = save(state, metadata=meta)
+    with atomic_write(target) as f:
+        f.write(data)
+    with atomic_write(record, "w") as f:
+        f.write(f"{hashlib.sha256(data).hexdigest()}  {target.name}\n")
 
 
 def _sha256_file(path: Path) -> str:
