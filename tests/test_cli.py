@@ -48,3 +48,27 @@ def test_demo_writes_its_report(tmp_path, capsys):
         assert (out / name).is_file(), name
     assert len(list((out / "predictions").glob("*_overlay.png"))) == 2
     assert "Report:" in capsys.readouterr().out
+
+
+def test_predict_with_the_fast_engine_matches_torch(tmp_path, monkeypatch, capsys):
+    """``--engine auto`` (ONNX Runtime on CPU) writes the same labels as the PyTorch model."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    import fcnseg
+    from fcnseg.engine.checkpoint import save_checkpoint
+
+    monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    model = fcnseg.create_model("fcn8s", 5, width=1 / 16, fc_channels=16)
+    with torch.no_grad():
+        for p in model.score.parameters():
+            p.normal_(std=0.1)
+    save_checkpoint(tmp_path / "c.pt", model)
+    image = sorted((sample_root() / "val").iterdir())[0]
+    for engine in ("torch", "auto"):
+        assert main(["predict", str(image), "--checkpoint", str(tmp_path / "c.pt"), "--out",
+                     str(tmp_path / engine), "--engine", engine, "--overlay", "none"]) == 0
+    a, b = (np.array(Image.open(next((tmp_path / e).glob("*_label.png")))) for e in ("torch", "auto"))
+    assert (a == b).mean() > 0.999 and len(np.unique(a)) > 1

@@ -132,3 +132,17 @@ def test_choose_engine_reuses_a_cached_export(tmp_path):
         m.score.out.fc7.weight.add_(1.0)  # other weights: another file
     choose_engine(m, "cpu", cache_dir=tmp_path)
     assert len(list(tmp_path.glob("*.onnx"))) == 2
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_trim_matmul_convs_are_exact(monkeypatch, channels_last):
+    import fcnseg.engine.trim as trim
+
+    monkeypatch.setattr(trim, "_MM_BYTES", 0)  # every conv after the trimmed stages runs as a matmul
+    m = _tiny()
+    engine = TorchEngine(m, trim=True, channels_last=channels_last)
+    assert m.backbone.stages.fc7.fc6.weight.is_contiguous()
+    for i, (h, w) in enumerate([(50, 70), (97, 51)]):
+        x = _img(2, h, w, i)
+        ref = _ref(_tiny(), x)
+        assert (engine.predict_scores(x) - ref).abs().max() <= 1e-5

@@ -16,15 +16,15 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, FcnsegError
-from .measure import count_flops, machine_info, sgemm_gflops
+from .measure import count_flops, machine_info, sgemm_gflops, stats
 
 __all__ = ["run_bench", "EngineSpec", "parse_engine", "DEFAULT_ENGINES", "BenchError"]
 
 SCHEMA = "fcnseg-bench-v1"
 # CPU defaults: the peer, our exact paths, then the lossy fast paths, then 'same' alignment.
 DEFAULT_ENGINES: dict[str, tuple[str, ...]] = {
-    "cpu": ("peer", "torch-fp32", "torch-fp32-cl", "torch-fp32-trim", "ort-fp32", "ort-fp32-trim",
-            "torch-bf16-trim", "ort-int8", "ort-int8-trim", "torch-fp32@same", "ort-fp32@same"),
+    "cpu": ("peer", "torch-fp32", "torch-fp32-cl", "torch-fp32-trim", "torch-fp32-cl-trim", "ort-fp32",
+            "ort-fp32-trim", "torch-bf16-cl-trim", "ort-int8", "torch-fp32@same", "ort-fp32@same"),
     "cuda": ("peer", "torch-fp32", "torch-fp32-cl", "torch-bf16-cl", "torch-bf16-cl-trim", "torch-fp16-cl",
              "torch-bf16-cl-graphs", "torch-fp32@same", "torch-bf16-cl@same"),
 }
@@ -142,46 +142,80 @@ def _calibration(cfg_in_channels: int, size: tuple[int, int], count: int, seed: 
             for _ in range(count)]
 
 
-def _run_worker(spec: dict, tmp: Path, timeout: float) -> dict:
-    spec_path = tmp / f"spec-{spec['engine'].replace('@', '_')}.json"
-    spec_path.write_text(json.dumps(spec))
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else root
-    try:
-        proc = subprocess.run([sys.executable, "-m", "fcnseg.bench.worker", str(spec_path)], env=env,
-                              capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"engine": spec["engine"], "error": f"timed out after {timeout:.0f} s"}
-    if proc.returncode != 0 or not Path(spec["result_out"]).is_file():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()
-        return {"engine": spec["engine"], "error": tail[-1] if tail else f"exit code {proc.returncode}"}
-    return json.loads(Path(spec["result_out"]).read_text())
+class _Worker:
+    """A worker process in serve mode (see :func:`fcnseg.bench.worker.serve`)."""
+
+    def __init__(self, spec: dict, tmp: Path, timeout: float) -> None:
+        self.spec, self.timeout, self.error = spec, timeout, None
+        tag = spec["engine"].replace("@", "_")
+        spec_path = tmp / f"spec-{tag}.json"
+        spec_path.write_text(json.dumps(spec))
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.stderr_path = tmp / f"stderr-{tag}.txt"
+        self._stderr = open(self.stderr_path, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "fcnseg.bench.worker", str(spec_path), "--serve"],
+                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                                     text=True, bufsize=1)
+        try:
+            if self._read() != "ready":
+                raise BenchError("worker did not start")
+        except BenchError as e:
+            self.error = str(e)
+            self.close()
+
+    def _read(self) -> str:
+        import select
+
+        ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
+        line = self.proc.stdout.readline() if ready else None
+        if not line:
+            self.proc.kill()
+            self.proc.wait()
+            tail = self.stderr_path.read_text().strip().splitlines() if self.stderr_path.exists() else []
+            why = "timed out" if line is None else (tail[-1] if tail else f"exit code {self.proc.returncode}")
+            raise BenchError(why)
+        return line.strip()
+
+    def cmd(self, line: str) -> list[float]:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self._read())
+
+    def finish(self) -> dict:
+        self.proc.stdin.write("end\n")
+        self.proc.stdin.flush()
+        if self._read() != "done":
+            raise BenchError("worker did not finish")
+        self.close()
+        return json.loads(Path(self.spec["result_out"]).read_text())
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self._stderr.close()
 
 
-def _merge_runs(first: dict, again: dict) -> dict:
-    """Pool two runs of one engine: samples concatenated, statistics recomputed, peaks maxed."""
-    from .measure import stats
-
-    out = dict(first)
-    out["runs"] = 2
-    for key in ("latency", "throughput", "train_step"):
-        if key in first and key in again:
-            merged = dict(first[key])
-            merged["samples"] = first[key]["samples"] + again[key]["samples"]
-            merged["seconds"] = stats(merged["samples"])
-            merged["median_first_run"] = first[key]["seconds"]["median"]
-            merged["median_second_run"] = again[key]["seconds"]["median"]
-            if key == "throughput":
-                merged["images_per_s"] = merged["batch"] / merged["seconds"]["median"]
-            if key == "train_step":
-                merged["peak_mb"] = max(first[key]["peak_mb"], again[key]["peak_mb"])
-            out[key] = merged
-    for key in ("peak_mem_b1_mb", "peak_mem_bN_mb", "peak_rss_load_mb"):
-        if key in first and key in again:
-            out[key] = max(first[key], again[key])
-    out["loadavg_end"] = again.get("loadavg_end")
-    return out
+def _annotate(r: dict, s: EngineSpec, flops: dict, log) -> dict:
+    r["spec"] = {"runtime": s.runtime, "dtype": s.dtype, "channels_last": s.channels_last, "trim": s.trim,
+                 "compile": s.compile, "cuda_graphs": s.cuda_graphs}
+    r["alignment"], r["exact_path"] = s.alignment, s.exact
+    r["flops"] = flops.get(f"{s.alignment}{'-trim' if s.trim else ''}")
+    if "error" in r:
+        log(f"  {s.name} failed: {r['error']}")
+    elif "latency" in r:
+        med = r["latency"]["seconds"]["median"]
+        extra = f" (peer alongside: {r['peer_paired']['seconds']['median']:.3f} s)" if "peer_paired" in r else ""
+        log(f"  {s.name}: {med:.3f} s median{extra}, peak {r['peak_mem_b1_mb']:.0f} MiB")
+        if r["flops"]:
+            r["achieved_gflops"] = r["flops"] * r["latency"]["batch"] / med / 1e9
+    return r
 
 
 def _compare(a: np.ndarray, b: np.ndarray) -> dict:
@@ -198,8 +232,7 @@ def run_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classes: int
               throughput_repeats: int = 2, peer: bool = True, train_step: bool = True, alignment: str = "caffe",
               threads: int | None = None, checkpoint: str | None = None, width: float = 1.0,
               fc_channels: int | None = None, sgemm_n: int = 4096, eval_split: bool = False,
-              calibration_count: int = 4, seed: int = 0, timeout: float = 900.0, peer_twice: bool = True,
-              command: str | None = None,
+              calibration_count: int = 4, seed: int = 0, timeout: float = 900.0, command: str | None = None,
               out_json: str | os.PathLike | None = None, out_md: str | os.PathLike | None = None,
               progress: bool = True) -> dict:
     """Measure each engine in a fresh process on the same input and weights; return (and write) a report.
@@ -210,8 +243,9 @@ def run_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classes: int
     model at the same alignment), and for the plain fp32 engines one training step. ``engines``
     default: :data:`DEFAULT_ENGINES`; names ``<runtime>[-dtype][-cl][-trim][@alignment]``.
     ``alignment`` is the default for names without ``@``. The peer is ``torchfcn==1.9.7``'s FCN8s
-    holding the same weights (needs model fcn8s@vgg16, caffe alignment); with ``peer_twice`` it runs
-    first and again last, its samples pooled, so that load drift on a shared machine shows.
+    holding the same weights (needs model fcn8s@vgg16, caffe alignment). It stays loaded in its own
+    process for the whole run and each engine's timed runs alternate with the peer's, so speed-ups
+    compare runs taken under the same load (the machine may be shared).
     """
     t_start = time.time()
     log = (lambda msg: print(f"[bench {time.time() - t_start:5.0f}s] {msg}", file=sys.stderr, flush=True)) \
@@ -276,10 +310,9 @@ def run_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classes: int
             key = f"{s.alignment}{'-trim' if s.trim else ''}"
             if key not in report["flops"]:
                 report["flops"][key] = _flops(cfgs[s.alignment], size, in_ch, s.trim)
-        results = []
-        for s in specs:
-            log(f"engine {s.name}")
-            spec = {"engine": s.name, "runtime": s.runtime, "dtype": s.dtype, "channels_last": s.channels_last,
+        def make_spec(s: EngineSpec) -> dict:
+            tag = s.name.replace("@", "_")
+            return {"engine": s.name, "runtime": s.runtime, "dtype": s.dtype, "channels_last": s.channels_last,
                     "trim": s.trim, "compile": s.compile, "cuda_graphs": s.cuda_graphs,
                     "model_config": cfgs[s.alignment], "weights": str(weights[s.alignment]),
                     "preprocessing": models[s.alignment].preprocessing.to_dict(),
@@ -288,31 +321,57 @@ def run_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classes: int
                     "warmup": warmup, "repeats": repeats, "throughput_repeats": throughput_repeats,
                     "train_step": train_step and s.runtime in ("peer", "torch") and s.dtype == "fp32"
                     and not (s.channels_last or s.trim or s.compile or s.cuda_graphs),
-                    "seed": seed, "in_channels": in_ch,
-                    "scores_out": str(tmp / f"scores-{s.name.replace('@', '_')}.npy"),
-                    "result_out": str(tmp / f"result-{s.name.replace('@', '_')}.json")}
+                    "seed": seed, "in_channels": in_ch, "scores_out": str(tmp / f"scores-{tag}.npy"),
+                    "result_out": str(tmp / f"result-{tag}.json")}
+
+        results = []
+        peer_s = next((s for s in specs if s.runtime == "peer"), None)
+        peer_w = None
+        if peer_s is not None:
+            log("engine peer (kept loaded: each engine's timed runs alternate with the peer's)")
+            peer_w = _Worker(make_spec(peer_s), tmp, timeout)
+            if peer_w.error:
+                log(f"  peer failed: {peer_w.error}")
+                results.append({"engine": "peer", "error": peer_w.error})
+                peer_w = None
+        for s in specs:
             if s.runtime == "peer":
-                peer_spec = dict(spec, scores_out=str(tmp / "scores-peer-again.npy"),
-                                 result_out=str(tmp / "result-peer-again.json"))
-            r = _run_worker(spec, tmp, timeout)
-            r["spec"] = {k: spec[k] for k in ("runtime", "dtype", "channels_last", "trim", "compile", "cuda_graphs")}
-            r["alignment"], r["exact_path"] = s.alignment, s.exact
-            key = f"{s.alignment}{'-trim' if s.trim else ''}"
-            r["flops"] = report["flops"].get(key)
-            if "error" in r:
-                log(f"  {s.name} failed: {r['error']}")
-            else:
-                med = r["latency"]["seconds"]["median"]
-                log(f"  {s.name}: {med:.3f} s median, peak {r['peak_mem_b1_mb']:.0f} MiB")
-                if r["flops"]:
-                    r["achieved_gflops"] = r["flops"] * r["latency"]["batch"] / med / 1e9
-            results.append(r)
-        peer_i = next((i for i, r in enumerate(results) if r["engine"] == "peer" and "error" not in r), None)
-        if peer_i is not None and peer_twice and len(specs) > 1:
-            log("engine peer (again, last: its samples are pooled with the first run's against load drift)")
-            again = _run_worker(peer_spec, tmp, timeout)
-            if "error" not in again:
-                results[peer_i] = _merge_runs(results[peer_i], again)
+                continue
+            log(f"engine {s.name}")
+            w = _Worker(make_spec(s), tmp, timeout)
+            paired: list[float] = []
+            try:
+                if w.error:
+                    raise BenchError(w.error)
+                w.cmd(f"lat {warmup} 0")
+                if peer_w:
+                    peer_w.cmd(f"lat {warmup} 0")
+                for i in range(repeats):
+                    order = [w, peer_w] if i % 2 else [peer_w, w]
+                    for worker in order:
+                        if worker is None:
+                            continue
+                        got = worker.cmd("lat 0 1")
+                        if worker is peer_w:
+                            paired += got
+                if throughput_batch > 1:
+                    w.cmd(f"thr 1 {throughput_repeats}")
+                r = w.finish()
+            except BenchError as e:
+                w.close()
+                r = {"engine": s.name, "error": str(e)}
+            if paired and "error" not in r:
+                r["peer_paired"] = {"seconds": stats(paired), "samples": paired}
+            results.append(_annotate(r, s, report["flops"], log))
+        if peer_w is not None:
+            try:
+                if throughput_batch > 1:
+                    peer_w.cmd(f"thr 1 {throughput_repeats}")
+                r = peer_w.finish()
+            except BenchError as e:
+                peer_w.close()
+                r = {"engine": "peer", "error": str(e)}
+            results.insert(0, _annotate(r, peer_s, report["flops"], log))
         _add_comparisons(results, specs, tmp)
         report["engines"] = results
         if eval_split:
@@ -383,7 +442,8 @@ def _add_comparisons(results: list[dict], specs: list[EngineSpec], tmp: Path) ->
 
 
 def _ratios(report: dict) -> dict:
-    """Speed-up (peer median / engine median) and peak-memory ratio (engine / peer) per engine."""
+    """Speed-up and peak-memory ratio (engine / peer) per engine. The speed-up divides the median of the
+    peer's runs interleaved with this engine's (same load conditions) by the engine's median."""
     res = {r["engine"]: r for r in report.get("engines", []) if "error" not in r}
     peer = res.get("peer")
     if peer is None:
@@ -392,7 +452,10 @@ def _ratios(report: dict) -> dict:
     for name, r in res.items():
         if name == "peer":
             continue
-        entry = {"latency_speedup": peer["latency"]["seconds"]["median"] / r["latency"]["seconds"]["median"],
+        if "latency" not in r:
+            continue
+        ref = r.get("peer_paired", peer["latency"])["seconds"]["median"]  # the peer's runs alongside this engine
+        entry = {"latency_speedup": ref / r["latency"]["seconds"]["median"], "peer_median_alongside": ref,
                  "peak_mem_ratio": r["peak_mem_b1_mb"] / peer["peak_mem_b1_mb"]}
         if "throughput" in r and "throughput" in peer:
             entry["throughput_speedup"] = r["throughput"]["images_per_s"] / peer["throughput"]["images_per_s"]

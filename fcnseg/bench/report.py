@@ -34,7 +34,8 @@ def engine_table(report: dict) -> str:
     ratios = report.get("ratios_vs_peer", {})
     sg = report.get("sgemm", {}).get("best_gflops")
     head = ("| engine | exact | latency b1 s: median [IQR] (min–max) | "
-            f"{'throughput img/s (b' + str(nb) + ')' if nb and nb > 1 else 'throughput'} | speed-up vs peer | "
+            f"{'throughput img/s (b' + str(nb) + ')' if nb and nb > 1 else 'throughput'} | peer alongside s | "
+            "speed-up vs peer | "
             "peak RSS MiB b1 | RSS vs peer | RSS at load MiB | GFLOP | GFLOP/s (% sgemm) | max abs Δ vs peer | "
             "labels = peer | "
             "train step s |")
@@ -44,6 +45,9 @@ def engine_table(report: dict) -> str:
         name = r["engine"]
         if "error" in r:
             rows.append(f"| {name} | – | failed: {r['error'][:80]} |" + " |" * (ncols - 3))
+            continue
+        if "latency" not in r:
+            rows.append(f"| {name} | – | no timed runs |" + " |" * (ncols - 3))
             continue
         lat = r["latency"]["seconds"]
         thr = r.get("throughput", {}).get("images_per_s")
@@ -64,6 +68,7 @@ def engine_table(report: dict) -> str:
         rows.append(
             f"| {name} | {exact} | {lat['median']:.3f} [{lat['q1']:.3f}–{lat['q3']:.3f}] "
             f"({lat['min']:.3f}–{lat['max']:.3f}) | {_f(thr, '.2f')} | "
+            f"{'–' if name == 'peer' else _f(ratio.get('peer_median_alongside'), '.3f')} | "
             f"{'1.00' if name == 'peer' else _f(ratio.get('latency_speedup'), '.2f')}× | "
             f"{r['peak_mem_b1_mb']:.0f} | {'1.00' if name == 'peer' else _f(ratio.get('peak_mem_ratio'), '.2f')} | "
             f"{_f(r.get('peak_rss_load_mb'), '.0f')} | "

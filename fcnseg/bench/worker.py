@@ -114,62 +114,122 @@ def _peak(device: torch.device) -> float:
     return peak_rss_mb()
 
 
+class Session:
+    """An engine loaded in this process, timed phase by phase (so a parent can interleave engines)."""
+
+    def __init__(self, spec: dict) -> None:
+        self.t_start = time.perf_counter()
+        self.spec = spec
+        self.device = device = torch.device(spec.get("device", "cpu"))
+        if spec.get("threads"):
+            torch.set_num_threads(int(spec["threads"]))
+        self.result: dict = {"engine": spec["engine"], "loadavg_start": list(os.getloadavg()),
+                             "rss_baseline_mb": rss_mb()}
+        self.sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+        t0 = time.perf_counter()
+        self.engine, self.trainable = _build(spec, device)
+        self.result.update(load_seconds=time.perf_counter() - t0, rss_loaded_mb=rss_mb(),
+                           peak_rss_load_mb=peak_rss_mb())
+        if hasattr(self.engine, "describe"):
+            self.result["describe"] = self.engine.describe()
+        self.x1 = _images(spec, int(spec.get("batch", 1)))
+        out = self.engine.predict_scores(self.x1)  # first call: lazy init, caches; kept for comparison
+        out = out if isinstance(out, torch.Tensor) else next(iter(out.values()))
+        if spec.get("scores_out"):
+            np.save(spec["scores_out"], out.detach().float().cpu().numpy())
+        del out
+        self.lat: list[float] = []
+        self.thr: list[float] = []
+        self.peak_b1: float | None = None
+        self.xn = None
+
+    def latency(self, warmup: int, repeats: int) -> list[float]:
+        if self.peak_b1 is None:
+            _reset_peak(self.device)
+            self.result["mem_before_runs_mb"] = rss_mb() if self.device.type == "cpu" else \
+                torch.cuda.memory_allocated(self.device) / 2**20
+            self.peak_b1 = 0.0
+        ts = time_calls(lambda: self.engine.predict_scores(self.x1), warmup, repeats, self.sync)
+        self.lat += ts
+        self.peak_b1 = max(self.peak_b1, _peak(self.device))
+        return ts
+
+    def throughput(self, warmup: int, repeats: int) -> list[float]:
+        nb = int(self.spec.get("throughput_batch") or 0)
+        if nb <= 1:
+            return []
+        if self.xn is None:
+            self.xn = _images(self.spec, nb)
+            _reset_peak(self.device)
+        ts = time_calls(lambda: self.engine.predict_scores(self.xn), warmup, repeats, self.sync)
+        self.thr += ts
+        self.result["peak_mem_bN_mb"] = _peak(self.device)
+        return ts
+
+    def finish(self) -> dict:
+        r, spec = self.result, self.spec
+        if self.lat:
+            r["latency"] = {"seconds": stats(self.lat), "samples": self.lat, "batch": self.x1.shape[0]}
+            r["peak_mem_b1_mb"] = self.peak_b1
+        if self.thr:
+            nb = self.xn.shape[0]
+            st = stats(self.thr)
+            r["throughput"] = {"seconds": st, "samples": self.thr, "batch": nb, "images_per_s": nb / st["median"]}
+        self.xn = None
+        if spec.get("train_step") and self.trainable is not None and spec.get("dtype", "fp32") == "fp32":
+            classes = int(spec["model_config"]["num_classes"])
+            r["train_step"] = _train_step(self.trainable, self.engine.preprocessing, self.x1, classes, spec,
+                                          self.sync)
+        r["loadavg_end"] = list(os.getloadavg())
+        r["worker_seconds"] = time.perf_counter() - self.t_start
+        return r
+
+
 def run(spec: dict) -> dict:
-    t_start = time.perf_counter()
-    device = torch.device(spec.get("device", "cpu"))
-    if spec.get("threads"):
-        torch.set_num_threads(int(spec["threads"]))
-    result = {"engine": spec["engine"], "loadavg_start": list(os.getloadavg()), "rss_baseline_mb": rss_mb()}
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
-    t0 = time.perf_counter()
-    engine, trainable = _build(spec, device)
-    result["load_seconds"] = time.perf_counter() - t0
-    result["rss_loaded_mb"] = rss_mb()
-    result["peak_rss_load_mb"] = peak_rss_mb()
-    if hasattr(engine, "describe"):
-        result["describe"] = engine.describe()
-    x1 = _images(spec, int(spec.get("batch", 1)))
-    out = engine.predict_scores(x1)  # first call: plan/skeleton caches, lazy init; saved for comparison
-    out = out if isinstance(out, torch.Tensor) else next(iter(out.values()))
-    if spec.get("scores_out"):
-        np.save(spec["scores_out"], out.detach().float().cpu().numpy())
-    del out
-    _reset_peak(device)
-    base = rss_mb() if device.type == "cpu" else torch.cuda.memory_allocated(device) / 2**20
-    lat = time_calls(lambda: engine.predict_scores(x1), int(spec["warmup"]), int(spec["repeats"]), sync)
-    result["latency"] = {"seconds": stats(lat), "samples": lat, "batch": x1.shape[0]}
-    result["peak_mem_b1_mb"] = _peak(device)
-    result["mem_before_runs_mb"] = base
-    nb = int(spec.get("throughput_batch") or 0)
-    if nb > 1:
-        xn = _images(spec, nb)
-        _reset_peak(device)
-        thr = time_calls(lambda: engine.predict_scores(xn), 1, int(spec.get("throughput_repeats", 2)), sync)
-        st = stats(thr)
-        result["throughput"] = {"seconds": st, "samples": thr, "batch": nb, "images_per_s": nb / st["median"]}
-        result["peak_mem_bN_mb"] = _peak(device)
-        del xn
-    if spec.get("train_step") and trainable is not None and spec.get("dtype", "fp32") == "fp32":
-        classes = int(spec["model_config"]["num_classes"])
-        pre = getattr(engine, "preprocessing")
-        result["train_step"] = _train_step(trainable, pre, x1, classes, spec, sync)
-    result["loadavg_end"] = list(os.getloadavg())
-    result["worker_seconds"] = time.perf_counter() - t_start
-    return result
+    """All phases in a row: warm-up + timed batch-1 runs, batch-N runs, the training step."""
+    session = Session(spec)
+    session.latency(int(spec["warmup"]), int(spec["repeats"]))
+    session.throughput(1, int(spec.get("throughput_repeats", 2)))
+    return session.finish()
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m fcnseg.bench.worker SPEC.json", file=sys.stderr)
-        return 2
-    with open(argv[0]) as f:
-        spec = json.load(f)
-    result = run(spec)
+def _write(spec: dict, result: dict) -> None:
     tmp = spec["result_out"] + ".tmp"
     with open(tmp, "w") as f:
         json.dump(result, f, indent=1)
     os.replace(tmp, spec["result_out"])
+
+
+def serve(spec: dict) -> None:
+    """Line protocol on stdin/stdout: ``lat W R`` / ``thr W R`` → JSON list of seconds; ``end`` →
+    the result is written to ``spec["result_out"]`` and ``done`` answered. ``ready`` is sent once loaded."""
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    sys.stdout = sys.stderr  # anything else printed must not corrupt the protocol
+    session = Session(spec)
+    out.write("ready\n")
+    for line in sys.stdin:
+        cmd, *args = line.split()
+        if cmd == "lat":
+            out.write(json.dumps(session.latency(int(args[0]), int(args[1]))) + "\n")
+        elif cmd == "thr":
+            out.write(json.dumps(session.throughput(int(args[0]), int(args[1]))) + "\n")
+        elif cmd == "end":
+            _write(spec, session.finish())
+            out.write("done\n")
+            return
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) not in (1, 2) or (len(argv) == 2 and argv[1] != "--serve"):
+        print("usage: python -m fcnseg.bench.worker SPEC.json [--serve]", file=sys.stderr)
+        return 2
+    with open(argv[0]) as f:
+        spec = json.load(f)
+    if len(argv) == 2:
+        serve(spec)
+    else:
+        _write(spec, run(spec))
     return 0
 
 

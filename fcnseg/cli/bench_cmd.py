@@ -1,12 +1,2 @@
-"""``fcnseg bench``."""
-from __future__ import annotations
-
-import argparse
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    pass
-
-
-def run(args: argparse.Namespace) -> int:
-    raise NotImplementedError("fcnseg bench is not wired yet")
+"""``fcnseg bench``: see fcnseg.bench (latency, throughput, memory, FLOPs, side by side with torchfcn)."""
+from ..bench import add_bench_arguments as add_arguments, main_bench as run  # noqa: F401

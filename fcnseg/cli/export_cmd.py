@@ -1,12 +1,2 @@
-"""``fcnseg export``."""
-from __future__ import annotations
-
-import argparse
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    pass
-
-
-def run(args: argparse.Namespace) -> int:
-    raise NotImplementedError("fcnseg export is not wired yet")
+"""``fcnseg export``: see fcnseg.export (ONNX with dynamic H×W, torch.export, int8)."""
+from ..export import add_export_arguments as add_arguments, main_export as run  # noqa: F401

@@ -13,6 +13,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
     p.add_argument("--tile", type=tile_size, help="predict images larger than this by overlapping tiles (>= 32)")
     p.add_argument("--overlay", choices=["png", "jpg", "none"], default="png")
+    p.add_argument("--engine", choices=["torch", "auto"], default="torch",
+                   help="torch: the model as trained; auto: the fastest exact engine for the device "
+                        "(CPU: ONNX Runtime fp32, exported once into the cache; see docs/PERFORMANCE.md)")
     add_device(p)
 
 
@@ -45,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
     if not (isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes)):
         classes = None  # names are only for the summary lines
     palette = _palette(ckpt, args.checkpoint, max(model.heads.values()))
+    if args.engine == "auto":
+        from ..engine.runtime import choose_engine
+        from ..models.weights.hed import cache_dir
+        model = choose_engine(model.eval(), device, cache_dir=cache_dir() / "engines").as_module()
     n = 0
     for summary in predict_paths(model, args.inputs, args.out, palette=palette, device=device,
                                  skip_bad=args.skip_bad, tile=args.tile, class_names=classes,

@@ -95,7 +95,7 @@ class TrimmedFCN(nn.Module):
     (and refreshed by :meth:`refresh`); do not train through this wrapper.
     """
 
-    def __init__(self, model: nn.Module, cache_size: int = 64, strip_bytes: int = 24 * 2**20) -> None:
+    def __init__(self, model: nn.Module, cache_size: int = 64, strip_bytes: int = 12 * 2**20) -> None:
         super().__init__()
         self.strip_bytes = strip_bytes  # stages whose maps exceed this run in horizontal strips (0: never)
         if not trim_supported(model):
@@ -107,6 +107,11 @@ class TrimmedFCN(nn.Module):
                 setattr(self, attr, getattr(model, attr))
         self.backbone = model.backbone  # shared, for .in_channels / .preprocessing lookups
         self._n_stages = _supported_prefix(list(model.backbone.stages.values()))
+        with torch.no_grad():  # big convs run as matmuls on their weight: keep it in plain (OIHW) layout
+            for m in model.modules():
+                if isinstance(m, nn.Conv2d) and m.weight.numel() * m.weight.element_size() >= _MM_BYTES \
+                        and not m.weight.is_contiguous():
+                    m.weight.data = m.weight.data.contiguous()
         self._cache_size = cache_size
         self._plans: OrderedDict = OrderedDict()
         self._skeletons: OrderedDict = OrderedDict()
@@ -405,10 +410,11 @@ def _conv_mm(x: torch.Tensor, m: nn.Conv2d) -> torch.Tensor:
     n, c, h, w = x.shape
     ho, wo = h + 2 * p - k + 1, w + 2 * p - k + 1
     cols = x.reshape(n, c, h * w) if k == 1 and p == 0 else F.unfold(x, k, padding=p)
-    wt = m.weight.reshape(m.out_channels, -1)
-    y = torch.matmul(wt, cols) if m.bias is None else torch.baddbmm(
-        m.bias.view(1, -1, 1).expand(n, -1, cols.shape[-1]), wt.expand(n, -1, -1), cols)
-    return y.view(n, m.out_channels, ho, wo)
+    # a broadcast matmul: no copy of the weight per sample (an explicit expand would become one in ONNX)
+    y = torch.matmul(m.weight.reshape(m.out_channels, -1), cols)
+    if m.bias is not None:
+        y = y + m.bias.view(1, -1, 1)
+    return y.reshape(n, m.out_channels, ho, wo)
 
 
 def _stretch(t: torch.Tensor, dim: int, at: int, size: int) -> torch.Tensor:
