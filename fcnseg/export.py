@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
+from .atomic import atomic_write
 from .errors import FcnsegError
 
 __all__ = ["ExportError", "export_onnx", "export_torch", "read_onnx_metadata", "quantize_onnx",
@@ -142,9 +143,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17, d
         meta[META_PREFIX + "trim"] = "true"
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
-    tmp = path.with_name(f".{path.name}.tmp")
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write(proto.SerializeToString())
     if verify and dynamic:
         verify_onnx(model, path, verify_sizes, atol=atol)
     elif verify:

@@ -15,6 +15,7 @@ import time
 import numpy as np
 import torch
 
+from ..atomic import atomic_write
 from .measure import peak_rss_mb, reset_peak_rss, rss_mb, stats, time_calls
 
 
@@ -194,10 +195,8 @@ def run(spec: dict) -> dict:
 
 
 def _write(spec: dict, result: dict) -> None:
-    tmp = spec["result_out"] + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(spec["result_out"], "w") as f:
         json.dump(result, f, indent=1)
-    os.replace(tmp, spec["result_out"])
 
 
 def serve(spec: dict) -> None:
