@@ -209,16 +209,16 @@ def format_table(metrics: Mapping, class_names: Sequence[str] | Mapping[str, Seq
     return "\n".join(lines)
 
 
-def _jsonable(x: Any) -> Any:
+def plain(x: Any, nan_to_none: bool = True) -> Any:
+    """Metrics as plain numbers, strings, lists and dicts (for JSON and checkpoints);
+    non-finite floats become ``None`` unless ``nan_to_none`` is false."""
     if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): plain(v, nan_to_none) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, torch.Tensor):
-        return _jsonable(x.tolist())
-    if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):
-        return _jsonable(x.tolist())
-    if isinstance(x, float) and not math.isfinite(x):
+        return [plain(v, nan_to_none) for v in x]
+    if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):  # tensors, arrays, numpy scalars
+        return plain(x.tolist(), nan_to_none)
+    if nan_to_none and isinstance(x, float) and not math.isfinite(x):
         return None
     return x
 
@@ -227,7 +227,7 @@ def save_metrics(metrics: Mapping, path: str | os.PathLike) -> Path:
     """Write metrics as JSON (NaN → null), atomically; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_jsonable(metrics), indent=1)
+    text = json.dumps(plain(metrics), indent=1)
     with atomic_write(path, "w", encoding="utf-8") as f:
         f.write(text + "\n")
     return path

@@ -30,6 +30,7 @@ from ..config import RunConfig, apply_preset
 from ..errors import CheckpointError, ConfigError, FcnsegError
 from . import distributed as D
 from .checkpoint import load_checkpoint, save_checkpoint
+from .evaluate import plain
 from .losses import IGNORE_INDEX, check_labels, loss_denominator, pixel_loss_sum
 from .optim import build_optimizer, build_scheduler
 from .runlog import CsvLog, StopRequest, TensorBoard
@@ -427,7 +428,7 @@ class _Run:
                                      "position": self.iteration * self.batch, "items": len(self.train_raw)},
                             run_config=self.cfg.to_dict(), best_mean_iu=self.best,
                             elapsed=self.elapsed0 + time.perf_counter() - self.t_start,
-                            metrics=_plain(self.metrics), classes=self.class_names,
+                            metrics=plain(self.metrics, nan_to_none=False), classes=self.class_names,
                             palette=self.palette)
         D.barrier()
         if name == "last.pt":
@@ -620,18 +621,3 @@ def _flat(metrics: dict, prefix: str = "") -> dict[str, float]:
         elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
             out[f"{prefix}{k}"] = float(v)
     return out
-
-
-def _plain(x: Any) -> Any:
-    """Metrics in checkpoint-safe types (numbers, strings, lists, dicts)."""
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, torch.Tensor):
-        return x.tolist()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, np.generic):
-        return x.item()
-    return x
