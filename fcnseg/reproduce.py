@@ -77,6 +77,14 @@ def machine() -> dict[str, Any]:
     return {"cpu": cpu, "cores": cores, "gpu": gpu, "torch": torch.__version__, "python": platform.python_version()}
 
 
+def _loadavg() -> list[float] | None:
+    """1/5/15-minute load averages (None where the OS has none): a shared machine shows up here."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -142,7 +150,7 @@ def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None 
         cfg = load_config(None, _flatten(base) + [f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
                                                   for k, v in sets.items()] + [f"out={run_dir}"] + list(overrides or []))
         print(f"[reproduce] {name}: {spec.get('about', '')}", flush=True)
-        t0 = time.perf_counter()
+        load_start, t0 = _loadavg(), time.perf_counter()
         result = train(cfg)
         wall = time.perf_counter() - t0
         metrics = result.get("metrics")
@@ -152,6 +160,7 @@ def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None 
             "run": name, "group": spec.get("group"), "about": spec.get("about", ""),
             "config": cfg.to_dict(), "seed": cfg.train.seed, "commit": commit(), "machine": machine(),
             "wall_time_s": round(wall, 1), "iterations": result.get("iterations"),
+            "loadavg_start": load_start, "loadavg_end": _loadavg(),
             "checkpoint": result["last_checkpoint"],
             "metrics": {k: metrics[k] for k in ("pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu")},
             "per_class_iu": dict(zip(dataset_info(cfg.data.dataset).classes, metrics["per_class_iu"])),
@@ -160,6 +169,16 @@ def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None 
         result_json.write_text(json.dumps(record, indent=1, default=float) + "\n")
         print(f"[reproduce] {name}: mean IU {100 * metrics['mean_iu']:.1f}% in {wall / 60:.1f} min", flush=True)
     return write_results(proto, out, time.perf_counter() - study_t0)
+
+
+def _load_line(records, m: dict) -> list[str]:
+    """How busy the machine was: the highest 1-minute load average seen at any run's start or end."""
+    loads = [r[k][0] for r in records for k in ("loadavg_start", "loadavg_end") if r.get(k)]
+    if not loads:
+        return []
+    busy = max(loads) > 1.25 * m["cores"]
+    return [f"- 1-minute load average at the runs' starts and ends: {min(loads):.2f} to {max(loads):.2f} on "
+            f"{m['cores']} cores" + (" — the machine was shared, so the minutes are inflated" if busy else "")]
 
 
 def write_results(proto: dict, out: Path, seconds: float | None = None) -> Path:
@@ -178,7 +197,7 @@ def write_results(proto: dict, out: Path, seconds: float | None = None) -> Path:
              f"- command: `{proto.get('command', '')}`",
              f"- machine: {m['cpu']}, {m['cores']} cores" + (f", {m['gpu']}" if m.get("gpu") else "")
              + f"; torch {m['torch']}; commit {any_rec['commit']}",
-             f"- training + scoring time of the runs below: {total / 60:.1f} min", ""]
+             f"- training + scoring time of the runs below: {total / 60:.1f} min", *_load_line(records.values(), m), ""]
     for group, title in proto.get("groups", {}).items():
         rows = [r for r in records.values() if r.get("group") == group]
         if not rows:

@@ -46,11 +46,12 @@ PATHS = """\
 | engine | what it is | exact? |
 |---|---|---|
 | `peer` | torchfcn 1.9.7 `FCN8s`, eager PyTorch fp32, NCHW | reference |
-| `torch-fp32` | our FCN-8s, eager PyTorch fp32, NCHW, `inference_mode` | yes (bit-identical to the peer) |
+| `torch-fp32` | our FCN-8s, eager PyTorch fp32, NCHW, `inference_mode` | yes (same convolutions as the peer; the fixed bilinear upsampling runs channel by channel, so fp32 rounding differs) |
 | `torch-fp32-cl` | the same in channels_last | yes |
 | `torch-fp32-trim` | `TrimmedFCN`: the image-independent part of the pad-100 border is not recomputed, the big early maps are computed in horizontal strips, fc6/fc7 run as matmuls on their weights (below) | yes (fp32 rounding) |
 | `ort-fp32` | ONNX export (dynamic N/H/W) in ONNX Runtime, CPU provider | yes (fp32 rounding) |
 | `ort-fp32-trim` | the trimmed net exported for one fixed size, in ONNX Runtime | yes (fp32 rounding) |
+| `ort-fp32-trim-lowmem` | the same with `low_memory`: no ONNX Runtime arena, and buffers over 1 MiB get their own mmap (glibc `mallopt`), so each activation's memory returns to the system when it dies; what `fcnseg predict` runs by default on CPU (`TrimmedOrtEngine`, one export per input size, cached) | yes (fp32 rounding) |
 | `torch-fp32-cl-trim` | the trimmed net in channels_last | yes (fp32 rounding) |
 | `torch-bf16-cl-trim` | the trimmed net in channels_last under CPU bf16 autocast (AVX512-BF16) | no: bf16 rounding |
 | `ort-int8`, `ort-int8-trim` | static int8 QDQ (per-channel int8 weights, uint8 activations, min/max calibrated on a few images), ONNX Runtime | no: int8 |

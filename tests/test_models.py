@@ -166,3 +166,17 @@ def test_every_spec_is_buildable():
 def test_upsample_module_is_a_plain_transposed_conv():
     up = Upsample(3, 2, 4, learnable=False)
     assert isinstance(up, torch.nn.ConvTranspose2d) and up.bias is None and up.stride == (2, 2)
+
+
+def test_diagonal_upsampling_runs_channelwise_with_the_same_result():
+    up = Upsample(4, 8, 16, learnable=True).eval()
+    x = torch.randn(2, 4, 9, 7, generator=torch.Generator().manual_seed(0))
+    full = torch.nn.ConvTranspose2d.forward(up, x)
+    assert up._channelwise_kernel().shape == (4, 1, 16, 16)
+    assert (up(x) - full).abs().max() <= 1e-5
+    with torch.no_grad():
+        up.weight[0, 1, 3, 3] = 0.5  # learned off the diagonal: the full C×C kernel is needed again
+    assert up._channelwise_kernel() is None
+    assert torch.equal(up(x), torch.nn.ConvTranspose2d.forward(up, x))
+    up.train()  # training a learnable kernel always takes the full path (its gradient is C×C)
+    assert torch.equal(up(x), torch.nn.ConvTranspose2d.forward(up, x))

@@ -29,15 +29,17 @@ def test_every_run_of_each_protocol_is_a_valid_config(protocol):
 @pytest.mark.slow
 def test_study_chains_runs_and_writes_results(tmp_path, capsys):
     out = tmp_path / "study"
-    args = ["reproduce", "camvid", f"data.root={sample_root()}", "data.max_items=8", "train.epochs=1",
-            "data.resize=4", "--protocol", "cpu", "--out", str(out), "--only", "fcn32s", "fcn16s-staged"]
+    args = ["reproduce", "camvid", f"data.root={sample_root()}", "data.max_items=8", "--protocol", "cpu",
+            "--out", str(out), "train.epochs=1", "data.resize=4",  # overrides may follow the options
+            "--only", "fcn32s", "fcn16s-staged"]
     assert main(args) == 0
     first = json.loads((out / "fcn16s-staged.json").read_text())
     assert first["config"]["model"]["init_from"].endswith("fcn32s/last.pt")
     assert set(first["metrics"]) == {"pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu"}
     assert len(first["per_class_iu"]) == 11 and first["machine"]["cores"] >= 1
+    assert first["iterations"] == 1 and len(first["loadavg_start"]) == len(first["loadavg_end"]) == 3
     text = (out / "RESULTS.md").read_text()
-    assert "fcn16s-staged vs fcn32s" in text and "| fcn32s |" in text
+    assert "fcn16s-staged vs fcn32s" in text and "| fcn32s |" in text and "1-minute load average" in text
     assert (out / "rq4.png").is_file()   # fcn32s carries the p = 1 curve
     assert main(args) == 0               # finished runs are not trained again
     assert "done already" in capsys.readouterr().out

@@ -114,24 +114,56 @@ def test_engine_module_feeds_evaluate_style_callers():
 
 @pytest.mark.skipif(not ort_available(), reason="onnxruntime not installed")
 def test_choose_engine_cpu_is_exact_ort():
-    m = _tiny()
-    engine = choose_engine(m, "cpu")
+    same = _tiny(alignment="same")
+    engine = choose_engine(same, "cpu")  # no trimmed form: one dynamic-size export
     assert engine.name == "ort-fp32" and engine.exact
     x = _img(1, 45, 38)
-    assert (engine.predict_scores(x) - _ref(m, x)).abs().max() <= 1e-4
+    assert (engine.predict_scores(x) - _ref(same, x)).abs().max() <= 1e-4
 
 
 @pytest.mark.skipif(not ort_available(), reason="onnxruntime not installed")
-def test_choose_engine_reuses_a_cached_export(tmp_path):
+def test_choose_engine_cpu_caffe_vgg_is_trimmed_ort_per_size(tmp_path):
+    from fcnseg.engine.runtime import TrimmedOrtEngine
+
     m = _tiny()
-    a = choose_engine(m, "cpu", cache_dir=tmp_path)
-    files = list(tmp_path.glob("*.onnx"))
-    b = choose_engine(m, "cpu", cache_dir=tmp_path)
-    assert len(files) == 1 and a.path == b.path == files[0]
+    reloads = []
+
+    def reload():
+        reloads.append(1)
+        return m
+
+    engine = choose_engine(m, "cpu", cache_dir=tmp_path, reload=reload)
+    assert isinstance(engine, TrimmedOrtEngine) and engine.exact and engine.name == "ort-fp32-trim-lowmem"
+    for i, (h, w) in enumerate([(45, 38), (45, 38), (60, 52)]):
+        x = _img(1 + i % 2, h, w, i)
+        assert (engine.predict_scores(x) - _ref(m, x)).abs().max() <= 1e-4
+        assert engine._model is None  # the caller's model is let go once a session is open
+    assert len(reloads) == 1  # rebuilt once, for the second size only
+    assert sorted(p.name.split("-")[2] for p in tmp_path.glob("*.onnx")) == ["45x38", "60x52"]
+
+
+@pytest.mark.skipif(not ort_available(), reason="onnxruntime not installed")
+def test_trimmed_ort_engine_reuses_and_prunes_its_exports(tmp_path):
+    from fcnseg.engine.runtime import TrimmedOrtEngine
+
+    m = _tiny()
+    TrimmedOrtEngine(m, tmp_path, keep=2).predict_scores(_img(1, 40, 40))
+    first = next(tmp_path.glob("*.onnx"))
+
+    def must_not_export():
+        raise AssertionError("a cached export was not reused")
+
+    again = TrimmedOrtEngine(m, tmp_path, reload=must_not_export)
+    again._model = None
+    again.predict_scores(_img(1, 40, 40))
+    engine = TrimmedOrtEngine(m, tmp_path, keep=2)
+    for size in (41, 42):
+        engine.predict_scores(_img(1, size, size))
+    names = sorted(p.name for p in tmp_path.glob("*.onnx"))
+    assert len(names) == 2 and first.name not in names  # the least recently used went
     with torch.no_grad():
-        m.score.out.fc7.weight.add_(1.0)  # other weights: another file
-    choose_engine(m, "cpu", cache_dir=tmp_path)
-    assert len(list(tmp_path.glob("*.onnx"))) == 2
+        m.score.out.fc7.weight.add_(1.0)  # other weights: another key
+    assert TrimmedOrtEngine(m, tmp_path).key != engine.key
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

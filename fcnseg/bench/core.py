@@ -24,11 +24,11 @@ SCHEMA = "fcnseg-bench-v1"
 # CPU defaults: the peer, our exact paths, then the lossy fast paths, then 'same' alignment.
 DEFAULT_ENGINES: dict[str, tuple[str, ...]] = {
     "cpu": ("peer", "torch-fp32", "torch-fp32-cl", "torch-fp32-trim", "torch-fp32-cl-trim", "ort-fp32",
-            "ort-fp32-trim", "torch-bf16-cl-trim", "ort-int8", "torch-fp32@same", "ort-fp32@same"),
+            "ort-fp32-trim", "ort-fp32-trim-lowmem", "torch-bf16-cl-trim", "ort-int8", "torch-fp32@same", "ort-fp32@same"),
     "cuda": ("peer", "torch-fp32", "torch-fp32-cl", "torch-bf16-cl", "torch-bf16-cl-trim", "torch-fp16-cl",
              "torch-bf16-cl-graphs", "torch-fp32@same", "torch-bf16-cl@same"),
 }
-_NAME = re.compile(r"^(?P<rt>peer|torch|ort)(-(?P<dt>fp32|bf16|fp16|int8))?(?P<flags>(-(cl|trim|compile|graphs))*)"
+_NAME = re.compile(r"^(?P<rt>peer|torch|ort)(-(?P<dt>fp32|bf16|fp16|int8))?(?P<flags>(-(cl|trim|lowmem|compile|graphs))*)"
                    r"(@(?P<al>caffe|same))?$")
 
 
@@ -38,7 +38,7 @@ class BenchError(FcnsegError, RuntimeError):
 
 @dataclass(frozen=True)
 class EngineSpec:
-    """Parsed engine name ``<runtime>[-<dtype>][-cl][-trim][-compile][-graphs][@<alignment>]``."""
+    """Parsed engine name ``<runtime>[-<dtype>][-cl][-trim][-lowmem][-compile][-graphs][@<alignment>]``."""
 
     name: str
     runtime: str
@@ -47,6 +47,7 @@ class EngineSpec:
     trim: bool = False
     compile: bool = False
     cuda_graphs: bool = False
+    low_memory: bool = False
     alignment: str = "caffe"
 
     @property
@@ -63,11 +64,13 @@ def parse_engine(name: str) -> EngineSpec:
     flags = set(filter(None, m["flags"].split("-")))
     spec = EngineSpec(name=name, runtime=m["rt"], dtype=m["dt"] or "fp32", channels_last="cl" in flags,
                       trim="trim" in flags, compile="compile" in flags, cuda_graphs="graphs" in flags,
-                      alignment=m["al"] or "caffe")
+                      low_memory="lowmem" in flags, alignment=m["al"] or "caffe")
     if spec.runtime == "peer" and (spec.dtype != "fp32" or flags or spec.alignment != "caffe"):
         raise ConfigError(f"--engines: the peer runs as published (fp32, caffe alignment): {name!r}")
-    if spec.runtime == "ort" and (spec.dtype in ("bf16", "fp16") or flags - {"trim"}):
-        raise ConfigError(f"--engines: ONNX Runtime engines are ort-fp32 / ort-int8 [-trim]: {name!r}")
+    if spec.runtime == "ort" and (spec.dtype in ("bf16", "fp16") or flags - {"trim", "lowmem"}):
+        raise ConfigError(f"--engines: ONNX Runtime engines are ort-fp32 / ort-int8 [-trim] [-lowmem]: {name!r}")
+    if spec.low_memory and spec.runtime != "ort":
+        raise ConfigError(f"--engines: -lowmem is an ONNX Runtime option: {name!r}")
     if spec.runtime == "torch" and spec.dtype == "int8":
         raise ConfigError(f"--engines: int8 is offered through ONNX Runtime (ort-int8): {name!r}")
     if spec.trim and spec.alignment != "caffe":
@@ -314,7 +317,7 @@ def run_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classes: int
             tag = s.name.replace("@", "_")
             return {"engine": s.name, "runtime": s.runtime, "dtype": s.dtype, "channels_last": s.channels_last,
                     "trim": s.trim, "compile": s.compile, "cuda_graphs": s.cuda_graphs,
-                    "model_config": cfgs[s.alignment], "weights": str(weights[s.alignment]),
+                    "low_memory": s.low_memory, "model_config": cfgs[s.alignment], "weights": str(weights[s.alignment]),
                     "preprocessing": models[s.alignment].preprocessing.to_dict(),
                     "onnx": str(onnx_files.get((s.dtype, s.trim, s.alignment), "")), "device": device,
                     "threads": threads, "size": list(size), "batch": batch, "throughput_batch": throughput_batch,

@@ -48,7 +48,7 @@ def _build(spec: dict, device: torch.device):
     if runtime == "ort":
         from ..engine.runtime import OrtEngine
 
-        return OrtEngine(spec["onnx"], threads=spec["threads"]), None
+        return OrtEngine(spec["onnx"], threads=spec["threads"], low_memory=spec.get("low_memory", False)), None
     cfg = dict(spec["model_config"])
     name, classes = cfg.pop("name"), cfg.pop("num_classes")
     if runtime == "peer":

@@ -66,7 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
-            args = build_parser().parse_args(argv)
+            parser = build_parser()
+            args, extra = parser.parse_known_args(argv)
+            if extra:  # KEY=VALUE overrides may also come after the options
+                if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
+                    parser.error(f"unrecognized arguments: {' '.join(extra)}")
+                args.overrides = list(args.overrides or []) + extra
         except UsageError as e:
             return _error(_one_line(e), 2)
         return _run(args)

@@ -13,9 +13,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
     p.add_argument("--tile", type=tile_size, help="predict images larger than this by overlapping tiles (>= 32)")
     p.add_argument("--overlay", choices=["png", "jpg", "none"], default="png")
-    p.add_argument("--engine", choices=["torch", "auto"], default="torch",
-                   help="torch: the model as trained; auto: the fastest exact engine for the device "
-                        "(CPU: ONNX Runtime fp32, exported once into the cache; see docs/PERFORMANCE.md)")
+    p.add_argument("--engine", choices=["auto", "torch"], default="auto",
+                   help="auto (default): the fastest exact engine for the device — on CPU with onnxruntime, "
+                        "ONNX Runtime fp32 (Caffe-aligned VGG nets: border-trimmed, exported once per input "
+                        "size into the cache); see docs/PERFORMANCE.md. torch: the PyTorch model as trained")
     add_device(p)
 
 
@@ -48,10 +49,18 @@ def run(args: argparse.Namespace) -> int:
     if not (isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes)):
         classes = None  # names are only for the summary lines
     palette = _palette(ckpt, args.checkpoint, max(model.heads.values()))
+    del ckpt
     if args.engine == "auto":
+        import sys
+
         from ..engine.runtime import choose_engine
         from ..models.weights.hed import cache_dir
-        model = choose_engine(model.eval(), device, cache_dir=cache_dir() / "engines").as_module()
+
+        def reload():
+            return model_from_checkpoint(args.checkpoint, map_location="cpu")[0].eval()
+
+        model = choose_engine(model.eval(), device, cache_dir=cache_dir() / "engines", reload=reload,
+                              log=lambda m: print(printable(m), file=sys.stderr, flush=True)).as_module()
     n = 0
     for summary in predict_paths(model, args.inputs, args.out, palette=palette, device=device,
                                  skip_bad=args.skip_bad, tile=args.tile, class_names=classes,

@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..models.preprocessing import Preprocessing
 
-__all__ = ["Engine", "TorchEngine", "OrtEngine", "EngineModule", "choose_engine", "DTYPES", "ort_available"]
+__all__ = ["Engine", "TorchEngine", "OrtEngine", "EngineModule", "TrimmedOrtEngine", "choose_engine", "DTYPES", "ort_available"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 Scores = torch.Tensor | dict[str, torch.Tensor]
@@ -194,11 +194,13 @@ class TorchEngine(Engine):
 class OrtEngine(Engine):
     """An exported ONNX file in ONNX Runtime. ``threads``: intra-op threads (default: all cores
     torch uses). ``providers``: ONNX Runtime execution providers (default: CPU).
-    ``memory_arena=False`` releases activation buffers between runs (lower peak RSS, a little slower)."""
+    ``low_memory``: no memory arena, and (glibc, process-wide) buffers over 1 MiB are mapped and
+    unmapped on their own, so activation memory goes back to the system as soon as a layer is done:
+    peak RSS ≈ weights + the largest live activations, for a few tenths of a second per call."""
 
     def __init__(self, onnx_path: str | os.PathLike, *, threads: int | None = None,
                  providers: list[str] | None = None, preprocessing: Preprocessing | None = None,
-                 memory_arena: bool = True) -> None:
+                 low_memory: bool = False) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -212,8 +214,10 @@ class OrtEngine(Engine):
         opts.intra_op_num_threads = int(threads or torch.get_num_threads())
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.enable_cpu_mem_arena = memory_arena
-        opts.enable_mem_pattern = memory_arena
+        opts.enable_cpu_mem_arena = not low_memory
+        opts.enable_mem_pattern = not low_memory
+        if low_memory:
+            _map_large_buffers()
         available = ort.get_available_providers()
         providers = providers or ["CPUExecutionProvider"]
         missing = [p for p in providers if p not in available]
@@ -238,12 +242,14 @@ class OrtEngine(Engine):
         self.quantized = meta.get("quantized")
         self.exact = self.quantized is None
         self.input_size = meta.get("input_size")  # fixed H, W of a static export, else None
-        self.name = "ort-" + ("int8" if self.quantized else "fp32") + ("-trim" if meta.get("trim") else "")
+        self.low_memory = low_memory
+        self.name = "ort-" + ("int8" if self.quantized else "fp32") + ("-trim" if meta.get("trim") else "") \
+            + ("-lowmem" if low_memory else "")
         self.path = path
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "threads": self.threads, "providers": self.session.get_providers(),
-                "quantized": self.quantized}
+                "quantized": self.quantized, "low_memory": self.low_memory}
 
     @torch.inference_mode()
     def predict_scores(self, images: torch.Tensor) -> Scores:
@@ -258,20 +264,39 @@ class OrtEngine(Engine):
         return {n: torch.from_numpy(o) for n, o in zip(self._names, outs)}
 
 
+_M_MMAP_THRESHOLD = -3
+
+
+def _map_large_buffers(threshold: int = 2**20) -> bool:
+    """glibc only: serve allocations over ``threshold`` bytes by their own mmap (freed ones go straight
+    back to the system; this also stops glibc raising the threshold as it does by default, which keeps
+    freed activation buffers in the heap). Process-wide; returns False where it does not apply."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+    except (OSError, AttributeError):
+        return False
+
+
+def _model_key(model: nn.Module) -> str:
+    """Checksum of the weights, config and preprocessing: names cached exports of this exact model."""
+    from .checkpoint import state_checksum
+
+    meta = json.dumps([getattr(model, "config", {}), model.preprocessing.to_dict()], sort_keys=True, default=str)
+    return state_checksum(model.state_dict())[:16] + hashlib.sha256(meta.encode()).hexdigest()[:8]
+
+
 def _ort_from_model(model: nn.Module, threads: int | None = None, cache_dir: str | os.PathLike | None = None
                     ) -> OrtEngine:
-    """Export ``model`` to ONNX and open it. Without ``cache_dir`` the file is temporary (the session
-    holds the weights); with it, the export is kept under a name derived from the weights' checksum
-    and reused next time."""
+    """Export ``model`` to ONNX (dynamic size) and open it. Without ``cache_dir`` the file is temporary
+    (the session holds the weights); with it, the export is kept under the model's checksum and reused."""
     from ..export import export_onnx
 
     if cache_dir is not None:
-        from .checkpoint import state_checksum
-
-        key = state_checksum(model.state_dict())[:16]
-        meta = json.dumps([getattr(model, "config", {}), model.preprocessing.to_dict()], sort_keys=True, default=str)
-        key += hashlib.sha256(meta.encode()).hexdigest()[:8]
-        path = Path(cache_dir) / f"fcnseg-{key}.onnx"
+        path = Path(cache_dir) / f"fcnseg-{_model_key(model)}.onnx"
         if not path.is_file():
             export_onnx(model, path)
         return OrtEngine(path, threads=threads)
@@ -280,23 +305,91 @@ def _ort_from_model(model: nn.Module, threads: int | None = None, cache_dir: str
         return OrtEngine(path, threads=threads)
 
 
+class TrimmedOrtEngine(Engine):
+    """The exact CPU fast path for Caffe-aligned VGG nets: the border-trimmed net
+    (:mod:`fcnseg.engine.trim`) exported for each input size met, run in ONNX Runtime with
+    ``low_memory``. One session is alive at a time (each holds the weights); exports go to
+    ``cache_dir`` under the model's checksum and size (the ``keep`` most recently used are kept;
+    each is the size of the weights) or, without ``cache_dir``, to a temporary folder.
+    With ``reload`` (a function that rebuilds the torch model) the model given is let go once the
+    first session is open and rebuilt only if another size must be exported; without it the model
+    is kept for the engine's lifetime."""
+
+    def __init__(self, model: nn.Module, cache_dir: str | os.PathLike | None = None, *, threads: int | None = None,
+                 reload=None, keep: int = 3, log=None) -> None:
+        self.key = _model_key(model)
+        self.preprocessing = model.preprocessing
+        self.heads = dict(getattr(model, "heads", None) or {"out": int(model.num_classes)})
+        self.name = "ort-fp32-trim-lowmem"
+        self._model: nn.Module | None = model
+        self._reload = reload
+        self._tmp = None if cache_dir is not None else tempfile.TemporaryDirectory(prefix="fcnseg-ort-")
+        self.cache_dir = Path(cache_dir if cache_dir is not None else self._tmp.name)
+        self.threads, self.keep, self._log = threads, max(1, int(keep)), log
+        self._size: tuple[int, int] | None = None
+        self._session: OrtEngine | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "threads": self.threads, "trim": True, "low_memory": True,
+                "size": self._size}
+
+    def _path(self, size: tuple[int, int]) -> Path:
+        return self.cache_dir / f"fcnseg-{self.key}-{size[0]}x{size[1]}-trim.onnx"
+
+    def _open(self, size: tuple[int, int]) -> OrtEngine:
+        from ..export import export_onnx
+
+        self._session = None  # free the previous size's weights before loading the next
+        path = self._path(size)
+        if path.is_file():
+            os.utime(path)
+        else:
+            if self._log:
+                self._log(f"exporting the border-trimmed ONNX net for {size[0]}×{size[1]} inputs once "
+                          f"(cached in {self.cache_dir})")
+            model = self._model if self._model is not None else self._reload()
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            export_onnx(model, path, dynamic=False, trim=True, example_size=size)
+            del model
+            self._prune()
+        if self._reload is not None:
+            self._model = None  # the caller's model: not needed again unless a new size comes
+        self._size = size
+        return OrtEngine(path, threads=self.threads, low_memory=True)
+
+    def _prune(self) -> None:
+        files = sorted(self.cache_dir.glob(f"fcnseg-{self.key}-*x*-trim.onnx"), key=lambda p: p.stat().st_mtime)
+        for old in files[:-self.keep]:
+            old.unlink(missing_ok=True)
+
+    def predict_scores(self, images: torch.Tensor) -> Scores:
+        images = self._batch(images)
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        if self._session is None or size != self._size:
+            self._session = self._open(size)
+        return self._session.predict_scores(images)
+
+
 def choose_engine(model: nn.Module, device: str | torch.device = "cpu", *, exact: bool | None = None,
-                  threads: int | None = None, cache_dir: str | os.PathLike | None = None) -> Engine:
+                  threads: int | None = None, cache_dir: str | os.PathLike | None = None, reload=None,
+                  log=None) -> Engine:
     """The fastest engine measured for ``device`` (see docs/PERFORMANCE.md) that keeps the scores.
 
-    CPU: ONNX Runtime fp32 when onnxruntime is installed (the model is exported — verified against
-    PyTorch on three sizes, ~10-20 s for VGG16 — to a temporary file, or once into ``cache_dir``),
-    else PyTorch fp32 with the border trimmed where the backbone allows it (exact). CUDA: PyTorch
-    bf16 autocast + channels_last (scores differ at the bf16 level, labels rarely); ``exact=True``
-    keeps fp32 there.
+    CPU with onnxruntime: for Caffe-aligned VGG nets :class:`TrimmedOrtEngine` (exported once per
+    input size, ~15 s for VGG16 at 500×500, cached in ``cache_dir``); otherwise ONNX Runtime fp32
+    on a dynamic-size export. CPU without onnxruntime: PyTorch fp32, border trimmed where the
+    backbone allows it (exact). CUDA: PyTorch bf16 autocast + channels_last (scores differ at the
+    bf16 level, labels rarely); ``exact=True`` keeps fp32 there.
     """
+    from .trim import trim_supported
+
     device = torch.device(device)
     if device.type == "cuda":
         return TorchEngine(model, device, channels_last=True, dtype="fp32" if exact else "bf16")
     if device.type != "cpu":
         return TorchEngine(model, device)
     if ort_available():
+        if trim_supported(model):
+            return TrimmedOrtEngine(model, cache_dir, threads=threads, reload=reload, log=log)
         return _ort_from_model(model, threads=threads, cache_dir=cache_dir)
-    from .trim import trim_supported
-
     return TorchEngine(model, device, channels_last=False, trim=trim_supported(model))

@@ -16,6 +16,11 @@ def bilinear_kernel(size: int) -> torch.Tensor:
     return (k1[:, None] * k1[None, :]).float()
 
 
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
 class Upsample(nn.ConvTranspose2d):
     """``factor``× upsampling of a C-channel score map, C×C kernel (as the reference),
     bilinear on the diagonal, no bias; ``learnable=False`` freezes it."""
@@ -29,3 +34,32 @@ class Upsample(nn.ConvTranspose2d):
             for c in range(channels):
                 self.weight[c, c] = k
         self.weight.requires_grad_(learnable)
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        """While the kernel is diagonal (always, unless upsampling is learned and has moved off it),
+        run it channel by channel: the same sums without the C× zero products (C× fewer FLOPs)."""
+        kernel = None if output_size is not None or (self.training and self.weight.requires_grad) \
+            else self._channelwise_kernel()
+        if kernel is None:
+            return super().forward(x, output_size)
+        return nn.functional.conv_transpose2d(x, kernel, None, self.stride, self.padding, self.output_padding,
+                                              kernel.shape[0])
+
+    def _channelwise_kernel(self) -> torch.Tensor | None:
+        """C×1×k×k diagonal of the weight, or None when it has off-diagonal entries (cached per weight
+        version; under tracing built as a constant so exports see a fixed kernel)."""
+        w = self.weight
+        if w.is_meta or _compiling():  # no values to look at (meta, fake tensors): the general form
+            return None
+        key = (w._version, w.data_ptr(), w.dtype, w.device)
+        if getattr(self, "_diag", (None,))[0] != key:
+            with torch.inference_mode(False), torch.no_grad():  # a normal tensor: usable under autograd later
+                diag = w.detach().diagonal(dim1=0, dim2=1).movedim(-1, 0).unsqueeze(1)
+                if w.shape[0] != w.shape[1] or int(torch.count_nonzero(diag)) != int(torch.count_nonzero(w)):
+                    diag = None
+                elif torch.jit.is_tracing():
+                    diag = torch.tensor(diag.tolist(), dtype=w.dtype, device=w.device)
+                else:
+                    diag = diag.clone()
+            self._diag = (key, diag)
+        return self._diag[1]
