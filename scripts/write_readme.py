@@ -22,7 +22,8 @@ RESULTS = ROOT / "docs" / "results"
 KEY_RUNS = ["fcn32s", "fcn16s-staged", "fcn8s-staged", "fcn8s-atonce", "pool5-only", "pool4-only", "pool3-only",
             "fcn32s-random-init", "fcn32s-fixed", "fcn32s-full-finetune", "fcn8s-atonce-learned-up",
             "fcn32s-patch-0.5", "fcn32s-patch-0.25", "fcn8s-atonce-caffe", "fcn8s-atonce-class-weights",
-            "fcn8s-atonce-modern"]
+            "fcn8s-atonce-modern", "fcn8s-staged-class-weights", "fcn8s-staged-lr", "fcn8s-staged-lr-long",
+            "fcn8s-staged-lr-long-fullres"]
 
 
 def demo_section() -> str:
@@ -55,6 +56,13 @@ def results_section() -> str:
                 r = recs[name]
                 parts.append(f"| {name} | {r['group']} | {r['about']} | **{100 * r['metrics']['mean_iu']:.1f}** | "
                              f"{100 * r['metrics']['pixel_accuracy']:.1f} | {r['wall_time_s'] / 60:.1f} |")
+        fcn8s = [r for r in recs.values() if r["config"]["model"]["name"] == "fcn8s"]
+        if fcn8s:
+            best = max(fcn8s, key=lambda r: r["metrics"]["mean_iu"])
+            size = "full" if best["config"]["data"].get("resize") in (None, 1) else "half"
+            parts += ["", f"Best FCN-8s here: **{100 * best['metrics']['mean_iu']:.1f}** mean IU on val "
+                      f"(`{best['run']}`, {size} resolution, frozen hed-vgg16 trunk). Published FCN-8s figures on "
+                      "CamVid are about 57 (test split, full fine-tuning of an ImageNet VGG16 with its fc6/fc7)."]
         parts.append("")
     if not parts:
         return "_No study recorded yet (`fcnseg reproduce camvid --protocol cpu --out docs/results/camvid-cpu`)._"
