@@ -161,6 +161,11 @@ def test_trimmed_ort_engine_reuses_and_prunes_its_exports(tmp_path):
         engine.predict_scores(_img(1, size, size))
     names = sorted(p.name for p in tmp_path.glob("*.onnx"))
     assert len(names) == 2 and first.name not in names  # the least recently used went
+    for size in (43, 44):  # a third distinct size for this engine: one dynamic-size export from now on
+        x = _img(1, size, size + 3)
+        assert (engine.predict_scores(x) - _ref(m, x)).abs().max() <= 1e-4
+    assert engine._dynamic is not None and engine._session is None
+    assert len(list(tmp_path.glob("*-trim.onnx"))) == 2 and len(list(tmp_path.glob("*.onnx"))) == 3
     with torch.no_grad():
         m.score.out.fc7.weight.add_(1.0)  # other weights: another key
     assert TrimmedOrtEngine(m, tmp_path).key != engine.key

@@ -313,7 +313,9 @@ class TrimmedOrtEngine(Engine):
     each is the size of the weights) or, without ``cache_dir``, to a temporary folder.
     With ``reload`` (a function that rebuilds the torch model) the model given is let go once the
     first session is open and rebuilt only if another size must be exported; without it the model
-    is kept for the engine's lifetime."""
+    is kept for the engine's lifetime. Inputs of many sizes would mean an export each: once more
+    than ``keep`` sizes have been seen, it switches to one dynamic-size export (ONNX Runtime with its
+    arena: as fast per call, more memory) for every size."""
 
     def __init__(self, model: nn.Module, cache_dir: str | os.PathLike | None = None, *, threads: int | None = None,
                  reload=None, keep: int = 3, log=None) -> None:
@@ -328,10 +330,12 @@ class TrimmedOrtEngine(Engine):
         self.threads, self.keep, self._log = threads, max(1, int(keep)), log
         self._size: tuple[int, int] | None = None
         self._session: OrtEngine | None = None
+        self._sizes: set[tuple[int, int]] = set()
+        self._dynamic: OrtEngine | None = None
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "threads": self.threads, "trim": True, "low_memory": True,
-                "size": self._size}
+        return {**super().describe(), "threads": self.threads, "trim": self._dynamic is None,
+                "low_memory": self._dynamic is None, "size": self._size}
 
     def _path(self, size: tuple[int, int]) -> Path:
         return self.cache_dir / f"fcnseg-{self.key}-{size[0]}x{size[1]}-trim.onnx"
@@ -365,9 +369,19 @@ class TrimmedOrtEngine(Engine):
     def predict_scores(self, images: torch.Tensor) -> Scores:
         images = self._batch(images)
         size = (int(images.shape[-2]), int(images.shape[-1]))
-        if self._session is None or size != self._size:
-            self._session = self._open(size)
-        return self._session.predict_scores(images)
+        if self._dynamic is None and size != self._size:
+            self._sizes.add(size)
+            if len(self._sizes) > self.keep:
+                self._session = None
+                if self._log:
+                    self._log(f"more than {self.keep} input sizes: one dynamic-size ONNX export serves them all")
+                model = self._model if self._model is not None else self._reload()
+                self._dynamic = _ort_from_model(model, threads=self.threads, cache_dir=self.cache_dir)
+                self._model = None if self._reload is not None else self._model
+                del model
+            else:
+                self._session = self._open(size)
+        return (self._dynamic or self._session).predict_scores(images)
 
 
 def choose_engine(model: nn.Module, device: str | torch.device = "cpu", *, exact: bool | None = None,
