@@ -1,10 +1,11 @@
 """Regenerate README.md's demo, results and performance sections from committed JSON files.
 
-    .venv/bin/python scripts/write_readme.py [--demo-run runs/demo]
+    .venv/bin/python scripts/write_readme.py [--demo-run runs/demo] [--check]
 
 ``--demo-run`` first copies that run's ``summary.json`` (written by ``make demo``) to
 ``docs/results/demo.json``. Results come from ``docs/results/<study>/*.json`` (``fcnseg reproduce``),
-speed from ``docs/bench/cpu.json`` via docs/PERFORMANCE.md's targets table.
+speed from ``docs/bench/cpu.json`` via docs/PERFORMANCE.md's targets table. ``--check`` writes
+nothing and exits 1 when README.md is not what these files give (the tests run it).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _readme import replace_section  # noqa: E402
+from _readme import README, with_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
@@ -83,17 +84,26 @@ def performance_section() -> str:
             "Tables, commands and machines: [docs/PERFORMANCE.md](docs/PERFORMANCE.md).")
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--demo-run", type=Path, help="a `make demo` run folder whose summary.json to record")
+    ap.add_argument("--check", action="store_true", help="only check that README.md is up to date")
     args = ap.parse_args()
-    if args.demo_run:
+    if args.demo_run and not args.check:
         RESULTS.mkdir(parents=True, exist_ok=True)
         shutil.copy(args.demo_run / "summary.json", RESULTS / "demo.json")
-    replace_section("demo", demo_section())
-    replace_section("results", results_section())
-    replace_section("performance", performance_section())
+    old = README.read_text()
+    text = old
+    for name, body in [("demo", demo_section()), ("results", results_section()), ("performance", performance_section())]:
+        text = with_section(text, name, body)
+    if args.check:
+        if text != old:
+            print("README.md is out of date: run scripts/write_readme.py", file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(text)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The generated docs are what their generators make of the committed JSON files: a number in
+README.md, docs/PERFORMANCE.md or a study's RESULTS.md cannot drift from the run that produced it."""
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fcnseg.reproduce import load_protocol, write_results
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "scripts"
+
+
+def test_readme_sections_are_generated_from_the_json_files():
+    r = subprocess.run([sys.executable, str(SCRIPTS / "write_readme.py"), "--check"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_performance_md_is_generated_from_the_bench_json(tmp_path):
+    spec = importlib.util.spec_from_file_location("write_performance_md", SCRIPTS / "write_performance_md.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--out", str(tmp_path / "PERFORMANCE.md")]) == 0
+    assert (tmp_path / "PERFORMANCE.md").read_text() == (ROOT / "docs" / "PERFORMANCE.md").read_text()
+
+
+STUDIES = sorted(p for p in (ROOT / "docs" / "results").iterdir() if (p / "RESULTS.md").is_file())
+
+
+@pytest.mark.parametrize("study", STUDIES, ids=[p.name for p in STUDIES])
+def test_results_md_is_generated_from_the_run_json(study, tmp_path):
+    dataset, protocol = study.name.split("-", 1)
+    for p in study.glob("*.json"):
+        shutil.copy(p, tmp_path / p.name)
+    write_results(load_protocol(dataset, protocol), tmp_path)
+    assert (tmp_path / "RESULTS.md").read_text() == (study / "RESULTS.md").read_text()
+    records = [json.loads(p.read_text()) for p in study.glob("*.json")]
+    assert records and all(r["metrics"]["mean_iu"] > 0 for r in records)
