@@ -92,6 +92,7 @@ class TrainConfig:
     checkpoint_every: int = 4000
     eval_every: int = 4000                    # 0: only at the end
     eval_batch_size: int = 1
+    eval_flip: bool = False                   # score with test-time flip averaging
     log_every: int = 20
     freeze_backbone: bool = False
     cache_features: bool = False

@@ -11,7 +11,9 @@ A protocol (``fcnseg/configs/reproduce/<name>.yaml``)::
       - {name: fcn16s, group: RQ1, set: {model.name: fcn16s, model.init_from: "@fcn32s"}}
 
 ``@run`` names the final checkpoint of an earlier run: the staged 32s → 16s → 8s recipe. Every
-run is scored on the validation split at its final iteration (no selection on val). Finished runs
+run is scored on the validation split at its final iteration (no selection on val). A run with
+``score: "@run"`` trains nothing: it scores that run's final net (its settings, then its own ``set``,
+e.g. ``train.eval_flip: true``), so one change of evaluation is measured on the same weights. Finished runs
 (their JSON exists) are not trained again, so an interrupted study resumes.
 """
 from __future__ import annotations
@@ -46,6 +48,13 @@ def load_protocol(dataset: str, protocol: str) -> dict:
     names = [r["name"] for r in proto["runs"]]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: run names repeat")
+    for i, spec in enumerate(proto["runs"]):
+        refs = [v for v in [spec.get("score"), *spec.get("set", {}).values()] if isinstance(v, str) and v[:1] == "@"]
+        if spec.get("score") is not None and spec["score"] not in refs:
+            raise ConfigError(f"{path}: run {spec['name']}: score must be '@' and an earlier run's name")
+        late = [r for r in refs if r[1:] not in names[:i]]
+        if late:
+            raise ConfigError(f"{path}: run {spec['name']} refers to {late[0]}, which is not an earlier run")
     proto["path"] = str(path)
     return proto
 
@@ -124,7 +133,7 @@ def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None 
     """Train and score every run of the protocol; return the path of RESULTS.md."""
     from .config import load_config
     from .data import dataset_info
-    from .engine.train import train
+    from .engine.train import score, train
 
     proto = load_protocol(dataset, protocol)
     out = Path(out)
@@ -141,7 +150,10 @@ def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None 
         if result_json.is_file():
             print(f"[reproduce] {name}: done already ({result_json})")
             continue
-        sets = dict(spec.get("set", {}))
+        source = _source_spec(proto, spec)
+        sets = {**(source or {}).get("set", {}), **spec.get("set", {})}
+        if source is not None:
+            sets["model.init_from"] = spec["score"]
         for k, v in list(sets.items()):
             if isinstance(v, str) and v.startswith("@"):
                 prev = json.loads((out / f"{v[1:]}.json").read_text())
@@ -151,7 +163,10 @@ def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None 
                                                   for k, v in sets.items()] + [f"out={run_dir}"] + list(overrides or []))
         print(f"[reproduce] {name}: {spec.get('about', '')}", flush=True)
         load_start, t0 = _loadavg(), time.perf_counter()
-        result = train(cfg)
+        if source is None:
+            result = train(cfg)
+        else:
+            result = {"metrics": score(cfg), "iterations": 0, "last_checkpoint": cfg.model.init_from}
         wall = time.perf_counter() - t0
         metrics = result.get("metrics")
         if not metrics:
@@ -169,6 +184,12 @@ def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None 
         result_json.write_text(json.dumps(record, indent=1, default=float) + "\n")
         print(f"[reproduce] {name}: mean IU {100 * metrics['mean_iu']:.1f}% in {wall / 60:.1f} min", flush=True)
     return write_results(proto, out, time.perf_counter() - study_t0)
+
+
+def _source_spec(proto: dict, spec: dict) -> dict | None:
+    """The earlier run a score-only run (``score: "@run"``) scores, or None for a training run."""
+    ref = spec.get("score")
+    return None if ref is None else next(r for r in proto["runs"] if r["name"] == ref[1:])
 
 
 def _load_line(records, m: dict) -> list[str]:

@@ -187,3 +187,31 @@ def test_plots(tmp_path):
     (tmp_path / "bad.csv").write_text("step,value\n1,2\n")
     with pytest.raises(ValueError, match="iter,epoch,loss,lr"):
         plot_curves(tmp_path / "bad.csv", tmp_path / "y.png")
+
+
+class FixedScores(nn.Module):
+    """Ignores the image: class scores [5, 0] on the left pixel, [0, 1] on the right one."""
+
+    num_classes = 2
+
+    def __init__(self):
+        super().__init__()
+        self.preprocessing = Preprocessing(bgr=False, scale=1.0, mean=(0.0, 0.0, 0.0))
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        s = torch.tensor([[[5.0, 0.0]], [[0.0, 1.0]]])   # (classes, 1, 2)
+        return s.expand(x.shape[0], -1, -1, -1)
+
+
+def test_flip_averages_the_mirror_probabilities():
+    """With flip, each pixel takes the mean softmax of its own scores and its mirror pixel's:
+    the confident left score ([5, 0]) wins on both pixels."""
+    items = [(torch.zeros(3, 1, 2), torch.tensor([[0, 1]]))]
+    model = FixedScores()
+    plain = evaluate(model, ListDataset(items, 2), progress=False)
+    assert plain["confusion"] == [[1, 0], [0, 1]] and model.calls == 1
+    flipped = evaluate(model, ListDataset(items, 2), progress=False, flip=True)
+    assert flipped["confusion"] == [[1, 0], [1, 0]] and model.calls == 3
+    assert flipped["pixel_accuracy"] == pytest.approx(0.5)

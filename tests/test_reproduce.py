@@ -43,3 +43,46 @@ def test_study_chains_runs_and_writes_results(tmp_path, capsys):
     assert (out / "rq4.png").is_file()   # fcn32s carries the p = 1 curve
     assert main(args) == 0               # finished runs are not trained again
     assert "done already" in capsys.readouterr().out
+
+
+def test_runs_may_only_refer_to_earlier_runs(tmp_path, monkeypatch):
+    import fcnseg.reproduce as R
+    from fcnseg.errors import ConfigError
+
+    monkeypatch.setattr(R, "PROTOCOL_DIR", tmp_path)
+    base = "base: {}\ngroups: {g: t}\nruns:\n"
+    cases = {
+        "late": "  - {name: a, group: g, set: {model.init_from: '@b'}}\n  - {name: b, group: g}\n",
+        "score-late": "  - {name: a, group: g, score: '@b'}\n  - {name: b, group: g}\n",
+        "score-bare": "  - {name: b, group: g}\n  - {name: a, group: g, score: b}\n",
+    }
+    for name, runs in cases.items():
+        (tmp_path / f"x-{name}.yaml").write_text(base + runs)
+        with pytest.raises(ConfigError, match="run a"):
+            load_protocol("x", name)
+    (tmp_path / "x-ok.yaml").write_text(base + "  - {name: b, group: g}\n  - {name: a, group: g, score: '@b'}\n")
+    assert [r["name"] for r in load_protocol("x", "ok")["runs"]] == ["b", "a"]
+
+
+@pytest.mark.slow
+def test_score_only_run_scores_the_source_net_with_its_own_settings(tmp_path):
+    out = tmp_path / "study"
+    common = ["reproduce", "camvid", "--protocol", "cpu", "--out", str(out), f"data.root={sample_root()}",
+              "data.max_items=4", "train.epochs=1", "data.resize=4", "data.batch_size=2"]
+    assert main([*common, "--only", "fcn32s"]) == 0
+    src = json.loads((out / "fcn32s.json").read_text())
+    R = __import__("fcnseg.reproduce", fromlist=["x"])
+    proto = R.load_protocol("camvid", "cpu")
+    proto["runs"] += [{"name": "fcn32s-again", "group": "RQ1", "score": "@fcn32s"},
+                      {"name": "fcn32s-tta", "group": "RQ1", "score": "@fcn32s", "set": {"train.eval_flip": True}}]
+    import unittest.mock as mock
+
+    with mock.patch.object(R, "load_protocol", return_value=proto):
+        R.run_study("camvid", "cpu", out, root=str(sample_root()), only=["fcn32s-again", "fcn32s-tta"],
+                    overrides=["data.max_items=4", "train.epochs=1", "data.resize=4", "data.batch_size=2"])
+    again = json.loads((out / "fcn32s-again.json").read_text())
+    tta = json.loads((out / "fcn32s-tta.json").read_text())
+    assert again["metrics"] == src["metrics"] and again["iterations"] == 0
+    assert again["checkpoint"] == src["checkpoint"] == again["config"]["model"]["init_from"]
+    assert tta["config"]["train"]["eval_flip"] and tta["metrics"] != src["metrics"]
+    assert tta["config"]["model"]["name"] == "fcn32s"

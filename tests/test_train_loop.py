@@ -223,8 +223,32 @@ def test_frozen_trunk_with_feature_cache_matches_uncached(data_root, tmp_path, c
 
 def test_cache_needs_deterministic_transforms(data_root, tmp_path, capsys):
     train(cfg_for(data_root, tmp_path / "r", "train.freeze_backbone=true", "train.cache_features=true",
-                  "data.flip=true", "train.iterations=1"))
+                  "data.crop=24", "train.iterations=1"))
     assert "training transforms are random" in capsys.readouterr().err
+
+
+def test_random_flip_with_feature_cache_matches_uncached(data_root, tmp_path, capsys):
+    """The cache holds each image's and its mirror's features and flips exactly the items the
+    uncached loader flips, so both runs train the same net."""
+    from fcnseg.engine.train_data import FeatureCache, flipped, item_seed
+
+    common = ["train.freeze_backbone=true", "model.dropout=0", "train.lr=1e-2", "data.flip=true",
+              "train.iterations=6"]
+    train(cfg_for(data_root, tmp_path / "cached", *common, "train.cache_features=true"))
+    assert "features of 8 images and their mirrors" in capsys.readouterr().err
+    train(cfg_for(data_root, tmp_path / "plain", *common))
+    a, b = weights(tmp_path / "cached" / "last.pt"), weights(tmp_path / "plain" / "last.pt")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    draws = [flipped(item_seed(1337, 0, p)) for p in range(8)]
+    assert any(draws) and not all(draws)   # both orientations were trained on
+    train(cfg_for(data_root, tmp_path / "noflip", *common[:-2], "train.iterations=6",
+                  "train.cache_features=true"))
+    c = weights(tmp_path / "noflip" / "last.pt")
+    assert not torch.equal(a["score.out.fc7.weight"], c["score.out.fc7.weight"])
+    cache = FeatureCache._memo[2]
+    assert cache.mirrors is not None and not cache.flip   # reused without flipping
+    FeatureCache._memo = None
 
 
 def test_staged_init_from_previous_stage(data_root, tmp_path):

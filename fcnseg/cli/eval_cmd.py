@@ -15,6 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resize", type=downscale, help="downscale factor of the images (default: the checkpoint's)")
     p.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass (padded with void)")
     p.add_argument("--out", help="folder for metrics.json and confusion.png (default: beside the checkpoint)")
+    p.add_argument("--flip", action="store_true",
+                   help="test-time flip: average each image's and its mirror's class probabilities")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable items with a warning")
     p.add_argument("--no-progress", action="store_true")
     add_device(p)
@@ -34,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
         raise CheckpointError(f"checkpoint {args.checkpoint} predicts {model.heads['out']} classes but dataset "
                               f"{getattr(data, 'name', args.dataset)} has {k}")
     metrics = evaluate(model.to(device), data, device=device, batch_size=args.batch_size,
-                       exclude=getattr(data, "exclude_from_means", None), progress=not args.no_progress)
+                       exclude=getattr(data, "exclude_from_means", None), progress=not args.no_progress,
+                       flip=args.flip)
     print(format_table(metrics, data.classes))
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent
     save_metrics(metrics, out / "metrics.json")

@@ -87,12 +87,13 @@ def evaluate(model: nn.Module, dataset: Dataset, *, device: str | torch.device =
              workers: int = 0, exclude: Exclude = None,
              reducer: Callable[[torch.Tensor], torch.Tensor | None] | None = None,
              sampler: Sampler | None = None, progress: bool = True, label_key: str | None = None,
-             collate_fn: Callable | None = None) -> dict:
+             collate_fn: Callable | None = None, flip: bool = False) -> dict:
     """Score ``model`` on ``dataset`` (items: RGB 0–255 image, int64 label with void 255).
 
     Images keep their size (batch 1 by default); larger batches are padded with void labels by
     ``fcnseg.data.collate_pad`` so padding is never counted (the model still sees the padded image).
-    Confusion matrices accumulate on ``device``; ``reducer`` (e.g. ``distributed.all_reduce_sum``) sums
+    ``flip`` scores each image as the mean of its and its mirror's class probabilities (test-time
+    flip augmentation; twice the model time). Confusion matrices accumulate on ``device``; ``reducer`` (e.g. ``distributed.all_reduce_sum``) sums
     them across processes, each rank evaluating its ``sampler`` shard.
 
     Returns the metrics of :func:`fcnseg.engine.metrics.compute_metrics` (fractions 0–1) — for a
@@ -129,8 +130,7 @@ def evaluate(model: nn.Module, dataset: Dataset, *, device: str | torch.device =
                           for h, v in _labels_by_head(labels, heads, label_key).items()}
                 t0 = time.perf_counter()
                 timing["data"] += t0 - tick
-                out = model(model.preprocessing(image))
-                outs = out if isinstance(out, dict) else {"out": out}
+                outs = _scores(model, model.preprocessing(image), flip)
                 preds = {h: outs[h].argmax(1) for h in heads}
                 _sync(device)
                 t1 = time.perf_counter()
@@ -155,6 +155,17 @@ def evaluate(model: nn.Module, dataset: Dataset, *, device: str | torch.device =
     out["images"] = images
     out["timing"] = timing
     return out
+
+
+def _scores(model: nn.Module, x: torch.Tensor, flip: bool) -> dict[str, torch.Tensor]:
+    """Head name → scores (with ``flip``: the mean softmax of the image and its mirror)."""
+    out = model(x)
+    outs = out if isinstance(out, dict) else {"out": out}
+    if not flip:
+        return outs
+    out = model(x.flip(-1))
+    mirrored = out if isinstance(out, dict) else {"out": out}
+    return {h: (v.softmax(1) + mirrored[h].flip(-1).softmax(1)) / 2 for h, v in outs.items()}
 
 
 def _progress(total: int, enabled: bool):

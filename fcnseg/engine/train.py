@@ -35,10 +35,10 @@ from .losses import IGNORE_INDEX, check_labels, loss_denominator, pixel_loss_sum
 from .optim import build_optimizer, build_scheduler
 from .runlog import CsvLog, StopRequest, TensorBoard
 from .train_data import (FeatureCache, First, GlobalBatchSampler, SeededItems, Transformed, build_transform,
-                         collate_seeded, is_deterministic)
+                         cacheable, collate_seeded)
 from .train_model import (build_model, dataset_classes, freeze_backbone, init_from_checkpoint, keep_frozen_eval)
 
-__all__ = ["train", "rng_state", "set_rng_state"]
+__all__ = ["train", "score", "rng_state", "set_rng_state"]
 
 _MAX_CONSECUTIVE_SKIPS = 100
 
@@ -66,6 +66,21 @@ def train(cfg: RunConfig, *, train_set: Any = None, val_set: Any = None) -> dict
     finally:
         torch.use_deterministic_algorithms(saved_flags[0], warn_only=saved_flags[1])
         torch.backends.cudnn.benchmark = saved_flags[2]
+        D.cleanup(ctx, ok)
+
+
+def score(cfg: RunConfig) -> dict[str, Any] | None:
+    """Score the net ``cfg`` builds (an earlier run's weights via ``model.init_from``) on its
+    validation split with its evaluation settings (``train.eval_flip``, ...), without training;
+    ``None`` when it has no validation split."""
+    cfg = apply_preset(copy.deepcopy(cfg))
+    ctx = D.setup(cfg.train.device)
+    ok = False
+    try:
+        metrics = _Run(cfg, ctx, None, None)._evaluate()
+        ok = True
+        return metrics
+    finally:
         D.cleanup(ctx, ok)
 
 
@@ -331,17 +346,18 @@ class _Run:
             self._say("train.cache_features: no frozen, deterministic backbone prefix "
                       "(set train.freeze_backbone); not caching")
             return None
-        if not is_deterministic(d):
+        if not cacheable(d):
             self._say("train.cache_features: the training transforms are random "
-                      "(scale_range/crop/flip/jitter); not caching")
+                      "(scale_range/crop/jitter); not caching")
             return None
         t0 = time.perf_counter()
         cache = FeatureCache.reuse_or_build(self.model, self.train_raw, frozen, self.device,
-                                            build_transform(d, self.pre, True))
+                                            build_transform(d, self.pre, True, flip=False), mirror=bool(d.flip))
         if not cache.uniform() and micro > 1:
             self._say("train.cache_features: images differ in size and micro-batches hold several; not caching")
             return None
-        self._say(f"cached {'/'.join(cache.taps)} features of {len(self.train_raw)} images "
+        self._say(f"cached {'/'.join(cache.taps)} features of {len(self.train_raw)} images"
+                  f"{' and their mirrors' if cache.flip else ''} "
                   f"({cache.nbytes / 2**20:.1f} MiB, {time.perf_counter() - t0:.1f}s)")
         return cache
 
@@ -456,7 +472,7 @@ class _Run:
         with torch.random.fork_rng(devices=devices):  # evaluation must not shift the training RNG
             metrics = evaluate(self.model, val, device=self.device, batch_size=t.eval_batch_size, sampler=shard,
                                reducer=D.all_reduce_sum if self.world > 1 else None, progress=False,
-                               exclude=getattr(self.val_raw, "exclude_from_means", None))
+                               exclude=getattr(self.val_raw, "exclude_from_means", None), flip=t.eval_flip)
         self.model.train()
         keep_frozen_eval(self.model, self.frozen)
         return metrics

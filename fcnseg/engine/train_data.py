@@ -23,8 +23,11 @@ from ..models import FCN
 from ..models.preprocessing import Preprocessing
 from .losses import apply_patch_sampling
 
-__all__ = ["build_transform", "is_deterministic", "First", "Transformed", "GlobalBatchSampler", "SeededItems",
+__all__ = ["build_transform", "cacheable", "First", "Transformed", "GlobalBatchSampler", "SeededItems",
            "collate_seeded", "FeatureCache", "item_seed", "fill_value"]
+
+
+FLIP_P = 0.5  # probability of a random horizontal flip (``data.flip``)
 
 
 def item_seed(seed: int, epoch: int, position: int, salt: str = "") -> int:
@@ -41,14 +44,16 @@ def fill_value(pre: Preprocessing) -> list[float]:
     return [m / pre.scale for m in mean] + [m / pre.scale for m in pre.mean[3:]]
 
 
-def is_deterministic(d: DataConfig) -> bool:
-    """Whether the training transforms are deterministic (only ``resize``)."""
+def cacheable(d: DataConfig) -> bool:
+    """Whether the frozen-trunk feature cache can serve these training transforms: ``resize`` and
+    ``flip`` only (the cache holds each image's features and its mirror's)."""
     scale = d.scale_range is not None and list(d.scale_range) != [1, 1]
-    return not (scale or d.crop or d.flip or d.jitter)
+    return not (scale or d.crop or d.jitter)
 
 
-def build_transform(d: DataConfig, pre: Preprocessing, train: bool):
-    """Resize (train and val), then for training random scale, crop, flip, jitter as configured."""
+def build_transform(d: DataConfig, pre: Preprocessing, train: bool, flip: bool = True):
+    """Resize (train and val), then for training random scale, crop, flip, jitter as configured
+    (``flip=False`` leaves the flip out: the feature cache draws it itself)."""
     from ..data import transforms as T
 
     ts: list[Any] = []
@@ -59,8 +64,8 @@ def build_transform(d: DataConfig, pre: Preprocessing, train: bool):
             ts.append(T.RandomScale(float(d.scale_range[0]), float(d.scale_range[1])))
         if d.crop:
             ts.append(T.RandomCrop(tuple(d.crop) if isinstance(d.crop, list) else int(d.crop), fill=fill_value(pre)))
-        if d.flip:
-            ts.append(T.RandomHorizontalFlip())
+        if d.flip and flip:
+            ts.append(T.RandomHorizontalFlip(FLIP_P))
         if d.jitter:
             ts.append(T.ColorJitter(d.jitter, d.jitter, d.jitter))
     return T.Compose(ts) if ts else None
@@ -201,24 +206,44 @@ class GlobalBatchSampler:
             yield from self.step_micro_batches(step)
 
 
+def flipped(seed: int) -> bool:
+    """The flip an item with this seed gets when ``flip`` is its only random transform: the first
+    draw of a generator seeded as :class:`SeededItems` seeds one, so cached and uncached runs agree."""
+    return torch.rand((), generator=torch.Generator().manual_seed(seed)).item() < FLIP_P
+
+
 class FeatureCache:
     """Outputs of the frozen trunk prefix for every item, computed once (``train.cache_features``).
 
     It holds the frozen prefix's taps at stride ≥ 8 plus its last stage output, so
     ``model(x, features=...)`` resumes the backbone right after the prefix. Needs deterministic
-    transforms. ``needed`` is what the current model reads (see :meth:`batch`).
+    transforms apart from a random flip: with ``mirror`` it also holds every mirrored image's
+    features, and :meth:`batch` picks one of the two by the item's seed (:func:`flipped`).
+    ``needed`` is what the current model reads; ``flip`` whether this run flips.
     """
 
     MIN_STRIDE = 8  # finer taps (pool1, pool2) are large and no FCN head reads them
 
-    def __init__(self, model: FCN, dataset: Any, frozen: list[str], device: torch.device, transform=None) -> None:
+    def __init__(self, model: FCN, dataset: Any, frozen: list[str], device: torch.device, transform=None,
+                 mirror: bool = False) -> None:
         bb = model.backbone
         names = list(bb.stages.keys())
         last = max(frozen, key=names.index)
         coarse = {t.name for t in bb.taps if t.name in frozen and t.stride >= self.MIN_STRIDE}
         self.taps = sorted(coarse | {t for t in model.tap_names if t in frozen} | {last}, key=names.index)
         self.needed = self.needed_taps(model, frozen)
-        self.items: list[tuple[dict[str, torch.Tensor], Any]] = []
+        self.items = self._compute(model, dataset, device, transform, mirrored=False)
+        self.mirrors: list | None = None
+        self.flip = False
+        if mirror:
+            self.add_mirrors(model, dataset, device, transform)
+
+    def _compute(self, model: FCN, dataset: Any, device: torch.device, transform, mirrored: bool) -> list:
+        from ..data.transforms import RandomHorizontalFlip
+
+        mirror = RandomHorizontalFlip(p=1.0)
+        bb = model.backbone
+        items = []
         was = bb.training
         bb.eval()
         with torch.no_grad():
@@ -226,11 +251,23 @@ class FeatureCache:
                 image, label = dataset[i]
                 if transform is not None:
                     image, label = transform(image, label)
+                if mirrored:
+                    image, label = mirror(image, label)
                 x = model.preprocessing(image[None].to(device))
                 feats = bb(x, set(self.taps))
-                self.items.append(({k: v[0].cpu() for k, v in feats.items()}, label, tuple(image.shape[-2:])))
+                items.append(({k: v[0].cpu() for k, v in feats.items()}, label, tuple(image.shape[-2:])))
         bb.train(was)
-        self.nbytes = sum(v.numel() * v.element_size() for f, _, _ in self.items for v in f.values())
+        return items
+
+    def add_mirrors(self, model: FCN, dataset: Any, device: torch.device, transform=None) -> None:
+        """Compute the mirrored images' features too (once), and flip from now on."""
+        if self.mirrors is None:
+            self.mirrors = self._compute(model, dataset, device, transform, mirrored=True)
+        self.flip = True
+
+    @property
+    def nbytes(self) -> int:
+        return sum(v.numel() * v.element_size() for f, _, _ in self.items + (self.mirrors or []) for v in f.values())
 
     @staticmethod
     def needed_taps(model: FCN, frozen: list[str]) -> list[str]:
@@ -242,11 +279,11 @@ class FeatureCache:
 
     @classmethod
     def reuse_or_build(cls, model: FCN, dataset: Any, frozen: list[str], device: torch.device,
-                       transform=None) -> "FeatureCache":
+                       transform=None, mirror: bool = False) -> "FeatureCache":
         """As the constructor, but a study that trains many heads on one frozen trunk (``fcnseg
         reproduce``) computes the features once: the last cache serves any later model whose
         frozen stages have the same weights (checksummed) and whose taps it holds, on the same
-        data (root, split, length) and transform."""
+        data (root, split, length) and transform; a run that flips adds the mirrors to it once."""
         from .checkpoint import state_checksum
 
         bb = model.backbone
@@ -259,9 +296,13 @@ class FeatureCache:
             old_key, old_sums, cache = cls._memo
             if old_key == key and all(old_sums.get(n) == c for n, c in sums.items()) and set(needed) <= set(cache.taps):
                 cache.needed = needed
+                if mirror:
+                    cache.add_mirrors(model, dataset, device, transform)
+                else:
+                    cache.flip = False
                 return cache
         cls._memo = None  # free the old one before building the new one
-        cache = cls(model, dataset, frozen, device, transform)
+        cache = cls(model, dataset, frozen, device, transform, mirror)
         if key is not None:
             cls._memo = (key, sums, cache)
         return cache
@@ -271,11 +312,12 @@ class FeatureCache:
 
     def batch(self, keys: list[tuple[int, int]], patch_p: float):
         """(size-only input, features, labels) for the micro-batch ``[(index, seed), ...]``."""
-        feats = {t: torch.stack([self.items[i][0][t] for i, _ in keys]) for t in self.needed}
-        labels = [patch_sample(self.items[i][1], patch_p, s) for i, s in keys]
+        picked = [(self.mirrors if self.flip and flipped(s) else self.items)[i] for i, s in keys]
+        feats = {t: torch.stack([f[t] for f, _, _ in picked]) for t in self.needed}
+        labels = [patch_sample(lab, patch_p, s) for (_, lab, _), (_, s) in zip(picked, keys)]
         if isinstance(labels[0], dict):
             lab: Any = {k: torch.stack([lb[k] for lb in labels]) for k in labels[0]}
         else:
             lab = torch.stack(labels)
-        h, w = self.items[keys[0][0]][2]
+        h, w = picked[0][2]
         return torch.empty(len(keys), 0, h, w), feats, lab
