@@ -24,7 +24,8 @@ KEY_RUNS = ["fcn32s", "fcn16s-staged", "fcn8s-staged", "fcn8s-atonce", "pool5-on
             "fcn32s-random-init", "fcn32s-fixed", "fcn32s-full-finetune", "fcn8s-atonce-learned-up",
             "fcn32s-patch-0.5", "fcn32s-patch-0.25", "fcn8s-atonce-caffe", "fcn8s-atonce-class-weights",
             "fcn8s-atonce-modern", "fcn8s-staged-class-weights", "fcn8s-staged-lr", "fcn8s-staged-lr-long",
-            "fcn8s-staged-lr-long-fullres"]
+            "fcn8s-staged-lr-long-fullres", "fcn8s-staged-lr-long-fullres-flip", "fcn8s-staged-lr-longer-fullres-flip",
+            "fcn8s-staged-lr-longer-fullres-flip-tta"]
 
 
 def demo_section() -> str:
