@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +27,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .provenance import commit, loadavg, machine
 
 __all__ = ["load_protocol", "run_study", "write_results"]
 
@@ -68,38 +66,6 @@ def _flatten(d: dict, prefix: str = "") -> list[str]:
         else:
             out.append(f"{key}={json.dumps(v) if not isinstance(v, str) else v}")
     return out
-
-
-def machine() -> dict[str, Any]:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": cores, "gpu": gpu, "torch": torch.__version__, "python": platform.python_version()}
-
-
-def _loadavg() -> list[float] | None:
-    """1/5/15-minute load averages (None where the OS has none): a shared machine shows up here."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _read_csv(path: Path) -> list[dict[str, float]]:
@@ -162,7 +128,7 @@ def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None 
         cfg = load_config(None, _flatten(base) + [f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
                                                   for k, v in sets.items()] + [f"out={run_dir}"] + list(overrides or []))
         print(f"[reproduce] {name}: {spec.get('about', '')}", flush=True)
-        load_start, t0 = _loadavg(), time.perf_counter()
+        load_start, t0 = loadavg(), time.perf_counter()
         if source is None:
             result = train(cfg)
         else:
@@ -175,7 +141,7 @@ def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None 
             "run": name, "group": spec.get("group"), "about": spec.get("about", ""),
             "config": cfg.to_dict(), "seed": cfg.train.seed, "commit": commit(), "machine": machine(),
             "wall_time_s": round(wall, 1), "iterations": result.get("iterations"),
-            "loadavg_start": load_start, "loadavg_end": _loadavg(),
+            "loadavg_start": load_start, "loadavg_end": loadavg(),
             "checkpoint": result["last_checkpoint"],
             "metrics": {k: metrics[k] for k in ("pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu")},
             "per_class_iu": dict(zip(dataset_info(cfg.data.dataset).classes, metrics["per_class_iu"])),

@@ -12,29 +12,15 @@ parser of ``fcnseg bench`` (e.g. ``--engines``, ``--threads``, ``--size``).
 """
 from __future__ import annotations
 
-import argparse
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fcnseg.bench.cli import bench_script  # noqa: E402
 
-def main(argv: list[str] | None = None) -> int:
-    from fcnseg.bench import add_bench_arguments, main_bench
-
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_bench_arguments(ap)
-    ap.add_argument("--no-docs", action="store_true", help="do not regenerate docs/PERFORMANCE.md")
-    ap.set_defaults(out=str(ROOT / "docs" / "bench" / "cpu.json"), eval_split=True, no_md=True)
-    args = ap.parse_args(argv)
-    args.command_line = " ".join(["python scripts/bench_cpu.py", *(sys.argv[1:] if argv is None else argv)])
-    rc = main_bench(args)
-    if rc == 0 and not args.no_docs:
-        rc = subprocess.call([sys.executable, str(ROOT / "scripts" / "write_performance_md.py")])
-    return rc
-
+DEFAULTS = dict(out=str(ROOT / "docs" / "bench" / "cpu.json"), eval_split=True)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(bench_script("bench_cpu.py", __doc__, DEFAULTS))

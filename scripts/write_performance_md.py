@@ -155,6 +155,43 @@ def targets(report: dict, quant: dict | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+GPU_PENDING = """\
+## GPU
+
+Not measured yet: no GPU has been available to this project's runs. The GPU path is
+`fcnseg.engine.runtime.TorchEngine` on CUDA (what `fcnseg predict --device cuda` uses): bf16 or
+fp16 autocast, channels_last, optional `torch.compile`, and CUDA graphs captured per input shape
+for fixed sizes; training uses bf16 autocast on CUDA (`train.amp: auto`). On a machine with a GPU,
+`python scripts/bench_gpu.py` measures FCN-8s-VGG16 at 500×500 (batch-1 latency, batch-16
+throughput) next to torchfcn fp32 and torchvision's `fcn_resnet50` in one run, writes
+`docs/bench/cuda.json` and regenerates this page with the GPU targets (≥ 1000 img/s at batch 16 in
+bf16, ≤ 3 ms at batch 1).
+"""
+
+GPU_THROUGHPUT, GPU_LATENCY_MS = 1000.0, 3.0  # issue targets: img/s at batch 16 in bf16; ms at batch 1
+
+
+def gpu_targets(report: dict) -> str:
+    """The GPU targets from a CUDA bench report: our best bf16 batch-16 throughput, our best batch-1 latency."""
+    ours = [(e["engine"], e) for e in report.get("engines", []) if "error" not in e
+            and e.get("spec", {}).get("runtime") == "torch"]
+    lines = ["### GPU targets", "", "| target | best engine | measured | reached? |", "|---|---|---|---|"]
+    thr = _best([x for x in ours if x[1]["spec"]["dtype"] == "bf16" and "throughput" in x[1]],
+                lambda e: e["throughput"]["images_per_s"])
+    if thr:
+        n, e = thr
+        v = e["throughput"]["images_per_s"]
+        lines.append(f"| ≥ {GPU_THROUGHPUT:.0f} img/s, batch {e['throughput']['batch']}, bf16 | `{n}` | "
+                     f"{v:.0f} img/s | {'yes' if v >= GPU_THROUGHPUT else 'no'} |")
+    lat = _best([x for x in ours if "latency" in x[1]], lambda e: -e["latency"]["seconds"]["median"])
+    if lat:
+        n, e = lat
+        ms = 1000 * e["latency"]["seconds"]["median"]
+        lines.append(f"| ≤ {GPU_LATENCY_MS:.0f} ms at batch 1 | `{n}` | {ms:.2f} ms | "
+                     f"{'yes' if ms <= GPU_LATENCY_MS else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
 def quant_section(quant: dict | None) -> str:
     if not quant:
         return ("## Accuracy of the lossy paths\n\nNot measured yet: run\n"
@@ -220,7 +257,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     order = sorted(benches, key=lambda k: (k != "cpu", k))
     parts = [INTRO, targets(benches[order[0]], quant)]
-    parts += [bench_section(k, benches[k]) for k in order]
+    for k in order:
+        parts.append(bench_section(k, benches[k]))
+        if benches[k].get("device", "cpu").startswith("cuda"):
+            parts.append(gpu_targets(benches[k]))
+    if not any(b.get("device", "cpu").startswith("cuda") for b in benches.values()):
+        parts.append(GPU_PENDING)
     parts += [quant_section(quant), PATHS, EXPORT]
     Path(args.out).write_text("\n".join(parts))
     print(f"wrote {args.out}")

@@ -24,8 +24,8 @@ KEY_RUNS = ["fcn32s", "fcn16s-staged", "fcn8s-staged", "fcn8s-atonce", "pool5-on
             "fcn32s-random-init", "fcn32s-fixed", "fcn32s-full-finetune", "fcn8s-atonce-learned-up",
             "fcn32s-patch-0.5", "fcn32s-patch-0.25", "fcn8s-atonce-caffe", "fcn8s-atonce-class-weights",
             "fcn8s-atonce-modern", "fcn8s-staged-class-weights", "fcn8s-staged-lr", "fcn8s-staged-lr-long",
-            "fcn8s-staged-lr-long-fullres", "fcn8s-staged-lr-long-fullres-flip", "fcn8s-staged-lr-longer-fullres-flip",
-            "fcn8s-staged-lr-longer-fullres-flip-tta"]
+            "fcn8s-staged-lr-long-flip", "fcn8s-staged-lr-long-flip-tta", "fcn32s-fc1024", "fcn16s-staged-fc1024",
+            "fcn8s-staged-lr-fc1024", "fcn8s-staged-lr-long-fullres-flip", "fcn8s-staged-lr-long-fullres-flip-tta"]
 
 
 def demo_section() -> str:
@@ -81,8 +81,12 @@ def performance_section() -> str:
     if start < 0:
         return "Tables, commands and machines: [docs/PERFORMANCE.md](docs/PERFORMANCE.md)."
     block = text[start:].split("\n## ", 1)[0].split("\n", 1)[1].strip()
-    return (f"{block}\n\nFCN-8s-VGG16 at 500×500 on 2 CPU cores, each ratio to torchfcn 1.9.7 measured in the same run. "
-            "Tables, commands and machines: [docs/PERFORMANCE.md](docs/PERFORMANCE.md).")
+    gpu_at = text.find("### GPU targets")
+    gpu = (text[gpu_at:].split("\n## ", 1)[0].strip().replace("### GPU targets", "GPU (FCN-8s-VGG16, 500×500):")
+           if gpu_at >= 0 else "GPU: not measured yet (no GPU lent to this project's runs); "
+           "`python scripts/bench_gpu.py` measures it.")
+    return (f"{block}\n\nFCN-8s-VGG16 at 500×500 on 2 CPU cores, each ratio to torchfcn 1.9.7 measured in the same run.\n\n"
+            f"{gpu}\n\nTables, commands and machines: [docs/PERFORMANCE.md](docs/PERFORMANCE.md).")
 
 
 def main() -> int:

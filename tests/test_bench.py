@@ -39,7 +39,10 @@ def test_engine_names():
     assert (s.runtime, s.dtype, s.trim, s.alignment, s.exact) == ("ort", "int8", True, "caffe", False)
     s = parse_engine("torch-bf16-cl@same")
     assert (s.runtime, s.dtype, s.channels_last, s.alignment) == ("torch", "bf16", True, "same")
-    for bad in ("tensorflow", "peer-bf16", "ort-bf16", "torch-fp32-trim@same", "torch-int8"):
+    s = parse_engine("tvfcn-bf16-cl-graphs")
+    assert (s.runtime, s.dtype, s.channels_last, s.cuda_graphs, s.exact) == ("tvfcn", "bf16", True, True, False)
+    for bad in ("tensorflow", "peer-bf16", "ort-bf16", "torch-fp32-trim@same", "torch-int8", "tvfcn-fp32-trim",
+                "tvfcn-fp32@same"):
         with pytest.raises(ConfigError):
             parse_engine(bad)
 
@@ -99,3 +102,74 @@ def test_peer_with_our_weights_gives_our_scores():
         a, b = m(x), peer(x)
     assert a.shape == b.shape and a.abs().max() > 0
     assert (a - b).abs().max() <= 1e-6
+
+
+STUB_TORCHVISION = """
+import torch
+
+
+class _Net(torch.nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, num_classes, 3, padding=1)
+
+    def forward(self, x):
+        return {"out": self.conv(x)}
+
+
+def fcn_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=None):
+    assert weights is None and weights_backbone is None and aux_loss is False
+    return _Net(num_classes)
+"""
+
+
+@pytest.mark.slow
+def test_torchvision_reference_engine_runs_beside_ours(tmp_path, monkeypatch):
+    """The tvfcn engines (torchvision's FCN-ResNet50, a GPU speed reference) go through the same
+    worker and report; a stand-in torchvision module plays the net here (CPU torch has none)."""
+    pkg = tmp_path / "stub" / "torchvision" / "models" / "segmentation"
+    pkg.mkdir(parents=True)
+    (tmp_path / "stub" / "torchvision" / "__init__.py").write_text("")
+    (tmp_path / "stub" / "torchvision" / "models" / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text(STUB_TORCHVISION)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "stub"))
+    monkeypatch.syspath_prepend(str(tmp_path / "stub"))
+    for name in [m for m in sys.modules if m.split(".")[0] == "torchvision"]:
+        monkeypatch.delitem(sys.modules, name)
+    report = run_bench(size=(40, 48), width=1 / 16, fc_channels=32, num_classes=5, engines=["torch-fp32", "tvfcn-fp32"],
+                       repeats=1, warmup=0, throughput_batch=2, throughput_repeats=1, sgemm_n=64, progress=False)
+    eng = {e["engine"]: e for e in report["engines"]}
+    tv = eng["tvfcn-fp32"]
+    assert "error" not in tv, tv.get("error")
+    assert tv["latency"]["seconds"]["median"] > 0 and tv["throughput"]["batch"] == 2
+    assert report["flops"]["tvfcn"] == 2 * 3 * 5 * 9 * 40 * 48 and tv["flops"] == report["flops"]["tvfcn"]
+    assert "vs_reference" not in tv and "train_step" not in tv and not tv["exact_path"]
+    assert "train_step" in eng["torch-fp32"]
+
+
+def _script(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_targets_pick_our_best_engines_only():
+    """The GPU targets table reads a CUDA report: best bf16 batch-16 throughput and best batch-1
+    latency among our engines; the peer and torchvision's net are references, never candidates."""
+    def eng(name, runtime, dtype, lat, ips):
+        return {"engine": name, "spec": {"runtime": runtime, "dtype": dtype}, "latency": {"seconds": {"median": lat}},
+                "throughput": {"batch": 16, "images_per_s": ips}}
+
+    report = {"device": "cuda", "engines": [
+        eng("peer", "peer", "fp32", 0.0005, 9000.0), eng("tvfcn-bf16-cl", "tvfcn", "bf16", 0.0001, 20000.0),
+        eng("torch-fp32-cl", "torch", "fp32", 0.0040, 1500.0), eng("torch-bf16-cl", "torch", "bf16", 0.0035, 900.0),
+        eng("torch-bf16-cl-graphs", "torch", "bf16", 0.0025, 1200.0), {"engine": "torch-fp16-cl", "error": "x"}]}
+    text = _script("write_performance_md").gpu_targets(report)
+    assert "| ≥ 1000 img/s, batch 16, bf16 | `torch-bf16-cl-graphs` | 1200 img/s | yes |" in text
+    assert "| ≤ 3 ms at batch 1 | `torch-bf16-cl-graphs` | 2.50 ms | yes |" in text
+    report["engines"][4]["latency"]["seconds"]["median"] = 0.0045
+    assert "| ≤ 3 ms at batch 1 | `torch-bf16-cl` | 3.50 ms | no |" in _script("write_performance_md").gpu_targets(report)

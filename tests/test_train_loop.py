@@ -221,6 +221,47 @@ def test_frozen_trunk_with_feature_cache_matches_uncached(data_root, tmp_path, c
     assert not torch.equal(a["backbone.stages.fc7.fc7.weight"], init["backbone.stages.fc7.fc7.weight"])
 
 
+@pytest.mark.parametrize("flip", [False, True])
+def test_validation_from_cached_features_scores_as_uncached(data_root, tmp_path, capsys, flip):
+    """With a frozen trunk and train.cache_features the validation split is scored from its cached
+    features (and their mirrors for train.eval_flip): the same metrics as scoring the images."""
+    from fcnseg.engine.train_data import FeatureCache
+
+    common = ["train.freeze_backbone=true", "model.dropout=0", "train.lr=5e-2", "data.val_split=val",
+              "train.iterations=12", "train.eval_every=6", f"train.eval_flip={str(flip).lower()}"]
+    cached = train(cfg_for(data_root, tmp_path / "cached", *common, "train.cache_features=true"))
+    err = capsys.readouterr().err
+    assert "scoring from cached pool3/pool4/pool5 features of 3 validation images" in err
+    assert ("and their mirrors" in err.split("validation images")[1].splitlines()[0]) == flip
+    plain = train(cfg_for(data_root, tmp_path / "plain", *common))
+    assert cached["metrics"]["confusion"] == plain["metrics"]["confusion"]
+    assert len(FeatureCache._memo) == 2   # the training split's cache and the validation split's
+    FeatureCache._memo = []
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_scoring_cached_items_equals_scoring_images(data_root, flip):
+    """evaluate() on a FeatureCache's items (features, mirrors) gives the confusion matrix of
+    evaluate() on the images, for a net whose predictions vary from pixel to pixel."""
+    from fcnseg.engine.evaluate import evaluate
+    from fcnseg.engine.train_data import FeatureCache
+
+    torch.manual_seed(0)
+    model = create_model("fcn8s", 11, width=0.0625, fc_channels=64, alignment="same").eval()
+    with torch.no_grad():
+        for name, prm in model.score.named_parameters():
+            prm.normal_(0, 50.0) if name.endswith("weight") else prm.zero_()   # the trunk's features are small
+    val = build_dataset("camvid", data_root, "val")
+    frozen = ["pool1", "pool2", "pool3", "pool4", "pool5"]
+    cache = FeatureCache(model, val, frozen, torch.device("cpu"), mirror=flip)
+    a = evaluate(model, val, progress=False, flip=flip)
+    b = evaluate(model, cache.scoring_items(val), progress=False, flip=flip)
+    assert sum(1 for col in zip(*a["confusion"]) if any(col)) > 1   # not one class everywhere
+    assert a["confusion"] == b["confusion"] and a["mean_iu"] == b["mean_iu"]
+    if flip:
+        assert a["confusion"] != evaluate(model, val, progress=False)["confusion"]   # flipping changed labels
+
+
 def test_cache_needs_deterministic_transforms(data_root, tmp_path, capsys):
     train(cfg_for(data_root, tmp_path / "r", "train.freeze_backbone=true", "train.cache_features=true",
                   "data.crop=24", "train.iterations=1"))
@@ -246,9 +287,9 @@ def test_random_flip_with_feature_cache_matches_uncached(data_root, tmp_path, ca
                   "train.cache_features=true"))
     c = weights(tmp_path / "noflip" / "last.pt")
     assert not torch.equal(a["score.out.fc7.weight"], c["score.out.fc7.weight"])
-    cache = FeatureCache._memo[2]
+    cache = FeatureCache._memo[-1][2]
     assert cache.mirrors is not None and not cache.flip   # reused without flipping
-    FeatureCache._memo = None
+    FeatureCache._memo = []
 
 
 def test_staged_init_from_previous_stage(data_root, tmp_path):
@@ -349,4 +390,4 @@ def test_feature_cache_is_reused_only_for_the_same_frozen_trunk_and_data():
         b.backbone.stages["pool1"].conv1_1.weight.add_(1.0)
     changed = FeatureCache.reuse_or_build(b, data, frozen, torch.device("cpu"), Resize(scale=0.25))
     assert changed is not first
-    FeatureCache._memo = None
+    FeatureCache._memo = []

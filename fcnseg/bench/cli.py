@@ -6,7 +6,7 @@ import json
 
 from .core import DEFAULT_ENGINES, run_bench
 
-__all__ = ["add_bench_arguments", "main_bench"]
+__all__ = ["add_bench_arguments", "main_bench", "bench_script"]
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,3 +61,29 @@ def main_bench(args: argparse.Namespace) -> int:
     if not args.out:
         print(json.dumps(report.get("ratios_vs_peer", {}), indent=1))
     return 0
+
+
+def bench_script(script: str, doc: str, defaults: dict, argv: list[str] | None = None) -> int:
+    """The body of ``scripts/bench_*.py``: ``fcnseg bench`` with the script's defaults, recorded under
+    the script's own command line, then docs/PERFORMANCE.md regenerated (unless ``--no-docs``)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ..errors import FcnsegError
+
+    root = Path(__file__).resolve().parents[2]
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_bench_arguments(ap)
+    ap.add_argument("--no-docs", action="store_true", help="do not regenerate docs/PERFORMANCE.md")
+    ap.set_defaults(no_md=True, **defaults)
+    args = ap.parse_args(argv)
+    args.command_line = " ".join([f"python scripts/{script}", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        rc = main_bench(args)
+    except FcnsegError as e:
+        print(f"{script}: error: {e}", file=sys.stderr)
+        return 2
+    if rc == 0 and not args.no_docs:
+        rc = subprocess.call([sys.executable, str(root / "scripts" / "write_performance_md.py")])
+    return rc

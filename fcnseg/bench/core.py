@@ -26,9 +26,9 @@ DEFAULT_ENGINES: dict[str, tuple[str, ...]] = {
     "cpu": ("peer", "torch-fp32", "torch-fp32-cl", "torch-fp32-trim", "torch-fp32-cl-trim", "ort-fp32",
             "ort-fp32-trim", "ort-fp32-trim-lowmem", "torch-bf16-cl-trim", "ort-int8", "torch-fp32@same", "ort-fp32@same"),
     "cuda": ("peer", "torch-fp32", "torch-fp32-cl", "torch-bf16-cl", "torch-bf16-cl-trim", "torch-fp16-cl",
-             "torch-bf16-cl-graphs", "torch-fp32@same", "torch-bf16-cl@same"),
+             "torch-bf16-cl-graphs", "torch-fp32@same", "torch-bf16-cl@same", "tvfcn-fp32", "tvfcn-bf16-cl"),
 }
-_NAME = re.compile(r"^(?P<rt>peer|torch|ort)(-(?P<dt>fp32|bf16|fp16|int8))?(?P<flags>(-(cl|trim|lowmem|compile|graphs))*)"
+_NAME = re.compile(r"^(?P<rt>peer|torch|ort|tvfcn)(-(?P<dt>fp32|bf16|fp16|int8))?(?P<flags>(-(cl|trim|lowmem|compile|graphs))*)"
                    r"(@(?P<al>caffe|same))?$")
 
 
@@ -38,7 +38,9 @@ class BenchError(FcnsegError, RuntimeError):
 
 @dataclass(frozen=True)
 class EngineSpec:
-    """Parsed engine name ``<runtime>[-<dtype>][-cl][-trim][-lowmem][-compile][-graphs][@<alignment>]``."""
+    """Parsed engine name ``<runtime>[-<dtype>][-cl][-trim][-lowmem][-compile][-graphs][@<alignment>]``;
+    runtimes: ``peer`` (torchfcn), ``torch``, ``ort``, ``tvfcn`` (torchvision's FCN-ResNet50, a
+    speed reference on the GPU: another net, so never compared for scores)."""
 
     name: str
     runtime: str
@@ -52,7 +54,7 @@ class EngineSpec:
 
     @property
     def exact(self) -> bool:
-        return self.dtype == "fp32"
+        return self.dtype == "fp32" and self.runtime != "tvfcn"
 
 
 def parse_engine(name: str) -> EngineSpec:
@@ -67,6 +69,9 @@ def parse_engine(name: str) -> EngineSpec:
                       low_memory="lowmem" in flags, alignment=m["al"] or "caffe")
     if spec.runtime == "peer" and (spec.dtype != "fp32" or flags or spec.alignment != "caffe"):
         raise ConfigError(f"--engines: the peer runs as published (fp32, caffe alignment): {name!r}")
+    if spec.runtime == "tvfcn" and (spec.trim or spec.dtype == "int8" or m["al"]):
+        raise ConfigError(f"--engines: tvfcn (torchvision FCN-ResNet50) takes -fp32/-bf16/-fp16, -cl, -compile, "
+                          f"-graphs: {name!r}")
     if spec.runtime == "ort" and (spec.dtype in ("bf16", "fp16") or flags - {"trim", "lowmem"}):
         raise ConfigError(f"--engines: ONNX Runtime engines are ort-fp32 / ort-int8 [-trim] [-lowmem]: {name!r}")
     if spec.low_memory and spec.runtime != "ort":
@@ -112,6 +117,18 @@ def _flops(cfg: dict, size: tuple[int, int], in_channels: int, trim: bool) -> in
                 model(x)  # builds the background skeleton: a one-off per size residue, not counted
         return count_flops(model, x)["total"]
     except Exception:  # a model the meta device cannot run: report no count rather than fail
+        return None
+
+
+def _tvfcn_flops(num_classes: int, size: tuple[int, int]) -> int | None:
+    """FLOPs of torchvision's FCN-ResNet50 (None without torchvision)."""
+    from .peer import PeerUnavailable, torchvision_fcn_resnet50
+
+    try:
+        with torch.device("meta"):
+            model = torchvision_fcn_resnet50(num_classes)
+        return count_flops(model, torch.empty(1, 3, *size, device="meta"))["total"]
+    except (PeerUnavailable, RuntimeError, NotImplementedError):
         return None
 
 
@@ -209,7 +226,7 @@ def _annotate(r: dict, s: EngineSpec, flops: dict, log) -> dict:
     r["spec"] = {"runtime": s.runtime, "dtype": s.dtype, "channels_last": s.channels_last, "trim": s.trim,
                  "compile": s.compile, "cuda_graphs": s.cuda_graphs}
     r["alignment"], r["exact_path"] = s.alignment, s.exact
-    r["flops"] = flops.get(f"{s.alignment}{'-trim' if s.trim else ''}")
+    r["flops"] = flops.get(_flops_key(s))
     if "error" in r:
         log(f"  {s.name} failed: {r['error']}")
     elif "latency" in r:
@@ -219,6 +236,10 @@ def _annotate(r: dict, s: EngineSpec, flops: dict, log) -> dict:
         if r["flops"]:
             r["achieved_gflops"] = r["flops"] * r["latency"]["batch"] / med / 1e9
     return r
+
+
+def _flops_key(s: EngineSpec) -> str:
+    return "tvfcn" if s.runtime == "tvfcn" else f"{s.alignment}{'-trim' if s.trim else ''}"
 
 
 def _compare(a: np.ndarray, b: np.ndarray) -> dict:
@@ -282,7 +303,9 @@ def run_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classes: int
                                           "fc_channels": fc_channels, "seed": seed}}
     if sgemm_n:
         log(f"sgemm {sgemm_n}x{sgemm_n}")
-        report["sgemm"] = sgemm_gflops(sgemm_n)
+        report["sgemm"] = sgemm_gflops(sgemm_n, device=device)
+        if dev_kind == "cuda":
+            report["gemm_bf16"] = sgemm_gflops(sgemm_n, repeats=10, device=device, dtype=torch.bfloat16)
     with tempfile.TemporaryDirectory(prefix="fcnseg-bench-") as tmp_s:
         tmp = Path(tmp_s)
         models, weights, cfgs = {}, {}, {}
@@ -310,9 +333,10 @@ def run_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classes: int
         onnx_files = _exports(specs, models, size, tmp, calibration_count, seed, log)
         report["flops"] = {}
         for s in specs:
-            key = f"{s.alignment}{'-trim' if s.trim else ''}"
+            key = _flops_key(s)
             if key not in report["flops"]:
-                report["flops"][key] = _flops(cfgs[s.alignment], size, in_ch, s.trim)
+                report["flops"][key] = _tvfcn_flops(num_classes, size) if key == "tvfcn" else \
+                    _flops(cfgs[s.alignment], size, in_ch, s.trim)
         def make_spec(s: EngineSpec) -> dict:
             tag = s.name.replace("@", "_")
             return {"engine": s.name, "runtime": s.runtime, "dtype": s.dtype, "channels_last": s.channels_last,
@@ -435,7 +459,7 @@ def _add_comparisons(results: list[dict], specs: list[EngineSpec], tmp: Path) ->
     for r in results:
         s = by_name[r["engine"]]
         a = scores(s.name)
-        if a is None:
+        if a is None or s.runtime == "tvfcn":
             continue
         if peer_scores is not None and s.alignment == "caffe" and s.runtime != "peer":
             r["vs_peer"] = _compare(a, peer_scores)

@@ -11,6 +11,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..provenance import commit, cpu_model
+
 __all__ = ["stats", "time_calls", "rss_mb", "reset_peak_rss", "peak_rss_mb", "count_flops", "sgemm_gflops",
            "machine_info"]
 
@@ -91,24 +93,17 @@ def count_flops(module: nn.Module, *inputs: torch.Tensor) -> dict:
     return {"total": int(counter.get_total_flops()), "by_op": by_op}
 
 
-def sgemm_gflops(n: int = 4096, repeats: int = 3) -> dict[str, float]:
-    """This machine's fp32 matmul rate (n×n @ n×n, 2n³ FLOPs) with torch's current thread count."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    ts = time_calls(lambda: torch.mm(a, b), 0, repeats)
+def sgemm_gflops(n: int = 4096, repeats: int = 3, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32) -> dict[str, float]:
+    """The device's matmul rate (n×n @ n×n, 2n³ FLOPs): fp32 by default, with torch's current thread
+    count on the CPU; on CUDA synchronised, after a warm-up."""
+    device = torch.device(device)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+    ts = time_calls(lambda: torch.mm(a, b), 1 if device.type == "cpu" else 5, repeats, sync)
     flops = 2 * n**3
-    return {"n": n, "best_gflops": flops / min(ts) / 1e9, "median_gflops": flops / statistics.median(ts) / 1e9}
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return {"n": n, "dtype": str(dtype).replace("torch.", ""), "best_gflops": flops / min(ts) / 1e9,
+            "median_gflops": flops / statistics.median(ts) / 1e9}
 
 
 def _cpu_flags() -> list[str]:
@@ -125,10 +120,10 @@ def _cpu_flags() -> list[str]:
 
 
 def machine_info() -> dict:
-    """CPU model and flags, core count, thread count, library versions, load average."""
-    info = {"cpu": _cpu_model(), "cpu_flags": _cpu_flags(), "cores": os.cpu_count(),
+    """CPU model and flags, core count, thread count, library versions, commit, load average."""
+    info = {"cpu": cpu_model(), "cpu_flags": _cpu_flags(), "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "torch": torch.__version__, "platform": platform.platform()}
+            "torch": torch.__version__, "platform": platform.platform(), "commit": commit()}
     try:
         import onnxruntime
 

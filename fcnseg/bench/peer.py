@@ -18,7 +18,8 @@ from torch import nn
 
 from ..errors import FcnsegError
 
-__all__ = ["PeerUnavailable", "load_peer_models", "peer_fcn8s", "peer_state_dict", "PEER", "LAYER_MAP"]
+__all__ = ["PeerUnavailable", "load_peer_models", "peer_fcn8s", "peer_state_dict", "torchvision_fcn_resnet50",
+           "PEER", "LAYER_MAP"]
 
 PEER = "torchfcn==1.9.7"
 
@@ -79,3 +80,29 @@ def peer_fcn8s(num_classes: int, state: dict[str, torch.Tensor] | None = None) -
             raise FcnsegError(f"weights for the peer lack {sorted(missing)[:3]}: is the model fcn8s@vgg16?")
         model.load_state_dict(mapped, strict=True)
     return model.eval()
+
+
+class _TorchvisionFCN(nn.Module):
+    """torchvision's ``fcn_resnet50`` (no auxiliary head) as an engine sees a net: its ``"out"``
+    scores, with its ImageNet preprocessing (RGB, 0–1, mean/std)."""
+
+    def __init__(self, net: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        from ..models.preprocessing import TORCHVISION
+
+        self.net, self.num_classes, self.preprocessing = net, num_classes, TORCHVISION
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)["out"]
+
+
+def torchvision_fcn_resnet50(num_classes: int, seed: int = 0) -> nn.Module:
+    """torchvision's FCN-ResNet50 with seeded random weights: a speed reference on the GPU (another
+    architecture, so its scores are not compared). torchvision is needed (absent on CPU-only torch here)."""
+    try:
+        from torchvision.models.segmentation import fcn_resnet50
+    except ImportError as e:
+        raise PeerUnavailable(f"torchvision is not installed ({e}): the tvfcn engines need it") from None
+    torch.manual_seed(seed)
+    net = fcn_resnet50(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
+    return _TorchvisionFCN(net, num_classes).eval()

@@ -19,8 +19,13 @@ def machine_line(report: dict) -> str:
              f"onnxruntime {m.get('onnxruntime') or 'absent'}", f"python {m.get('python', '?')}"]
     if m.get("gpu"):
         parts.append(f"GPU {m['gpu']}")
+    if m.get("commit"):
+        parts.append(f"commit {m['commit']}")
     if sg:
         parts.append(f"sgemm {sg['n']}² {sg['best_gflops']:.0f} GFLOP/s (best), {sg['median_gflops']:.0f} (median)")
+    bf = report.get("gemm_bf16")
+    if bf:
+        parts.append(f"bf16 gemm {bf['n']}² {bf['best_gflops']:.0f} GFLOP/s (best)")
     if load:
         parts.append("load average at start " + " / ".join(f"{x:.2f}" for x in load)
                      + (", at end " + " / ".join(f"{x:.2f}" for x in load_end) if load_end else ""))
@@ -33,10 +38,11 @@ def engine_table(report: dict) -> str:
     nb = opts.get("throughput_batch")
     ratios = report.get("ratios_vs_peer", {})
     sg = report.get("sgemm", {}).get("best_gflops")
+    mem = "CUDA" if str(report.get("device", "cpu")).startswith("cuda") else "RSS"   # max_memory_allocated on GPU
     head = ("| engine | exact | latency b1 s: median [IQR] (min–max) | "
             f"{'throughput img/s (b' + str(nb) + ')' if nb and nb > 1 else 'throughput'} | peer alongside s | "
             "speed-up vs peer | "
-            "peak RSS MiB b1 | RSS vs peer | RSS at load MiB | GFLOP | GFLOP/s (% sgemm) | max abs Δ vs peer | "
+            f"peak {mem} MiB b1 | {mem} vs peer | {mem} at load MiB | GFLOP | GFLOP/s (% sgemm) | max abs Δ vs peer | "
             "labels = peer | "
             "train step s |")
     ncols = head.count("|") - 1
@@ -55,7 +61,8 @@ def engine_table(report: dict) -> str:
         gf = r.get("flops")
         ach = r.get("achieved_gflops")
         vs = r.get("vs_peer") or {}
-        exact = "ref" if name == "peer" else ("yes" if r.get("exact_path") else "no")
+        exact = "ref" if name == "peer" else ("other net" if r.get("spec", {}).get("runtime") == "tvfcn"
+                                              else "yes" if r.get("exact_path") else "no")
         delta = vs.get("max_abs_diff")
         if delta is None and r.get("vs_reference"):
             delta_txt = f"{r['vs_reference']['max_abs_diff']:.1e} (vs {r['vs_reference']['reference']})"

@@ -51,6 +51,11 @@ def _build(spec: dict, device: torch.device):
         return OrtEngine(spec["onnx"], threads=spec["threads"], low_memory=spec.get("low_memory", False)), None
     cfg = dict(spec["model_config"])
     name, classes = cfg.pop("name"), cfg.pop("num_classes")
+    if runtime == "tvfcn":
+        from .peer import torchvision_fcn_resnet50
+
+        model = torchvision_fcn_resnet50(int(classes), int(spec.get("seed", 0)))
+        return _torch_engine(model, spec, device), None
     if runtime == "peer":
         from .peer import peer_fcn8s
 
@@ -59,17 +64,20 @@ def _build(spec: dict, device: torch.device):
         del state
         pre = Preprocessing.from_dict(spec["preprocessing"])
         return _PeerEngine(model, pre, device), model
-    from ..engine.runtime import TorchEngine
-
     model = create_model(name, classes, **cfg)
     state = _load_state(spec["weights"])
     model.load_state_dict(state)
     del state
     model.preprocessing = Preprocessing.from_dict(spec["preprocessing"])
-    engine = TorchEngine(model, device, channels_last=spec.get("channels_last", False),
-                         dtype=spec.get("dtype", "fp32"), trim=spec.get("trim", False),
-                         compile=spec.get("compile", False), cuda_graphs=spec.get("cuda_graphs", False))
-    return engine, model
+    return _torch_engine(model, spec, device), model
+
+
+def _torch_engine(model: torch.nn.Module, spec: dict, device: torch.device):
+    from ..engine.runtime import TorchEngine
+
+    return TorchEngine(model, device, channels_last=spec.get("channels_last", False),
+                       dtype=spec.get("dtype", "fp32"), trim=spec.get("trim", False),
+                       compile=spec.get("compile", False), cuda_graphs=spec.get("cuda_graphs", False))
 
 
 def _images(spec: dict, batch: int) -> torch.Tensor:

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     minutes = (time.perf_counter() - t0) / 60
     report = _report(cfg, result, metrics, table, shown, out, minutes)
     (out / "report.md").write_text(report)
-    from ..reproduce import machine
+    from ..provenance import machine
     summary = {"command": "make demo", "mean_iu": metrics["mean_iu"], "pixel_accuracy": metrics["pixel_accuracy"],
                "mean_accuracy": metrics["mean_accuracy"], "fw_iu": metrics["fw_iu"], "minutes": round(minutes, 1),
                "iterations": result.get("iterations"), "val_images": len(val), "machine": machine(),

@@ -1,4 +1,4 @@
-"""``fcnseg reproduce camvid --protocol cpu|full --out DIR``: the paper's RQ1–RQ4 on real data."""
+"""``fcnseg reproduce camvid --protocol cpu|cpu-fullres|full --out DIR``: the paper's RQ1–RQ4 on real data."""
 from __future__ import annotations
 
 import argparse
@@ -6,8 +6,9 @@ import argparse
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", choices=["camvid"], help="dataset of the study")
-    p.add_argument("--protocol", choices=["cpu", "full"], default="cpu",
-                   help="cpu: half resolution, frozen trunk, ≤ 60 min on 2 cores; full: full resolution, for a GPU")
+    p.add_argument("--protocol", choices=["cpu", "cpu-fullres", "full"], default="cpu",
+                   help="cpu: half resolution, frozen trunk, ≤ 60 min on 2 cores; cpu-fullres: the best FCN-8s "
+                        "recipe of cpu at full resolution; full: full resolution, every layer trained, for a GPU")
     p.add_argument("--out", required=True, help="folder for RESULTS.md and one JSON per run")
     p.add_argument("--root", help="dataset folder (default: the protocol's, ../shared/datasets/camvid)")
     p.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs of the protocol")

@@ -93,7 +93,9 @@ def evaluate(model: nn.Module, dataset: Dataset, *, device: str | torch.device =
     Images keep their size (batch 1 by default); larger batches are padded with void labels by
     ``fcnseg.data.collate_pad`` so padding is never counted (the model still sees the padded image).
     ``flip`` scores each image as the mean of its and its mirror's class probabilities (test-time
-    flip augmentation; twice the model time). Confusion matrices accumulate on ``device``; ``reducer`` (e.g. ``distributed.all_reduce_sum``) sums
+    flip augmentation; twice the model time). Items may carry a third element, the frozen
+    backbone prefix's features (``fcnseg.engine.train_data.CachedItems``): the net then resumes
+    from them and the image only gives the size. Confusion matrices accumulate on ``device``; ``reducer`` (e.g. ``distributed.all_reduce_sum``) sums
     them across processes, each rank evaluating its ``sampler`` shard.
 
     Returns the metrics of :func:`fcnseg.engine.metrics.compute_metrics` (fractions 0–1) — for a
@@ -125,12 +127,13 @@ def evaluate(model: nn.Module, dataset: Dataset, *, device: str | torch.device =
         with torch.inference_mode():
             for batch in loader:
                 image, labels = batch[0], batch[1]
+                cached = _to(batch[2], device) if len(batch) > 2 else None
                 image = image.to(device, non_blocking=True)
                 labels = {h: v.to(device, non_blocking=True)
                           for h, v in _labels_by_head(labels, heads, label_key).items()}
                 t0 = time.perf_counter()
                 timing["data"] += t0 - tick
-                outs = _scores(model, model.preprocessing(image), flip)
+                outs = _scores(model, image, flip, cached)
                 preds = {h: outs[h].argmax(1) for h in heads}
                 _sync(device)
                 t1 = time.perf_counter()
@@ -157,15 +160,33 @@ def evaluate(model: nn.Module, dataset: Dataset, *, device: str | torch.device =
     return out
 
 
-def _scores(model: nn.Module, x: torch.Tensor, flip: bool) -> dict[str, torch.Tensor]:
-    """Head name → scores (with ``flip``: the mean softmax of the image and its mirror)."""
-    out = model(x)
+def _scores(model: nn.Module, image: torch.Tensor, flip: bool, cached: dict | None) -> dict[str, torch.Tensor]:
+    """Head name → scores (with ``flip``: the mean softmax of the image and its mirror). ``cached``:
+    the frozen prefix's features (and its mirror's) from the item; ``image`` is then only a size."""
+    if cached is None:
+        x = model.preprocessing(image)
+
+        def run(mirrored: bool):
+            return model(x.flip(-1) if mirrored else x)
+    else:
+        if flip and "mirrored" not in cached:
+            raise ConfigError("flip needs the mirrored features in cached items")
+
+        def run(mirrored: bool):
+            return model(image, features=cached["mirrored" if mirrored else "features"])
+    out = run(False)
     outs = out if isinstance(out, dict) else {"out": out}
     if not flip:
         return outs
-    out = model(x.flip(-1))
+    out = run(True)
     mirrored = out if isinstance(out, dict) else {"out": out}
     return {h: (v.softmax(1) + mirrored[h].flip(-1).softmax(1)) / 2 for h, v in outs.items()}
+
+
+def _to(tree: Any, device: torch.device) -> Any:
+    if isinstance(tree, Mapping):
+        return {k: _to(v, device) for k, v in tree.items()}
+    return tree.to(device, non_blocking=True)
 
 
 def _progress(total: int, enabled: bool):

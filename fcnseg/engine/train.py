@@ -463,19 +463,35 @@ class _Run:
                 self._warned_eval = True
             return None
         t = self.cfg.train
-        val = self.val_raw
         tf = build_transform(self.cfg.data, self.pre, train=False)
-        if tf is not None:
-            val = Transformed(val, tf)
-        shard = _Shard(len(val), self.ctx.rank, self.world) if self.world > 1 else None
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # evaluation must not shift the training RNG
+            val = self._val_cached(tf) if t.cache_features and t.eval_batch_size == 1 else None
+            if val is None:
+                val = self.val_raw if tf is None else Transformed(self.val_raw, tf)
+            shard = _Shard(len(val), self.ctx.rank, self.world) if self.world > 1 else None
             metrics = evaluate(self.model, val, device=self.device, batch_size=t.eval_batch_size, sampler=shard,
                                reducer=D.all_reduce_sum if self.world > 1 else None, progress=False,
                                exclude=getattr(self.val_raw, "exclude_from_means", None), flip=t.eval_flip)
         self.model.train()
         keep_frozen_eval(self.model, self.frozen)
         return metrics
+
+    def _val_cached(self, transform) -> Any:
+        """The validation split as the frozen prefix's cached features (``train.cache_features``;
+        with ``train.eval_flip`` their mirrors too), or None where no prefix is frozen."""
+        frozen = self._cacheable_prefix()
+        if not frozen:
+            return None
+        t0 = time.perf_counter()
+        cache = FeatureCache.reuse_or_build(self.model, self.val_raw, frozen, self.device, transform,
+                                            mirror=self.cfg.train.eval_flip)
+        if not getattr(self, "_said_val_cache", False):
+            self._said_val_cache = True
+            self._say(f"scoring from cached {'/'.join(cache.taps)} features of {len(self.val_raw)} validation "
+                      f"images{' and their mirrors' if cache.mirrors is not None else ''} "
+                      f"({cache.nbytes / 2**20:.1f} MiB, {time.perf_counter() - t0:.1f}s)")
+        return cache.scoring_items(self.val_raw)
 
     def _after_eval(self, metrics: dict | None) -> None:
         if metrics is None:

@@ -24,7 +24,7 @@ from ..models.preprocessing import Preprocessing
 from .losses import apply_patch_sampling
 
 __all__ = ["build_transform", "cacheable", "First", "Transformed", "GlobalBatchSampler", "SeededItems",
-           "collate_seeded", "FeatureCache", "item_seed", "fill_value"]
+           "collate_seeded", "FeatureCache", "CachedItems", "item_seed", "fill_value"]
 
 
 FLIP_P = 0.5  # probability of a random horizontal flip (``data.flip``)
@@ -275,13 +275,14 @@ class FeatureCache:
         last = max(frozen, key=names.index)
         return sorted({t for t in model.tap_names if t in frozen} | {last}, key=names.index)
 
-    _memo: tuple[tuple, dict[str, str], "FeatureCache"] | None = None   # the last cache built in this process
+    _memo: list[tuple[tuple, dict[str, str], "FeatureCache"]] = []   # the last caches built in this process
+    MEMO_SIZE = 2  # a training split and its validation split
 
     @classmethod
     def reuse_or_build(cls, model: FCN, dataset: Any, frozen: list[str], device: torch.device,
                        transform=None, mirror: bool = False) -> "FeatureCache":
         """As the constructor, but a study that trains many heads on one frozen trunk (``fcnseg
-        reproduce``) computes the features once: the last cache serves any later model whose
+        reproduce``) computes the features once: a recent cache serves any later model whose
         frozen stages have the same weights (checksummed) and whose taps it holds, on the same
         data (root, split, length) and transform; a run that flips adds the mirrors to it once."""
         from .checkpoint import state_checksum
@@ -292,20 +293,26 @@ class FeatureCache:
         key = None if root is None or split is None else (
             str(root), split, len(dataset), repr(transform), str(device), repr(model.preprocessing))
         needed = cls.needed_taps(model, frozen)
-        if key is not None and cls._memo is not None:
-            old_key, old_sums, cache = cls._memo
-            if old_key == key and all(old_sums.get(n) == c for n, c in sums.items()) and set(needed) <= set(cache.taps):
+        for i, (old_key, old_sums, cache) in enumerate(cls._memo):
+            if key is not None and old_key == key and all(old_sums.get(n) == c for n, c in sums.items()) \
+                    and set(needed) <= set(cache.taps):
+                cls._memo.append(cls._memo.pop(i))  # most recently used last
                 cache.needed = needed
                 if mirror:
                     cache.add_mirrors(model, dataset, device, transform)
                 else:
                     cache.flip = False
                 return cache
-        cls._memo = None  # free the old one before building the new one
+        if key is not None:  # free the oldest before building a new one
+            del cls._memo[:max(0, len(cls._memo) - cls.MEMO_SIZE + 1)]
         cache = cls(model, dataset, frozen, device, transform, mirror)
         if key is not None:
-            cls._memo = (key, sums, cache)
+            cls._memo.append((key, sums, cache))
         return cache
+
+    def scoring_items(self, dataset: Any) -> "CachedItems":
+        """The cached items of ``dataset`` as ``evaluate`` takes them: (size-only image, label, features)."""
+        return CachedItems(self, dataset)
 
     def uniform(self) -> bool:
         return len({hw for _, _, hw in self.items}) == 1
@@ -321,3 +328,24 @@ class FeatureCache:
             lab = torch.stack(labels)
         h, w = picked[0][2]
         return torch.empty(len(keys), 0, h, w), feats, lab
+
+
+class CachedItems(_Wrapper):
+    """A :class:`FeatureCache` of ``dataset`` as items for :func:`fcnseg.engine.evaluate.evaluate`:
+    a size-only image ``(0, H, W)``, the label, and ``{"features": ..., "mirrored": ...}`` (mirrored
+    when the cache holds mirrors), so scoring resumes the net after the frozen prefix. Other
+    attributes (classes, ignore_index, ...) are the dataset's."""
+
+    def __init__(self, cache: FeatureCache, dataset: Any) -> None:
+        super().__init__(dataset)
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.cache.items)
+
+    def __getitem__(self, i: int):
+        feats, label, (h, w) = self.cache.items[i]
+        pick = {"features": {t: feats[t] for t in self.cache.needed}}
+        if self.cache.mirrors is not None:
+            pick["mirrored"] = {t: self.cache.mirrors[i][0][t] for t in self.cache.needed}
+        return torch.empty(0, h, w), label, pick
