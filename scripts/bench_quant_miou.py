@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from fcnseg.engine.checkpoint import model_from_checkpoint
     from fcnseg.engine.evaluate import evaluate
 
-    model, _ = model_from_checkpoint(args.checkpoint)
+    model, ckpt = model_from_checkpoint(args.checkpoint)
     model.eval()
     root = args.root or str(sample_root(args.dataset))
     data = build_dataset(args.dataset, root, args.split)
@@ -104,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         root = str(Path(root).resolve().relative_to(Path(__file__).resolve().parents[1]))
     except ValueError:
         pass
-    report = {"checkpoint": args.checkpoint, "dataset": args.dataset, "root": root, "split": args.split,
+    from fcnseg.provenance import commit, machine
+
+    report = {"checkpoint": args.checkpoint, "model": model.config.get("name"),
+              "checkpoint_iteration": ckpt.get("iteration"), "commit": commit(), "machine": machine(),
+              "dataset": args.dataset, "root": root, "split": args.split,
               "images": len(data), "calibration": f"{len(calib)} images of {args.calib_split}",
               "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "engines": results}
     if args.out:

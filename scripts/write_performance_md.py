@@ -198,7 +198,10 @@ def quant_section(quant: dict | None) -> str:
                 "`python scripts/bench_quant_miou.py --checkpoint CHECKPOINT --out docs/bench/quant_miou.json`\n"
                 "with a trained checkpoint, then this script.\n")
     lines = ["## Accuracy of the lossy paths", "",
-             f"Checkpoint `{quant['checkpoint']}`, {quant['dataset']} {quant['split']} ({quant['images']} images), "
+             f"Checkpoint `{quant['checkpoint']}`"
+             + (f" ({quant['model']}, iteration {quant['checkpoint_iteration']}; commit {quant.get('commit', '?')})"
+                if quant.get("model") else "")
+             + f", {quant['dataset']} {quant['split']} ({quant['images']} images), "
              f"int8 calibration on {quant['calibration']}. Command: `{quant.get('command', '')}`"
              + (f". Note: {quant['note']}." if quant.get("note") else ""), "",
              "| engine | mean IU | cost (points) | max abs Δ vs fp32 | labels = fp32 |", "|---|---|---|---|---|"]

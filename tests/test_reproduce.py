@@ -86,3 +86,20 @@ def test_score_only_run_scores_the_source_net_with_its_own_settings(tmp_path):
     assert again["checkpoint"] == src["checkpoint"] == again["config"]["model"]["init_from"]
     assert tta["config"]["train"]["eval_flip"] and tta["metrics"] != src["metrics"]
     assert tta["config"]["model"]["name"] == "fcn32s"
+
+
+@pytest.mark.slow
+def test_full_protocol_runs_end_to_end_at_toy_size(tmp_path):
+    """The GPU protocol is the same code with other settings: its staged chain, a flip run and a
+    score-only run go through on a toy setting (4 sample images, 1/8 resolution, narrow fc6/fc7)."""
+    out = tmp_path / "full"
+    args = ["reproduce", "camvid", "--protocol", "full", "--out", str(out), f"data.root={sample_root()}",
+            "data.max_items=4", "train.epochs=1", "data.resize=8", "data.batch_size=2", "model.fc_channels=32",
+            "train.eval_every=0", "--only", "fcn32s", "fcn16s-staged", "fcn8s-staged-flip", "fcn8s-staged-flip-tta"]
+    assert main(args) == 0
+    runs = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
+    assert set(runs) == {"fcn32s", "fcn16s-staged", "fcn8s-staged-flip", "fcn8s-staged-flip-tta"}
+    flip = runs["fcn8s-staged-flip"]["config"]
+    assert flip["data"]["flip"] and not flip["train"]["freeze_backbone"] and flip["model"]["alignment"] == "caffe"
+    assert runs["fcn8s-staged-flip-tta"]["iterations"] == 0
+    assert "fcn8s-staged-flip-tta vs fcn8s-staged-flip" in (out / "RESULTS.md").read_text()

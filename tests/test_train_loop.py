@@ -206,14 +206,21 @@ def test_nonfinite_skip_warns_and_continues(data_root, tmp_path):
     assert all(torch.isfinite(v).all() for v in weights(tmp_path / "skip" / "last.pt").values())
 
 
-def test_frozen_trunk_with_feature_cache_matches_uncached(data_root, tmp_path, capsys):
-    common = ["train.freeze_backbone=true", "data.resize=2", "model.dropout=0", "train.lr=1e-2"]
+def cached_and_plain(data_root, tmp_path, capsys, *common):
+    """Train with and without train.cache_features; assert equal weights; return them and the cached run's log."""
     train(cfg_for(data_root, tmp_path / "cached", *common, "train.cache_features=true"))
-    assert "cached pool3/pool4/pool5 features of 8 images" in capsys.readouterr().err
+    err = capsys.readouterr().err
     train(cfg_for(data_root, tmp_path / "plain", *common))
     a, b = weights(tmp_path / "cached" / "last.pt"), weights(tmp_path / "plain" / "last.pt")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    return a, b, err
+
+
+def test_frozen_trunk_with_feature_cache_matches_uncached(data_root, tmp_path, capsys):
+    common = ["train.freeze_backbone=true", "data.resize=2", "model.dropout=0", "train.lr=1e-2"]
+    a, _, err = cached_and_plain(data_root, tmp_path, capsys, *common)
+    assert "cached pool3/pool4/pool5 features of 8 images" in err
     torch.manual_seed(1337)
     init = create_model("fcn8s", 11, width=0.0625, fc_channels=64, alignment="same").state_dict()
     trunk = [k for k in a if k.startswith("backbone.stages.") and not k.startswith("backbone.stages.fc7")]
@@ -275,12 +282,8 @@ def test_random_flip_with_feature_cache_matches_uncached(data_root, tmp_path, ca
 
     common = ["train.freeze_backbone=true", "model.dropout=0", "train.lr=1e-2", "data.flip=true",
               "train.iterations=6"]
-    train(cfg_for(data_root, tmp_path / "cached", *common, "train.cache_features=true"))
-    assert "features of 8 images and their mirrors" in capsys.readouterr().err
-    train(cfg_for(data_root, tmp_path / "plain", *common))
-    a, b = weights(tmp_path / "cached" / "last.pt"), weights(tmp_path / "plain" / "last.pt")
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    a, _, err = cached_and_plain(data_root, tmp_path, capsys, *common)
+    assert "features of 8 images and their mirrors" in err
     draws = [flipped(item_seed(1337, 0, p)) for p in range(8)]
     assert any(draws) and not all(draws)   # both orientations were trained on
     train(cfg_for(data_root, tmp_path / "noflip", *common[:-2], "train.iterations=6",
