@@ -19,6 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _readme import README, with_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from fcnseg.reproduce import load_protocol  # noqa: E402
 RESULTS = ROOT / "docs" / "results"
 KEY_RUNS = ["fcn32s", "fcn16s-staged", "fcn8s-staged", "fcn8s-atonce", "pool5-only", "pool4-only", "pool3-only",
             "fcn32s-random-init", "fcn32s-fixed", "fcn32s-full-finetune", "fcn8s-atonce-learned-up",
@@ -77,9 +79,6 @@ def results_section() -> str:
 
 def _deltas(study: str, recs: dict) -> list[str]:
     """``b`` vs ``a`` for the protocol's compare pairs (the study folder is ``<dataset>-<protocol>``)."""
-    sys.path.insert(0, str(ROOT))
-    from fcnseg.reproduce import load_protocol
-
     dataset, protocol = study.split("-", 1)
     pairs = [p for group in load_protocol(dataset, protocol).get("compare", {}).values() for p in group]
     return [f"`{b}` vs `{a}` {100 * (recs[b]['metrics']['mean_iu'] - recs[a]['metrics']['mean_iu']):+.1f}"
