@@ -65,11 +65,13 @@ runs the early stages on the active window only, in "delta" form (`D = F − c`,
 padding stands for the background: `conv(F) = conv(D) + (b + W·c)`, `maxpool(F) = maxpool(D) + c`),
 and at the deepest tap where the active window and the rim never meet (pool4 for FCN-8s-VGG16) it
 rebuilds the full map from the zero-image map (computed once per size residue on a small input,
-its constant interior stretched) with the window pasted in. Two memory measures come with it: stages
-whose maps exceed 12 MiB run in horizontal strips (only a strip of each intermediate map is alive),
-and fc6/fc7 run as `W[O, C·k·k] @ im2col(x)` on the weight tensor itself — oneDNN's convolution
-otherwise copies the 411 MB fc6 weight into its blocked layout on every call, and that copy is what
-sets the peak memory of the plain nets (the peer's included). Nothing is cropped that the output
+its constant interior stretched) with the window pasted in. Two memory measures come with it on the
+CPU: stages whose maps exceed 12 MiB run in horizontal strips (only a strip of each intermediate map
+is alive), and fc6/fc7 run as `W[O, C·k·k] @ im2col(x)` on the weight tensor itself — oneDNN's
+convolution otherwise copies the 411 MB fc6 weight into its blocked layout on every call, and that
+copy is what sets the peak memory of the plain nets (the peer's included). On a GPU neither applies
+(no strips, which would only add kernel launches; fc6/fc7 stay cuDNN convolutions), and the trimmed
+forward makes no host-to-device copies, so it can be captured in a CUDA graph. Nothing is cropped that the output
 needs: the fc7 map's receptive field covers the whole padded image, so simply computing a smaller
 region would *not* be exact — only the image-independent part is skipped. Every output pixel goes
 through the same arithmetic, so scores equal the plain forward's to fp32 rounding (checked on
@@ -78,8 +80,10 @@ many sizes in `tests/test_runtime.py`).
 **Not used.** Winograd: oneDNN (PyTorch) and MLAS (ONNX Runtime) choose their own convolution
 algorithms on this CPU, and the 3×3 convs here already run near the sgemm rate; no exact
 Winograd path was added. fp16 on CPU: no native fp16 arithmetic on this CPU (it has AVX512-BF16),
-so bf16 is the half-precision path. `torch.compile` needs a C++ toolchain at run time and was not
-part of the CPU table.
+so bf16 is the half-precision path. `torch.compile` (engine suffix `-compile`, also with `-trim`,
+which then runs without strips) needs a C++ toolchain at run time and was not part of the CPU table;
+its outputs, and that it compiles once per input size, are checked on a small net in
+`tests/test_runtime.py`.
 """
 
 EXPORT = """\
@@ -165,7 +169,8 @@ for fixed sizes; training uses bf16 autocast on CUDA (`train.amp: auto`). On a m
 `python scripts/bench_gpu.py` measures FCN-8s-VGG16 at 500×500 (batch-1 latency, batch-16
 throughput) next to torchfcn fp32 and torchvision's `fcn_resnet50` in one run, writes
 `docs/bench/cuda.json` and regenerates this page with the GPU targets (≥ 1000 img/s at batch 16 in
-bf16, ≤ 3 ms at batch 1).
+bf16, ≤ 3 ms at batch 1). Every engine there, the peer included, runs with cuDNN autotuning on and
+PyTorch's default TF32 settings (both recorded per engine in the JSON).
 """
 
 GPU_THROUGHPUT, GPU_LATENCY_MS = 1000.0, 3.0  # issue targets: img/s at batch 16 in bf16; ms at batch 1

@@ -1,6 +1,10 @@
 """Inference engines: one interface, same scores; the exact border-trimming path."""
+import logging
+
 import pytest
 import torch
+from torch.utils._pytree import tree_flatten
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import fcnseg
 from fcnseg.engine.runtime import EngineModule, TorchEngine, choose_engine, ort_available
@@ -59,6 +63,60 @@ def test_trim_in_strips_is_exact():
         x = m.preprocessing(_img(2, h, w, i))
         with torch.no_grad():
             assert (t(x) - m(x)).abs().max() <= 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trim", [False, True])
+def test_torch_compile_engine_is_exact_and_compiles_once_per_size(trim, caplog):
+    m = _tiny()
+    engine = TorchEngine(m, compile=True, trim=trim)
+    assert engine.name == "torch-fp32" + ("-trim" if trim else "") + "-compile"
+    with caplog.at_level(logging.WARNING, logger="torch._dynamo"):
+        for i, (h, w) in enumerate([(64, 80), (64, 80), (50, 70)]):
+            x = _img(2, h, w, i)
+            assert (engine.predict_scores(x) - _ref(m, x)).abs().max() <= 1e-4
+    # a graph break inside the trimmed stages would compile every layer shape on its own, up to the limit
+    assert "hit config." not in caplog.text and "graph break" not in caplog.text.lower()
+
+
+class _OpLog(TorchDispatchMode):
+    """Records each aten op, and those given a CPU tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.cpu_inputs = [], []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        self.ops.append(func._schema.name)
+        if any(isinstance(a, torch.Tensor) and a.device.type == "cpu" for a in tree_flatten((args, kwargs))[0]):
+            self.cpu_inputs.append(func._schema.name)
+        return func(*args, **kwargs)
+
+
+def test_trim_off_the_cpu_has_no_host_tensors_strips_or_matmul_convs(monkeypatch):
+    """On a non-CPU device (``meta`` stands in for CUDA) the trimmed forward touches no CPU tensor
+    (so a CUDA graph can capture it), runs no strips and keeps fc6/fc7 as convolutions."""
+    import fcnseg.engine.trim as trim
+
+    monkeypatch.setattr(trim, "_STRIP_BYTES", 4096)  # on the CPU this size would strip every stage
+    monkeypatch.setattr(trim, "_MM_BYTES", 0)        # ... and run every later conv as a matmul
+
+    def ops(device, **kw):
+        m = _tiny().to(device)
+        t = TrimmedFCN(m, **kw)
+        x = m.preprocessing(_img(2, 64, 80).to(device))
+        with torch.no_grad():
+            t(x)  # plans and background skeletons are made on the first call
+            with _OpLog() as log:
+                t(x)
+        return log
+
+    meta, cpu, cpu_plain = ops("meta"), ops("cpu"), ops("cpu", strip_bytes=0)
+    assert meta.cpu_inputs == []
+    assert "aten::im2col" in cpu_plain.ops and "aten::im2col" not in meta.ops  # conv5_x/fc6 as matmuls on the CPU only
+    assert meta.ops.count("aten::convolution") > cpu_plain.ops.count("aten::convolution")
+    assert cpu.ops.count("aten::convolution") > cpu_plain.ops.count("aten::convolution")  # strips on the CPU
 
 
 def test_trim_counts_fewer_flops():

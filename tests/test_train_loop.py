@@ -324,6 +324,27 @@ def test_accumulation_and_global_normalisation(data_root, tmp_path):
             torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_path_trains_like_fp32(data_root, tmp_path, monkeypatch, amp):
+    """train.amp's autocast + grad-scaler path (CUDA's), run here under CPU autocast: finite losses,
+    weights close to (not equal to) an fp32 run's, and with fp16 every step taken by the scaler."""
+    import fcnseg.engine.train as tr
+
+    train(cfg_for(data_root, tmp_path / "fp32"))
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    monkeypatch.setattr(tr._Run, "_amp_dtype", lambda self: dtype)
+    res = train(cfg_for(data_root, tmp_path / amp, "data.val_split=val", "train.eval_every=2"))
+    assert math.isfinite(res["loss"]) and 0 <= res["metrics"]["mean_iu"] <= 1
+    a, ckpt = weights(tmp_path / "fp32" / "last.pt"), load_checkpoint(tmp_path / amp / "last.pt")
+    rel = [((a[k] - v).abs().max() / a[k].abs().max().clamp_min(1e-12)).item()
+           for k, v in ckpt["model"].items() if v.is_floating_point()]
+    assert 0 < max(rel) < 0.05
+    if amp == "fp16":  # four good steps: no overflow skipped, scale untouched
+        assert ckpt["scaler"]["_growth_tracker"] == 4 and ckpt["scaler"]["scale"] == 2.0 ** 16
+    else:
+        assert not ckpt["scaler"]  # bf16 needs no loss scaling
+
+
 class TwoHeads(torch.utils.data.Dataset):
     heads = {"semantic": 4, "geometric": 3}
 

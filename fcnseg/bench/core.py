@@ -26,7 +26,8 @@ DEFAULT_ENGINES: dict[str, tuple[str, ...]] = {
     "cpu": ("peer", "torch-fp32", "torch-fp32-cl", "torch-fp32-trim", "torch-fp32-cl-trim", "ort-fp32",
             "ort-fp32-trim", "ort-fp32-trim-lowmem", "torch-bf16-cl-trim", "ort-int8", "torch-fp32@same", "ort-fp32@same"),
     "cuda": ("peer", "torch-fp32", "torch-fp32-cl", "torch-bf16-cl", "torch-bf16-cl-trim", "torch-fp16-cl",
-             "torch-bf16-cl-graphs", "torch-fp32@same", "torch-bf16-cl@same", "tvfcn-fp32", "tvfcn-bf16-cl"),
+             "torch-bf16-cl-graphs", "torch-bf16-cl-trim-graphs", "torch-fp32@same", "torch-bf16-cl@same",
+             "tvfcn-fp32", "tvfcn-bf16-cl"),
 }
 _NAME = re.compile(r"^(?P<rt>peer|torch|ort|tvfcn)(-(?P<dt>fp32|bf16|fp16|int8))?(?P<flags>(-(cl|trim|lowmem|compile|graphs))*)"
                    r"(@(?P<al>caffe|same))?$")

@@ -135,6 +135,10 @@ class Session:
         self.result: dict = {"engine": spec["engine"], "loadavg_start": list(os.getloadavg()),
                              "rss_baseline_mb": rss_mb()}
         self.sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+        if device.type == "cuda":  # every engine (the peer too) on cuDNN's autotuned kernels for the fixed sizes
+            torch.backends.cudnn.benchmark = True
+            self.result["cudnn"] = {"benchmark": True, "allow_tf32": torch.backends.cudnn.allow_tf32,
+                                    "matmul_tf32": torch.backends.cuda.matmul.allow_tf32}
         t0 = time.perf_counter()
         self.engine, self.trainable = _build(spec, device)
         self.result.update(load_seconds=time.perf_counter() - t0, rss_loaded_mb=rss_mb(),

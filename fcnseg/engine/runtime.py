@@ -129,7 +129,8 @@ class TorchEngine(Engine):
         if trim:
             from .trim import TrimmedFCN
 
-            self.model = TrimmedFCN(self.model)
+            # torch.compile: no strips (each strip's shape would be one more compiled graph)
+            self.model = TrimmedFCN(self.model, strip_bytes=0 if compile else None)
         self.preprocessing = model.preprocessing
         self.heads = dict(getattr(model, "heads", None) or {"out": int(model.num_classes)})
         self._fn = torch.compile(self.model, dynamic=False) if compile else self.model
@@ -144,7 +145,8 @@ class TorchEngine(Engine):
     def _forward(self, x: torch.Tensor) -> Scores:
         if self.dtype == "fp32":
             return self._fn(x)
-        with torch.autocast(self.device.type, dtype=DTYPES[self.dtype]):
+        # no autocast weight-cast cache under CUDA graphs (PyTorch's advice for capture with autocast)
+        with torch.autocast(self.device.type, dtype=DTYPES[self.dtype], cache_enabled=not self.cuda_graphs):
             return self._fn(x)
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:

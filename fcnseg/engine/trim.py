@@ -95,9 +95,11 @@ class TrimmedFCN(nn.Module):
     (and refreshed by :meth:`refresh`); do not train through this wrapper.
     """
 
-    def __init__(self, model: nn.Module, cache_size: int = 64, strip_bytes: int = 12 * 2**20) -> None:
+    def __init__(self, model: nn.Module, cache_size: int = 64, strip_bytes: int | None = None) -> None:
         super().__init__()
-        self.strip_bytes = strip_bytes  # stages whose maps exceed this run in horizontal strips (0: never)
+        # stages whose maps exceed strip_bytes run in horizontal strips (0: never; None: 12 MiB on the
+        # CPU, where it bounds peak memory, never on a GPU, where each strip would cost kernel launches)
+        self.strip_bytes = strip_bytes
         if not trim_supported(model):
             raise ValueError("TrimmedFCN needs a backbone whose first stages are conv/ReLU/max-pool chains "
                              "with a padded first conv (VGG16/AlexNet-free, alignment='caffe')")
@@ -110,7 +112,7 @@ class TrimmedFCN(nn.Module):
         with torch.no_grad():  # big convs run as matmuls on their weight: keep it in plain (OIHW) layout
             for m in model.modules():
                 if isinstance(m, nn.Conv2d) and m.weight.numel() * m.weight.element_size() >= _MM_BYTES \
-                        and not m.weight.is_contiguous():
+                        and m.weight.device.type == "cpu" and not m.weight.is_contiguous():
                     m.weight.data = m.weight.data.contiguous()
         self._cache_size = cache_size
         self._plans: OrderedDict = OrderedDict()
@@ -263,9 +265,11 @@ class TrimmedFCN(nn.Module):
         """One trimmed stage; in horizontal strips when its maps are large (same values, less memory:
         only a strip of each intermediate map is alive, plus the stage's output)."""
         n, c, h, w = (int(v) for v in d.shape)  # ints also while tracing (fixed-size export)
-        widest = max((op.module.out_channels for op in ops if op.kind == "conv"), default=c)
+        # (no max(..., default=): torch.compile cannot trace it and would compile every layer apart)
+        widest = max([c, *(op.module.out_channels for op in ops if op.kind == "conv")])
         big = n * widest * (h + 8) * (w + 8) * d.element_size()
-        strips = min(h // 16, -(-big // self.strip_bytes)) if self.strip_bytes else 1
+        limit = self.strip_bytes if self.strip_bytes is not None else (_STRIP_BYTES if d.device.type == "cpu" else 0)
+        strips = min(h // 16, -(-big // limit)) if limit else 1
         if strips <= 1 or not ops or ops[-1].kind != "pool":
             for op in ops:
                 d = self._run(op, d)
@@ -384,13 +388,15 @@ def _rows_in(op: _Op, o0: int, o1: int) -> tuple[int, int]:
     return o0 * k - op.fpad[2], o1 * k - op.fpad[2]
 
 
-_MM_BYTES = 16 * 2**20  # convs with weights this large run as im2col + matmul
+_MM_BYTES = 16 * 2**20  # convs with weights this large run as im2col + matmul (CPU)
+_STRIP_BYTES = 12 * 2**20  # default strip size on the CPU
 
 
 def _run_stage(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A stage after the trimmed ones; big-weight convs (fc6, fc7) as matmuls on the weight itself:
-    oneDNN would copy (reorder) a 400 MB fc6 weight on every call, which sets the peak memory."""
-    if not isinstance(stage, nn.Sequential):
+    """A stage after the trimmed ones; on the CPU big-weight convs (fc6, fc7) run as matmuls on the
+    weight itself: oneDNN would copy (reorder) a 400 MB fc6 weight on every call, which sets the peak
+    memory. Elsewhere (cuDNN) the stage runs as is."""
+    if not isinstance(stage, nn.Sequential) or x.device.type != "cpu":
         return stage(x)
     for m in stage:
         if isinstance(m, _IDENTITY):
@@ -424,5 +430,7 @@ def _stretch(t: torch.Tensor, dim: int, at: int, size: int) -> torch.Tensor:
         return t
     if extra < 0:
         raise RuntimeError(f"skeleton larger than the map ({t.shape[dim]} > {size})")
-    idx = torch.cat([torch.arange(at + 1), torch.full((extra,), at), torch.arange(at + 1, t.shape[dim])])
-    return t.index_select(dim, idx.to(t.device))
+    dev = t.device  # indices made where the map is: no host-to-device copy (CUDA graph capture allows none)
+    idx = torch.cat([torch.arange(at + 1, device=dev), torch.full((extra,), at, device=dev),
+                     torch.arange(at + 1, t.shape[dim], device=dev)])
+    return t.index_select(dim, idx)
