@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench reproduce-cpu clean
+.PHONY: demo test test-fast bench gpu-pack reproduce-cpu clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,11 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install -q --no-deps torchfcn==1.9.7
 	$(BIN)/python scripts/bench_cpu.py
+
+# For a lent GPU machine (no package index there): the peer's model code, carried as .gpu/site.
+gpu-pack: $(STAMP)
+	rm -rf .gpu/site && mkdir -p .gpu/site
+	cp -r "$$($(BIN)/python -c "import importlib.util as u; print(u.find_spec('torchfcn').submodule_search_locations[0])")" .gpu/site/
 
 reproduce-cpu: $(STAMP)
 	$(BIN)/fcnseg reproduce camvid --protocol cpu --out docs/results/camvid-cpu

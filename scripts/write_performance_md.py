@@ -166,7 +166,9 @@ Not measured yet: no GPU has been available to this project's runs. The GPU path
 `fcnseg.engine.runtime.TorchEngine` on CUDA (what `fcnseg predict --device cuda` uses): bf16 or
 fp16 autocast, channels_last, optional `torch.compile`, and CUDA graphs captured per input shape
 for fixed sizes; training uses bf16 autocast on CUDA (`train.amp: auto`). On a machine with a GPU,
-`python scripts/bench_gpu.py` measures FCN-8s-VGG16 at 500×500 (batch-1 latency, batch-16
+`bash scripts/gpu_session.sh` runs the CUDA tests (`tests/test_cuda.py`: CUDA against CPU scores,
+CUDA graphs and the trimmed net against eager, bf16 training steps; skipped elsewhere) and then
+`python scripts/bench_gpu.py`, which measures FCN-8s-VGG16 at 500×500 (batch-1 latency, batch-16
 throughput) next to torchfcn fp32 and torchvision's `fcn_resnet50` in one run, writes
 `docs/bench/cuda.json` and regenerates this page with the GPU targets (≥ 1000 img/s at batch 16 in
 bf16, ≤ 3 ms at batch 1). Every engine there, the peer included, runs with cuDNN autotuning on and

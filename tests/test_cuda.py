@@ -1,0 +1,110 @@
+"""The CUDA path, checked on a GPU (skipped without one; `scripts/gpu_session.sh` runs it first).
+
+Small nets at small sizes: CUDA scores against the CPU's, the lossy engines close, CUDA graphs and
+the trimmed net exact against eager CUDA, evaluation's confusion matrix on the device, and a few
+training steps under bf16 autocast.
+"""
+import math
+
+import pytest
+import torch
+
+import fcnseg
+from fcnseg.engine.runtime import TorchEngine, choose_engine
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _tiny(name="fcn8s", classes=5):
+    torch.manual_seed(0)
+    m = fcnseg.create_model(name, classes, width=1 / 16, fc_channels=64).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.1)
+    return m
+
+
+def _img(n, h, w, seed=0):
+    return torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(seed)) * 255
+
+
+def _cpu_scores(m, x):
+    with torch.no_grad():
+        return m(m.preprocessing(x))
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """fp32 means fp32 here: PyTorch's default lets cuDNN convolutions use TF32."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"channels_last": False}, {"trim": True}])
+def test_cuda_fp32_matches_cpu(kwargs):
+    m = _tiny()
+    ref = {s: _cpu_scores(m, _img(2, *s, i)) for i, s in enumerate([(64, 80), (97, 51)])}
+    engine = TorchEngine(_tiny(), "cuda", **kwargs)
+    for i, s in enumerate(ref):
+        out = engine.predict_scores(_img(2, *s, i))
+        assert out.is_cuda and out.dtype == torch.float32
+        assert (out.cpu() - ref[s]).abs().max() <= 1e-3 * max(1.0, ref[s].abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_cuda_half_precision_is_close(dtype):
+    m = _tiny()
+    x = _img(2, 64, 80)
+    ref = _cpu_scores(m, x)
+    out = TorchEngine(_tiny(), "cuda", dtype=dtype, trim=True).predict_scores(x).cpu()
+    assert not TorchEngine(_tiny(), "cuda", dtype=dtype).exact
+    assert (out - ref).abs().max() <= 0.05 * ref.abs().max()
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("trim", [False, True])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_cuda_graphs_replay_equals_eager(trim, dtype):
+    eager = TorchEngine(_tiny(), "cuda", dtype=dtype, trim=trim)
+    graphs = TorchEngine(_tiny(), "cuda", dtype=dtype, trim=trim, cuda_graphs=True)
+    for i, s in enumerate([(64, 80), (64, 80), (50, 70)]):  # a repeat replays; a new size captures again
+        x = _img(2, *s, i)
+        a, b = eager.predict_scores(x), graphs.predict_scores(x)
+        assert (a - b).abs().max() <= 1e-3 * max(1.0, a.abs().max().item())
+    assert len(graphs._graphs) == 2
+
+
+def test_choose_engine_on_cuda():
+    fast, exact = choose_engine(_tiny(), "cuda"), choose_engine(_tiny(), "cuda", exact=True)
+    assert (fast.dtype, fast.channels_last, fast.exact) == ("bf16", True, False)
+    assert (exact.dtype, exact.exact) == ("fp32", True)
+
+
+def test_evaluate_on_cuda_equals_cpu():
+    from fcnseg.data import build_dataset, sample_root
+    from fcnseg.engine.evaluate import evaluate
+
+    ds = torch.utils.data.Subset(build_dataset("camvid", sample_root(), "val"), range(3))
+    m = _tiny(classes=11)
+    cpu = evaluate(m, ds, device="cpu", progress=False)
+    gpu = evaluate(_tiny(classes=11).cuda(), ds, device="cuda", progress=False)
+    assert abs(cpu["mean_iu"] - gpu["mean_iu"]) <= 1e-3 and abs(cpu["pixel_accuracy"] - gpu["pixel_accuracy"]) <= 1e-3
+
+
+def test_training_steps_on_cuda_with_bf16_autocast(tmp_path):
+    from fcnseg.config import load_config
+    from fcnseg.engine.checkpoint import load_checkpoint
+    from fcnseg.engine.train import train
+
+    from fcnseg.data import sample_root
+
+    cfg = load_config(None, ["data.dataset=camvid", f"data.root={sample_root()}", "model.name=fcn8s",
+                             "model.width=0.0625", "model.fc_channels=64", "train.progress=false",
+                             "train.eval_every=0", "data.batch_size=2", "train.iterations=4", "train.amp=bf16",
+                             "train.device=cuda", "train.channels_last=true", "data.val_split=val",
+                             f"out={tmp_path / 'run'}"])
+    res = train(cfg)
+    assert res["iterations"] == 4 and math.isfinite(res["loss"]) and 0 <= res["metrics"]["mean_iu"] <= 1
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["iteration"] == 4
