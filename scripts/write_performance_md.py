@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fcnseg.bench.report import engine_table, machine_line  # noqa: E402
+from fcnseg.bench.report import engine_table, first_call_line, machine_line  # noqa: E402
 
 INTRO = """\
 # Performance
@@ -221,7 +221,7 @@ def quant_section(quant: dict | None) -> str:
 def bench_section(name: str, report: dict) -> str:
     o = report["options"]
     h, w = o["size"]
-    title = {"cpu": "CPU", "cuda": "GPU"}.get(name, name)
+    title = {"cpu": "CPU", "cuda": "GPU", "cpu-compile": "CPU, torch.compile"}.get(name, name)
     lines = [f"## {title}: {o['model']}@{o['backbone']}, {o['num_classes']} classes, {h}×{w}, "
              f"{o['threads']} threads", "", machine_line(report), "",
              f"Command: `{report.get('command', '')}` ({report.get('wall_seconds', 0) / 60:.1f} min, "
@@ -236,6 +236,9 @@ def bench_section(name: str, report: dict) -> str:
                   "between PyTorch and ONNX Runtime engines here are not those of an idle machine; the "
                   "ratios of each engine to the peer alongside it are taken under the same load. Rerun "
                   "`python scripts/bench_cpu.py` on an idle machine for clean numbers.", ""]
+    first = first_call_line(report)
+    if first:
+        lines.append(first)
     fl = report.get("flops", {})
     if fl:
         lines.append("Counted GFLOP per batch-1 forward: " + ", ".join(

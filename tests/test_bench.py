@@ -63,13 +63,14 @@ def test_run_bench_end_to_end_tiny(tmp_path):
     for e in eng.values():
         assert "error" not in e, e.get("error")
         assert e["latency"]["seconds"]["median"] > 0 and e["peak_mem_b1_mb"] > 0
-        assert e["throughput"]["batch"] == 2 and e["flops"] > 0
+        assert e["throughput"]["batch"] == 2 and e["flops"] > 0 and e["first_call_seconds"] > 0
     assert eng["torch-fp32"]["train_step"]["seconds"]["median"] > 0
     assert eng["ort-fp32"]["vs_reference"]["max_abs_diff"] <= 1e-4
     assert eng["torch-fp32-trim"]["vs_reference"]["max_abs_diff"] <= 1e-5
     assert "vs_reference" not in eng["ort-fp32@same"]  # no torch-fp32@same ran: nothing to compare with
     assert data["flops"]["caffe-trim"] < data["flops"]["caffe"]
-    assert "| torch-fp32-trim | yes |" in (tmp_path / "bench.md").read_text()
+    md = (tmp_path / "bench.md").read_text()
+    assert "| torch-fp32-trim | yes |" in md and "First call, batch 1" in md and "`ort-fp32@same` " in md
 
 
 @pytest.mark.skipif(not HAS_PEER, reason="the peer torchfcn==1.9.7 is not installed")

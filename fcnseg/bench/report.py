@@ -1,7 +1,7 @@
 """Markdown tables from a bench report (the dict/JSON of :func:`fcnseg.bench.run_bench`)."""
 from __future__ import annotations
 
-__all__ = ["bench_markdown", "engine_table", "machine_line"]
+__all__ = ["bench_markdown", "engine_table", "machine_line", "first_call_line"]
 
 
 def _f(v, fmt: str = ".3f", none: str = "–") -> str:
@@ -84,6 +84,15 @@ def engine_table(report: dict) -> str:
     return "\n".join(rows)
 
 
+def first_call_line(report: dict) -> str | None:
+    """The untimed first call of each engine (lazy set-up: exports, ``torch.compile``, graph capture)."""
+    calls = [(r["engine"], r["first_call_seconds"]) for r in report.get("engines", []) if "first_call_seconds" in r]
+    if not calls:
+        return None
+    return ("First call, batch 1 (not in the timings: lazy set-up such as `torch.compile`, CUDA-graph capture): "
+            + ", ".join(f"`{name}` {sec:.1f} s" for name, sec in calls) + ".")
+
+
 def bench_markdown(report: dict, title: str | None = None) -> str:
     opts = report.get("options", {})
     h, w = opts.get("size", ("?", "?"))
@@ -91,6 +100,9 @@ def bench_markdown(report: dict, title: str | None = None) -> str:
              f"{report.get('device', 'cpu')}", "",
              machine_line(report), "",
              f"Command: `{report.get('command', '')}`", "", engine_table(report), ""]
+    first = first_call_line(report)
+    if first:
+        lines += [first, ""]
     ev = report.get("eval_split")
     if ev:
         fr = ev["fractions"]

@@ -146,7 +146,11 @@ class Session:
         if hasattr(self.engine, "describe"):
             self.result["describe"] = self.engine.describe()
         self.x1 = _images(spec, int(spec.get("batch", 1)))
+        t0 = time.perf_counter()
         out = self.engine.predict_scores(self.x1)  # first call: lazy init, caches; kept for comparison
+        if self.sync:
+            self.sync()
+        self.result["first_call_seconds"] = time.perf_counter() - t0  # incl. torch.compile / graph capture
         out = out if isinstance(out, torch.Tensor) else next(iter(out.values()))
         if spec.get("scores_out"):
             np.save(spec["scores_out"], out.detach().float().cpu().numpy())
