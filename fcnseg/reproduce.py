@@ -29,9 +29,14 @@ import yaml
 from .errors import ConfigError
 from .provenance import commit, loadavg, machine
 
-__all__ = ["load_protocol", "run_study", "write_results"]
+__all__ = ["load_protocol", "list_protocols", "run_study", "write_results"]
 
 PROTOCOL_DIR = Path(__file__).resolve().parent / "configs" / "reproduce"
+
+
+def list_protocols(dataset: str) -> list[str]:
+    """Protocol names for ``dataset`` (files ``configs/reproduce/<dataset>-<name>.yaml``)."""
+    return sorted(p.stem[len(dataset) + 1:] for p in PROTOCOL_DIR.glob(f"{dataset}-*.yaml"))
 
 
 def load_protocol(dataset: str, protocol: str) -> dict:

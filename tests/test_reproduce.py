@@ -9,7 +9,13 @@ from fcnseg.data import sample_root
 from fcnseg.reproduce import _flatten, load_protocol
 
 
-@pytest.mark.parametrize("protocol", ["cpu", "cpu-fullres", "full"])
+def test_cli_offers_every_protocol_file():
+    from fcnseg.reproduce import list_protocols
+
+    assert list_protocols("camvid") == ["cpu", "cpu-fullres", "cpu-width", "full"]
+
+
+@pytest.mark.parametrize("protocol", ["cpu", "cpu-fullres", "cpu-width", "full"])
 def test_every_run_of_each_protocol_is_a_valid_config(protocol):
     proto = load_protocol("camvid", protocol)
     names = [r["name"] for r in proto["runs"]]

@@ -1,14 +1,18 @@
-"""``fcnseg reproduce camvid --protocol cpu|cpu-fullres|full --out DIR``: the paper's RQ1–RQ4 on real data."""
+"""``fcnseg reproduce camvid --protocol cpu|cpu-fullres|cpu-width|full --out DIR``: the paper's RQ1–RQ4 on
+real data (protocols: ``fcnseg/configs/reproduce/camvid-*.yaml``)."""
 from __future__ import annotations
 
 import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..reproduce import list_protocols
+
     p.add_argument("dataset", choices=["camvid"], help="dataset of the study")
-    p.add_argument("--protocol", choices=["cpu", "cpu-fullres", "full"], default="cpu",
+    p.add_argument("--protocol", choices=list_protocols("camvid"), default="cpu",
                    help="cpu: half resolution, frozen trunk, ≤ 60 min on 2 cores; cpu-fullres: the best FCN-8s "
-                        "recipe of cpu at full resolution; full: full resolution, every layer trained, for a GPU")
+                        "recipe of cpu at full resolution; cpu-width: fc6/fc7 width on FCN-32s; full: full "
+                        "resolution, every layer trained, for a GPU")
     p.add_argument("--out", required=True, help="folder for RESULTS.md and one JSON per run")
     p.add_argument("--root", help="dataset folder (default: the protocol's, ../shared/datasets/camvid)")
     p.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs of the protocol")
