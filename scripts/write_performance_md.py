@@ -81,9 +81,12 @@ many sizes in `tests/test_runtime.py`).
 algorithms on this CPU, and the 3×3 convs here already run near the sgemm rate; no exact
 Winograd path was added. fp16 on CPU: no native fp16 arithmetic on this CPU (it has AVX512-BF16),
 so bf16 is the half-precision path. `torch.compile` (engine suffix `-compile`, also with `-trim`,
-which then runs without strips) needs a C++ toolchain at run time and was not part of the CPU table;
-its outputs, and that it compiles once per input size, are checked on a small net in
-`tests/test_runtime.py`.
+which then runs without strips) needs a C++ toolchain at run time and compiles once per input size
+(checked on a small net in `tests/test_runtime.py`); it is measured in its own run, next to the
+default engine, in the section "CPU, torch.compile" below. It is not a default: its first call per
+size costs the compilation (the first-call line; that run found torch's on-disk inductor cache warm
+from an earlier one, and a cold cache takes longer), and without strips the trimmed net's peak
+memory is above the RSS target.
 """
 
 EXPORT = """\
