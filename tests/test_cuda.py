@@ -5,32 +5,19 @@ the trimmed net exact against eager CUDA, evaluation's confusion matrix on the d
 training steps under bf16 autocast.
 """
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-import fcnseg
-from fcnseg.engine.runtime import TorchEngine, choose_engine
+sys.path.insert(0, str(Path(__file__).parent))
+from test_runtime import _img, _tiny  # noqa: E402
+from test_runtime import _ref as _cpu_scores  # noqa: E402
+
+from fcnseg.engine.runtime import TorchEngine, choose_engine  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-def _tiny(name="fcn8s", classes=5):
-    torch.manual_seed(0)
-    m = fcnseg.create_model(name, classes, width=1 / 16, fc_channels=64).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0, 0.1)
-    return m
-
-
-def _img(n, h, w, seed=0):
-    return torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(seed)) * 255
-
-
-def _cpu_scores(m, x):
-    with torch.no_grad():
-        return m(m.preprocessing(x))
 
 
 @pytest.fixture(autouse=True)
