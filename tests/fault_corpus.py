@@ -40,6 +40,7 @@ class Plan:
 
     argv: list[str]
     names: list[str] = field(default_factory=list)
+    cause: list[str] = field(default_factory=list)  # words of the reason the error line must also give
     env: dict[str, str] = field(default_factory=dict)
     syspath: list[str] = field(default_factory=list)
     check: Callable[[], None] | None = None  # extra post-condition, run after main returns
@@ -1468,8 +1469,15 @@ def cache_cases() -> Iterator[Case]:
     yield Case("train-hed-source-tampered", "untrusted/cache", "error", tampered_source)
 
 
+EXTENSIONS = ("faults_predict", "faults_config", "faults_train", "faults_cli")  # more cases, one module per area
+
+
 def all_cases() -> list[Case]:
+    import importlib
+
     cases = [*predict_cases(), *ckpt_cases(), *eval_cases(), *train_cases(), *cache_cases()]
+    for name in EXTENSIONS:
+        cases.extend(importlib.import_module(name).cases())
     names = [c.name for c in cases]
     dupes = {n for n in names if names.count(n) > 1}
     assert not dupes, f"duplicate case names: {sorted(dupes)}"

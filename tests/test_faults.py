@@ -80,6 +80,8 @@ def test_fault(case: Case, shared, tmp_path, capsys, monkeypatch):
         assert len(errors[0]) <= MAX_LINE, f"error line of {len(errors[0])} characters\n{report[:3000]}"
         for name in plan.names:
             assert name in errors[0], f"{name!r} not named\n{report}"
+        for word in plan.cause:
+            assert word in errors[0], f"cause {word!r} not given\n{report}"
     else:
         assert code == 0 and not errors, report
         if case.expect == "skipped":

@@ -1,0 +1,10 @@
+"""Fault-corpus cases of one area (predict); collected by :func:`fault_corpus.all_cases`."""
+from __future__ import annotations
+
+from typing import Iterator
+
+from fault_corpus import Case
+
+
+def cases() -> Iterator[Case]:
+    yield from ()
