@@ -135,7 +135,7 @@ def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None 
         print(f"[reproduce] {name}: {spec.get('about', '')}", flush=True)
         load_start, t0 = loadavg(), time.perf_counter()
         if source is None:
-            result = train(cfg)
+            result = train(cfg, overwrite=True)  # no <run>.json: the run did not finish; train it again
         else:
             result = {"metrics": score(cfg), "iterations": 0, "last_checkpoint": cfg.model.init_from}
         wall = time.perf_counter() - t0

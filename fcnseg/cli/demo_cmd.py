@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(resolve_config("demo-camvid"), [f"data.root={root}", f"out={out}", *args.overrides])
     print(f"demo: training {cfg.model.name} ({cfg.model.backbone}, {cfg.model.weights}) on the bundled CamVid "
           f"sample at {root}", flush=True)
-    result = train(cfg)
+    result = train(cfg, overwrite=True)  # `make demo` reruns into runs/demo
     # the final model is what is reported (no choice of checkpoint on the val split it is scored on)
     model, _ = model_from_checkpoint(result["last_checkpoint"])
     val = build_dataset("camvid", root, "val")

@@ -16,6 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override any config key, e.g. train.lr=1e-4 data.batch_size=2 model.weights=hed-vgg16")
     p.add_argument("--out", help="run folder (same as out=DIR)")
     p.add_argument("--resume", help="checkpoint to continue from, or 'auto' (OUT/last.pt if present)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a fresh run in a folder that already holds one (replacing it)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         overrides.append(f"train.resume={args.resume}")
     cfg = load_config(resolve_config(args.config), overrides)
-    result = train(cfg)
+    result = train(cfg, overwrite=args.overwrite)
     if result.get("rank", 0) == 0:
         best = result.get("best_mean_iu")
         msg = f"done: {result.get('iterations', '?')} iterations → {cfg.out}"

@@ -69,10 +69,181 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"checkpoint {path} is corrupt: 'config' or 'preprocessing' is missing")
     if state_checksum(ckpt["model"]) != ckpt.get("checksum"):
         raise CheckpointError(f"checkpoint {path} is corrupt: weights do not match their checksum")
-    bad = [k for k, v in ckpt["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise CheckpointError(f"checkpoint {path} holds non-finite weights in {bad[0]}")
+    check_fields(path, ckpt)
     return ckpt
+
+
+# --- the checkpoint schema -------------------------------------------------------------------------
+_TORCH_RNG_BYTES = torch.get_rng_state().numel()
+_MT_WORDS = 624
+
+
+class _Bad(Exception):
+    """A field that does not match the schema: ``field`` and what is wrong with it."""
+
+    def __init__(self, field: str, why: str) -> None:
+        super().__init__(f"'{field}' {why}")
+
+
+def _int(v: Any, field: str, lo: int = 0, hi: int | None = None) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
+        span = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise _Bad(field, f"must be an integer {span}, got {_short(v)}")
+
+
+def _number(v: Any, field: str, lo: float | None = None, hi: float | None = None) -> None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if not ok or (lo is not None and v < lo) or (hi is not None and v > hi):
+        span = f" in [{lo}, {hi}]" if hi is not None else (f" >= {lo}" if lo is not None else "")
+        raise _Bad(field, f"must be a finite number{span}, got {_short(v)}")
+
+
+def _short(v: Any) -> str:
+    import reprlib
+
+    return reprlib.repr(v) if not isinstance(v, torch.Tensor) else f"a {v.dtype} tensor of shape {tuple(v.shape)}"
+
+
+def _tensor(v: Any, field: str) -> None:
+    """A real tensor (no complex or quantized dtype); floating ones finite."""
+    if not isinstance(v, torch.Tensor):
+        raise _Bad(field, f"must be a tensor, got {_short(v)}")
+    if v.is_complex() or v.is_quantized or v.layout != torch.strided:
+        raise _Bad(field, f"has dtype {v.dtype}; only real (floating, integer or bool) dense tensors are allowed")
+    if v.is_floating_point() and not torch.isfinite(v).all():
+        raise _Bad(field, "holds non-finite values (NaN or inf)")
+
+
+def _tensors_in(obj: Any, field: str) -> None:
+    """Every tensor nested in ``obj`` (optimizer / scaler state) is real and finite."""
+    if isinstance(obj, torch.Tensor):
+        _tensor(obj, field)
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _tensors_in(v, f"{field}.{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _tensors_in(v, f"{field}[{i}]")
+    elif isinstance(obj, float) and not math.isfinite(obj) and not field.endswith("scale"):
+        raise _Bad(field, f"must be finite, got {obj}")
+
+
+def _byte_state(v: Any, field: str, n: int | None) -> None:
+    if not isinstance(v, torch.Tensor) or v.dtype != torch.uint8 or v.dim() != 1 or (n is not None and v.numel() != n):
+        want = f"{n} bytes" if n is not None else "bytes"
+        raise _Bad(field, f"must be a torch.uint8 vector of {want}, got {_short(v)}")
+
+
+def _rng_state(s: Any, field: str) -> None:
+    """One rank's RNG states as :func:`fcnseg.engine.train.rng_state` writes them."""
+    if not isinstance(s, dict) or not {"torch", "numpy", "python"} <= set(s):
+        raise _Bad(field, "must be a mapping with torch, numpy and python states")
+    _byte_state(s["torch"], f"{field}.torch", _TORCH_RNG_BYTES)
+    cuda = s.get("cuda", [])
+    if not isinstance(cuda, list):
+        raise _Bad(f"{field}.cuda", f"must be a list, got {_short(cuda)}")
+    for i, c in enumerate(cuda):
+        _byte_state(c, f"{field}.cuda[{i}]", None)
+    n = s["numpy"]
+    if not isinstance(n, dict):
+        raise _Bad(f"{field}.numpy", f"must be a mapping, got {_short(n)}")
+    keys = n.get("keys")
+    if not isinstance(keys, torch.Tensor) or keys.dtype != torch.int64 or tuple(keys.shape) != (_MT_WORDS,) \
+            or keys.min() < 0 or keys.max() >= 1 << 32:
+        raise _Bad(f"{field}.numpy.keys", f"must be {_MT_WORDS} 32-bit words (int64 tensor), got {_short(keys)}")
+    _int(n.get("pos"), f"{field}.numpy.pos", 0, _MT_WORDS)
+    _int(n.get("has_gauss"), f"{field}.numpy.has_gauss", 0, 1)
+    _number(n.get("gauss"), f"{field}.numpy.gauss")
+    p = s["python"]
+    if not isinstance(p, dict):
+        raise _Bad(f"{field}.python", f"must be a mapping, got {_short(p)}")
+    _int(p.get("version"), f"{field}.python.version", 0)
+    st = p.get("state")
+    if not isinstance(st, list) or len(st) != _MT_WORDS + 1 \
+            or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1 << 32 for x in st):
+        raise _Bad(f"{field}.python.state", f"must be {_MT_WORDS + 1} 32-bit integers, got {_short(st)}")
+    if p.get("gauss_next") is not None:
+        _number(p["gauss_next"], f"{field}.python.gauss_next")
+
+
+def _mapping(v: Any, field: str) -> None:
+    if not isinstance(v, dict):
+        raise _Bad(field, f"must be a mapping, got {_short(v)}")
+
+
+def _run_config(v: Any, field: str) -> None:
+    from ..config import RunConfig
+    from ..errors import ConfigError
+
+    _mapping(v, field)
+    try:
+        RunConfig.from_dict(v, source=field)
+    except ConfigError as e:
+        raise _Bad(field, f"is not a valid run config ({first_line(e)})") from None
+
+
+def _optimizer(v: Any, field: str) -> None:
+    _mapping(v, field)
+    if not isinstance(v.get("state"), dict) or not isinstance(v.get("param_groups"), list):
+        raise _Bad(field, "must hold 'state' (a mapping) and 'param_groups' (a list)")
+    for i, g in enumerate(v["param_groups"]):
+        _mapping(g, f"{field}.param_groups[{i}]")
+        _number(g.get("lr"), f"{field}.param_groups[{i}].lr", 0.0)
+    _tensors_in(v["state"], f"{field}.state")
+
+
+def _scheduler(v: Any, field: str) -> None:
+    _mapping(v, field)
+    if "last_epoch" in v:
+        _int(v["last_epoch"], f"{field}.last_epoch", -1)
+    _tensors_in(v, field)
+
+
+def _optional_number(lo: float | None = None, hi: float | None = None):
+    return lambda v, field: None if v is None else _number(v, field, lo, hi)
+
+
+def _rng_list(v: Any, field: str) -> None:
+    if not isinstance(v, list):
+        raise _Bad(field, f"must be a list of per-rank RNG states, got {_short(v)}")
+    for i, s in enumerate(v):
+        _rng_state(s, f"{field}[{i}]")
+
+
+def _names(v: Any, field: str) -> None:
+    if v is not None and (not isinstance(v, list) or not all(isinstance(x, str) for x in v)):
+        raise _Bad(field, f"must be a list of class names, got {_short(v)}")
+
+
+# optional fields (training checkpoints): name -> check(value, field); absent fields are not checked
+_FIELDS = {
+    "iteration": lambda v, f: _int(v, f, 0),
+    "epoch": _optional_number(0.0),
+    "world_size": lambda v, f: _int(v, f, 1),
+    "run_config": _run_config,
+    "best_mean_iu": _optional_number(0.0, 1.0),
+    "elapsed": _optional_number(0.0),
+    "rng_per_rank": _rng_list,
+    "optimizer": _optimizer,
+    "scheduler": _scheduler,
+    "scaler": lambda v, f: None if not v else (_mapping(v, f), _tensors_in(v, f)),
+    "sampler": lambda v, f: None if v is None else _mapping(v, f),
+    "metrics": lambda v, f: None if v is None else _mapping(v, f),
+    "classes": _names,
+}
+
+
+def check_fields(path: str | os.PathLike, ckpt: dict[str, Any]) -> None:
+    """Validate every field and tensor dtype of a loaded checkpoint (the one schema); a defect is a
+    ``CheckpointError`` naming the file and the field."""
+    try:
+        for k, v in ckpt["model"].items():
+            _tensor(v, f"model.{k}")
+        for name, check in _FIELDS.items():
+            if name in ckpt:
+                check(ckpt[name], name)
+    except _Bad as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt: {e}") from None
 
 
 def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import csv
+import io
+import os
 import signal
 import sys
 import threading
@@ -9,7 +11,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CsvLog", "TensorBoard", "StopRequest", "LOG_FIELDS"]
+from ..atomic import atomic_write, write_error
+from ..errors import FcnsegError
+
+__all__ = ["CsvLog", "TensorBoard", "StopRequest", "RunLock", "LOG_FIELDS", "write_csv"]
 
 LOG_FIELDS = ("iter", "epoch", "loss", "lr", "img_per_s", "elapsed")
 
@@ -24,15 +29,27 @@ class CsvLog:
         if resume_iter is not None and self.path.is_file():
             with self.path.open(newline="") as f:
                 rows = [r for r in csv.DictReader(f) if _int(r.get("iter")) <= resume_iter]
-        with self.path.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
+        write_csv(self.path, rows, fields)
 
     def write(self, row: dict[str, Any]) -> None:
-        with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore").writerow(
-                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        """Append one row in a single write (a reader never sees half a row); errors name the file."""
+        buf = io.StringIO()
+        csv.DictWriter(buf, fieldnames=self.fields, extrasaction="ignore").writerow(
+            {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        try:
+            with self.path.open("a", newline="") as f:
+                f.write(buf.getvalue())
+                f.flush()
+        except OSError as e:
+            raise write_error(self.path, e) from e
+
+
+def write_csv(path: str | Path, rows: list[dict], fields: list[str] | tuple[str, ...]) -> None:
+    """Write a whole CSV atomically (header and ``rows``)."""
+    with atomic_write(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
 
 
 def _int(v: Any) -> int:
@@ -77,6 +94,7 @@ class StopRequest:
         self.requested = False
         self.signal_name = ""
         self._previous: dict[int, Any] = {}
+        self._pid = os.getpid()
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
@@ -86,6 +104,8 @@ class StopRequest:
         return self
 
     def handle(self, signum: int, frame: Any = None) -> None:
+        if os.getpid() != self._pid:  # a forked DataLoader worker inherited the handler: the main process speaks
+            return
         if self.requested:  # second signal: give up without saving
             self.__exit__()
             raise KeyboardInterrupt
@@ -98,3 +118,41 @@ class StopRequest:
         for sig, prev in self._previous.items():
             signal.signal(sig, prev)
         self._previous = {}
+
+
+class RunLock:
+    """An exclusive lock on a run folder (``OUT/.fcnseg.lock`` holding the owner's pid), so two runs
+    never write into one folder. ``fcntl.flock`` dies with its process: a stale lock file is taken over."""
+
+    NAME = ".fcnseg.lock"
+
+    def __init__(self, folder: str | Path) -> None:
+        self.path = Path(folder) / self.NAME
+        self._fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): unlocked, as before
+            return self
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise write_error(self.path, e) from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise FcnsegError(f"{self.path.parent} is in use by another run (pid {owner}, lock {self.path}); "
+                              "wait for it or choose another out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the flock
+            self._fd = None

@@ -13,6 +13,7 @@ import gc
 import math
 import os
 import random
+import signal
 import sys
 import time
 import warnings
@@ -26,6 +27,7 @@ import torch.distributed as dist
 import yaml
 from torch.utils.data import DataLoader, Sampler
 
+from ..atomic import remove_stale_temporaries, write_text
 from ..config import RunConfig, apply_preset
 from ..errors import CheckpointError, ConfigError, FcnsegError
 from . import distributed as D
@@ -33,40 +35,59 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluate import plain
 from .losses import IGNORE_INDEX, check_labels, loss_denominator, pixel_loss_sum
 from .optim import build_optimizer, build_scheduler
-from .runlog import CsvLog, StopRequest, TensorBoard
+from .runlog import CsvLog, RunLock, StopRequest, TensorBoard, write_csv
 from .train_data import (FeatureCache, First, GlobalBatchSampler, SeededItems, Transformed, build_transform,
-                         cacheable, collate_seeded)
+                         cacheable, collate_seeded, unwrap_worker_error)
 from .train_model import (build_model, dataset_classes, freeze_backbone, init_from_checkpoint, keep_frozen_eval)
 
 __all__ = ["train", "score", "rng_state", "set_rng_state"]
 
 _MAX_CONSECUTIVE_SKIPS = 100
 
+# settings a resumed run may change: they extend the run or change how it is run, not what it computes
+RESUMABLE = frozenset({
+    "out", "train.resume", "train.iterations", "train.epochs", "train.progress", "train.log_every",
+    "train.checkpoint_every", "train.eval_every", "train.eval_batch_size", "train.eval_flip", "train.tensorboard",
+    "train.device", "train.nonfinite", "train.cache_features", "train.deterministic", "data.workers",
+    "data.skip_bad", "data.root", "data.val_root", "model.weights", "model.init_from"})
 
-def train(cfg: RunConfig, *, train_set: Any = None, val_set: Any = None) -> dict[str, Any]:
+
+def train(cfg: RunConfig, *, train_set: Any = None, val_set: Any = None, overwrite: bool = False) -> dict[str, Any]:
     """Train as ``cfg`` says; return a summary (iterations, loss, checkpoint paths, metrics...).
 
     ``train_set``/``val_set`` replace the datasets named in ``cfg.data`` (items as from
-    ``fcnseg.data.build_dataset``; the config's transforms still apply).
+    ``fcnseg.data.build_dataset``; the config's transforms still apply). The run folder is locked
+    while training; a fresh run over a folder holding a run is refused unless ``overwrite``.
     """
     cfg = apply_preset(copy.deepcopy(cfg))
     ctx = D.setup(cfg.train.device)
     ok = False
     saved_flags = (torch.are_deterministic_algorithms_enabled(),
                    torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
+    lock = RunLock(cfg.out) if ctx.is_main else nullcontext()
     try:
-        run = _Run(cfg, ctx, train_set, val_set)
-        result = run.run()
-        if ctx.world_size > 1:  # free the DDP reducer now, while all ranks are in step
-            del run
-            gc.collect()
-            D.barrier()
+        with lock:
+            result = _train_locked(cfg, ctx, train_set, val_set, overwrite)
         ok = True
         return result
     finally:
         torch.use_deterministic_algorithms(saved_flags[0], warn_only=saved_flags[1])
         torch.backends.cudnn.benchmark = saved_flags[2]
         D.cleanup(ctx, ok)
+
+
+def _train_locked(cfg: RunConfig, ctx: D.DistContext, train_set: Any, val_set: Any, overwrite: bool) -> dict:
+    if ctx.is_main:
+        stale = remove_stale_temporaries(cfg.out)
+        if stale:
+            _say(f"removed {len(stale)} temporary file(s) a killed write left in {cfg.out}")
+    run = _Run(cfg, ctx, train_set, val_set, overwrite=overwrite)
+    result = run.run()
+    if ctx.world_size > 1:  # free the DDP reducer now, while all ranks are in step
+        del run
+        gc.collect()
+        D.barrier()
+    return result
 
 
 def score(cfg: RunConfig) -> dict[str, Any] | None:
@@ -77,7 +98,7 @@ def score(cfg: RunConfig) -> dict[str, Any] | None:
     ctx = D.setup(cfg.train.device)
     ok = False
     try:
-        metrics = _Run(cfg, ctx, None, None)._evaluate()
+        metrics = _Run(cfg, ctx, None, None, overwrite=True)._evaluate()  # writes nothing
         ok = True
         return metrics
     finally:
@@ -126,6 +147,7 @@ class _Shard(Sampler):
 
 
 def _worker_init(worker_id: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle (one notice)
     s = torch.initial_seed() % (1 << 32)
     random.seed(s)
     np.random.seed(s)
@@ -136,8 +158,9 @@ def _say(msg: str) -> None:
 
 
 class _Run:
-    def __init__(self, cfg: RunConfig, ctx: D.DistContext, train_set: Any, val_set: Any) -> None:
-        self.cfg, self.ctx = cfg, ctx
+    def __init__(self, cfg: RunConfig, ctx: D.DistContext, train_set: Any, val_set: Any,
+                 overwrite: bool = False) -> None:
+        self.cfg, self.ctx, self.overwrite = cfg, ctx, overwrite
         t, d = cfg.train, cfg.data
         self.main = ctx.is_main
         self.out = Path(cfg.out)
@@ -150,6 +173,7 @@ class _Run:
         elif self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         _seed_all(t.seed)
+        self.resume_path = self._resume_path()  # before any work: a refusal comes at once
 
         # data
         self.train_raw, self.val_raw = self._datasets(train_set, val_set)
@@ -164,7 +188,6 @@ class _Run:
         torch.manual_seed(t.seed)
         self.model = build_model(cfg.model, self.classes)
         self.frozen: list[str] = freeze_backbone(self.model) if t.freeze_backbone else []
-        self.resume_path = self._resume_path()
         if cfg.model.init_from and self.resume_path is None:
             copied, fresh = init_from_checkpoint(self.model, cfg.model.init_from)
             listed = f" ({', '.join(fresh[:6])}{', ...' if len(fresh) > 6 else ''})" if fresh else ""
@@ -243,9 +266,9 @@ class _Run:
     def _resume_path(self) -> Path | None:
         r = self.cfg.train.resume
         if not r:
-            if self.main and (self.out / "last.pt").is_file():
-                warnings.warn(f"{self.out} holds a checkpoint; starting a fresh run over it "
-                              "(set train.resume=auto to continue it)", stacklevel=3)
+            if (self.out / "last.pt").is_file() and not self.overwrite:
+                raise ConfigError(f"{self.out} holds a run ({self.out / 'last.pt'}); continue it with --resume auto "
+                                  "(train.resume=auto) or replace it with --overwrite")
             return None
         if r == "auto":
             p = self.out / "last.pt"
@@ -289,6 +312,8 @@ class _Run:
         if "optimizer" not in ckpt or "iteration" not in ckpt:
             raise CheckpointError(f"{path} is not a training checkpoint (no optimizer state); "
                                   "use model.init_from to start from its weights")
+        if isinstance(ckpt.get("run_config"), dict):
+            _same_settings(path, ckpt["run_config"], self.cfg.to_dict())
         try:
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -335,7 +360,10 @@ class _Run:
         for _ in range(self.iteration, self.total):
             step = []
             for _ in range(t.accumulate):
-                images, labels, _seeds = next(it)
+                try:
+                    images, labels, _seeds = next(it)
+                except FcnsegError as e:  # raised in a worker: torch wraps the message in its traceback
+                    raise unwrap_worker_error(e) from None
                 step.append((images, None, labels))
             yield step
 
@@ -510,13 +538,8 @@ class _Run:
             self._save("best.pt")
 
     def _write_eval_csv(self) -> None:
-        import csv
-
         keys = list(dict.fromkeys(k for r in self._eval_rows for k in r))
-        with (self.out / "eval.csv").open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(self._eval_rows)
+        write_csv(self.out / "eval.csv", self._eval_rows, keys)
 
     def _load_eval_rows(self) -> list[dict]:
         import csv
@@ -533,7 +556,7 @@ class _Run:
         self.t_start = time.perf_counter()
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            write_text(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self.log = CsvLog(self.out / "log.csv", resume_iter=self.iteration if self.resume_path else None) \
             if self.main else None
         self.tb = TensorBoard(self.out / "tb", t.tensorboard and self.main)
@@ -633,6 +656,28 @@ class _Run:
                 "skipped_steps": skipped, "log": str(self.out / "log.csv"), "out": str(self.out),
                 "world_size": self.world, "rank": self.ctx.rank,
                 "elapsed": self.elapsed0 + time.perf_counter() - self.t_start}
+
+
+def _flat_config(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and not prefix and k in ("model", "data", "train"):
+            out.update(_flat_config(v, f"{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _same_settings(path: Path, old: dict, new: dict) -> None:
+    """Refuse to resume with settings that change what the run computes (lr, schedule, model, data...):
+    the checkpoint's optimizer would not use them, yet config.yaml and log.csv would claim it did."""
+    was, now = _flat_config(old), _flat_config(new)
+    for key in now:
+        if key not in RESUMABLE and key in was and was[key] != now[key]:
+            raise ConfigError(f"{key}={now[key]!r} differs from the run being resumed ({path}: {was[key]!r}); "
+                              "a resumed run keeps its settings (only iterations/epochs, logging, evaluation and "
+                              "device settings may change): drop the override, or start a fresh run with "
+                              "--overwrite")
 
 
 def _mean_iu(metrics: dict) -> float | None:
