@@ -138,17 +138,21 @@ def apply_lut(arr: np.ndarray, lut: np.ndarray, who: str, path: Path, lo: int = 
 
 
 def read_names(path: Path, who: str = "fcnseg.data") -> list[str]:
-    """Class names, one per line, up to the first blank line (shipped lists end with a note)."""
+    """Class names, one per line, up to the first blank line (shipped lists end with a note); a UTF-8
+    byte-order mark is dropped, a name listed twice is refused."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     except Exception as e:
         raise _fail(who, "class list", path, e) from e
-    names = []
+    names: list[str] = []
     for ln in lines:
         if not ln.strip():
             if names:
                 break
             continue
+        if ln.strip() in names:
+            raise _fail(who, "class list", path, f"duplicate class name {ln.strip()!r} "
+                                                 f"(entries {names.index(ln.strip()) + 1} and {len(names) + 1})")
         names.append(ln.strip())
     return names
 

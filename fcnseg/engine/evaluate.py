@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -15,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..atomic import atomic_write
-from ..errors import ConfigError
+from ..errors import ConfigError, FcnsegError
 from .metrics import METRIC_NAMES, ConfusionMatrix
 
 __all__ = ["evaluate", "format_table", "save_metrics", "model_heads"]
@@ -146,12 +147,21 @@ def evaluate(model: nn.Module, dataset: Dataset, *, device: str | torch.device =
                 images += image.shape[0]
                 if bar is not None:
                     bar.update(1)
+    except FcnsegError as e:  # raised in a DataLoader worker: its own message, not torch's wrapper
+        from .train_data import unwrap_worker_error
+
+        raise unwrap_worker_error(e) from None
     finally:
         if bar is not None:
             bar.close()
         model.train(was_training)
     t0 = time.perf_counter()
     results = {h: cm.all_reduce(reducer).compute(excl[h]) for h, cm in cms.items()}
+    for h, cm in cms.items():
+        if not int(cm.matrix.sum()):
+            where = f" for head {h}" if len(cms) > 1 else ""
+            warnings.warn(f"{getattr(dataset, 'name', type(dataset).__name__)}: no labelled pixels in {images} "
+                          f"images{where} (every label is void); the metrics are null", stacklevel=2)
     timing["metrics"] += time.perf_counter() - t0
     timing["total"] = time.perf_counter() - start
     out = dict(results["out"]) if list(results) == ["out"] else dict(results)

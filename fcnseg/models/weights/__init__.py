@@ -132,8 +132,13 @@ def _load_file(model: nn.Module, path: Path) -> list[str]:
 
 
 def _check_finite(state: dict, path: Path) -> None:
+    """Weights are real floating tensors with finite values (BatchNorm's step counters are integers)."""
     for k, v in state.items():
-        if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all():
+        if not isinstance(v, torch.Tensor):
+            continue
+        if not v.is_floating_point() and not (k.endswith("num_batches_tracked") and not v.is_complex()):
+            raise WeightsError(f"{path}: tensor {k} has dtype {v.dtype}; weights must be floating point")
+        if v.is_floating_point() and not torch.isfinite(v).all():
             raise WeightsError(f"{path}: non-finite values (NaN or inf) in {k}")
 
 
