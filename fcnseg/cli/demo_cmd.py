@@ -18,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..atomic import write_json, write_text
     from ..config import load_config
     from ..data import build_dataset, sample_root
     from ..engine.checkpoint import model_from_checkpoint
@@ -49,13 +50,13 @@ def run(args: argparse.Namespace) -> int:
         shown.append(s)
     minutes = (time.perf_counter() - t0) / 60
     report = _report(cfg, result, metrics, table, shown, out, minutes)
-    (out / "report.md").write_text(report)
+    write_text(out / "report.md", report)
     from ..provenance import machine
     summary = {"command": "make demo", "mean_iu": metrics["mean_iu"], "pixel_accuracy": metrics["pixel_accuracy"],
                "mean_accuracy": metrics["mean_accuracy"], "fw_iu": metrics["fw_iu"], "minutes": round(minutes, 1),
                "iterations": result.get("iterations"), "val_images": len(val), "machine": machine(),
                "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_json(out / "summary.json", summary, indent=1)
     print(f"\nmean IU {100 * metrics['mean_iu']:.1f}% on the sample's {len(val)} held-out images "
           f"({minutes:.1f} min). Report: {out / 'report.md'}")
     return 0

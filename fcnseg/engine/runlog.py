@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write, write_error
-from ..errors import FcnsegError
+from ..errors import FcnsegError, first_line
 
 __all__ = ["CsvLog", "TensorBoard", "StopRequest", "RunLock", "LOG_FIELDS", "write_csv"]
 
@@ -27,8 +27,12 @@ class CsvLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         rows: list[dict] = []
         if resume_iter is not None and self.path.is_file():
-            with self.path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if _int(r.get("iter")) <= resume_iter]
+            try:
+                with self.path.open(newline="", encoding="utf-8") as f:
+                    rows = [r for r in csv.DictReader(f) if _int(r.get("iter")) <= resume_iter]
+            except (OSError, UnicodeDecodeError, csv.Error) as e:
+                raise FcnsegError(f"cannot resume the training log {self.path}: {first_line(e)} "
+                                  "(move it away to start a new one)") from None
         write_csv(self.path, rows, fields)
 
     def write(self, row: dict[str, Any]) -> None:

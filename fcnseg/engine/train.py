@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..atomic import remove_stale_temporaries, write_text
 from ..config import RunConfig, apply_preset
-from ..errors import CheckpointError, ConfigError, FcnsegError
+from ..errors import CheckpointError, ConfigError, FcnsegError, first_line
 from . import distributed as D
 from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluate import plain
@@ -320,14 +320,14 @@ class _Run:
             self.scheduler.load_state_dict(ckpt["scheduler"])
             if ckpt.get("scaler"):
                 self.scaler.load_state_dict(ckpt["scaler"])
-        except (RuntimeError, ValueError, KeyError) as e:
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
             raise CheckpointError(f"cannot resume from {path}: it does not fit this run "
                                   f"({str(e).splitlines()[0][:160]})") from None
         self.iteration = int(ckpt["iteration"])
         self.best = ckpt.get("best_mean_iu")
-        self.elapsed0 = float(ckpt.get("elapsed", 0.0))
+        self.elapsed0 = float(ckpt.get("elapsed") or 0.0)
         self.metrics = ckpt.get("metrics")
-        old = ckpt.get("sampler", {})
+        old = ckpt.get("sampler") or {}
         if old.get("batch_size") not in (None, self.batch) or old.get("seed") not in (None, self.cfg.train.seed):
             warnings.warn(f"resuming {path} with a different batch size or seed: the data order changes", stacklevel=3)
         states = ckpt.get("rng_per_rank") or []
@@ -547,8 +547,12 @@ class _Run:
         p = self.out / "eval.csv"
         if self.resume_path is None or not p.is_file():
             return []
-        with p.open(newline="") as f:
-            return [r for r in csv.DictReader(f) if float(r.get("iter", 1e18)) <= self.iteration]
+        try:
+            with p.open(newline="", encoding="utf-8") as f:
+                return [r for r in csv.DictReader(f) if float(r.get("iter") or "inf") <= self.iteration]
+        except (OSError, UnicodeDecodeError, csv.Error, ValueError) as e:
+            raise FcnsegError(f"cannot resume the evaluation log {p}: {first_line(e)} "
+                              "(move it away to start a new one)") from None
 
     # --- the loop -----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
