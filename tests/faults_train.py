@@ -182,3 +182,33 @@ def cases() -> Iterator[Case]:
         return Plan(_train(ctx, "data.workers=2", cfg=cfg), [str(label)], cause=["cannot read label"])
 
     yield Case("train-workers-truncated-label", "train/data", "error", worker_label)
+
+    def int_weights(ctx: Ctx) -> Plan:
+        from safetensors.torch import save_file
+
+        state = {k: v.to(torch.int64) for k, v in ctx.shared.model().state_dict().items()}
+        path = ctx.p("int64.safetensors")
+        save_file(state, str(path))
+        return Plan(_train(ctx, f"model.weights={path}"), [str(path), "torch.int64"], cause=["floating point"])
+
+    yield Case("train-weights-int64-safetensors", "train/weights", "error", int_weights)
+
+    def folder_classes(text: bytes, expect: str):
+        def run(ctx: Ctx) -> Plan:
+            from fcnseg.data.fixtures import write_folder
+
+            root = write_folder(ctx.tmp / "folder", classes=["bg", "cat", "dog"], n=2, size=(16, 16))
+            (root / "classes.txt").write_bytes(text)
+            cfg = base_config(ctx, root)
+            cfg["data"].update(dataset="folder", train_split="all")
+            if expect == "error":
+                return Plan(_train(ctx, cfg=cfg), [str(root / "classes.txt")], cause=["duplicate class name 'cat'"])
+
+            def check() -> None:  # the BOM is not part of the first name
+                from fcnseg.engine.checkpoint import load_checkpoint
+                assert load_checkpoint(ctx.tmp / "run" / "last.pt")["classes"] == ["bg", "cat", "dog"]
+            return Plan(_train(ctx, cfg=cfg), check=check)
+        return run
+
+    yield Case("train-folder-classes-bom", "train/data", "ok", folder_classes("\ufeffbg\ncat\ndog\n".encode(), "ok"))
+    yield Case("train-folder-classes-duplicate", "train/data", "error", folder_classes(b"bg\ncat\ncat\n", "error"))
