@@ -53,10 +53,6 @@ def _set(key: str, value) -> Callable[[dict], None]:
     return mutate
 
 
-def _deep(setter: Callable[[dict], None]) -> Callable[[dict], None]:
-    return setter
-
-
 def _forgeries() -> dict[str, tuple[Callable[[dict], None], str]]:
     """name → (mutation of a training checkpoint, the field the error must name)."""
     def weight_complex(ck: dict) -> None:

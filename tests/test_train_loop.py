@@ -82,7 +82,6 @@ class Wrap(torch.utils.data.Dataset):
 
 
 def test_run_writes_log_checkpoints_and_evaluates(data_root, tmp_path):
-    pytest.importorskip("fcnseg.engine.evaluate")
     out = tmp_path / "run"
     cfg = cfg_for(data_root, out, "data.val_split=val", "train.eval_every=2", "train.checkpoint_every=2",
                   "train.class_weights=median-frequency", "train.tensorboard=true", "train.amp=fp16",

@@ -6,9 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import warnings
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -118,6 +116,24 @@ def test_worker_errors_keep_their_own_message():
     assert type(clean) is DatasetError and str(clean) == "camvid: cannot read label /data/x.png: image file is truncated"
     plain = DatasetError("not from a worker")
     assert unwrap_worker_error(plain) is plain
+
+
+def test_evaluate_reports_a_worker_error_with_its_own_message():
+    from fcnseg import create_model
+    from fcnseg.data.io import DatasetError
+    from fcnseg.engine.evaluate import evaluate
+
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            raise DatasetError("camvid: cannot read label /data/y.png: image file is truncated")
+
+    model = create_model("fcn8s", 3, width=1 / 16, fc_channels=16, alignment="same")
+    with pytest.raises(DatasetError) as e:
+        evaluate(model, Broken(), workers=1, progress=False)
+    assert str(e.value) == "camvid: cannot read label /data/y.png: image file is truncated"
 
 
 def test_log_write_errors_name_the_file(tmp_path):

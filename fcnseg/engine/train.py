@@ -483,13 +483,7 @@ class _Run:
     def _evaluate(self) -> dict | None:
         if self.val_raw is None:
             return None
-        try:
-            from .evaluate import evaluate
-        except ImportError:
-            if not getattr(self, "_warned_eval", False):
-                warnings.warn("fcnseg.engine.evaluate is not available; skipping validation", stacklevel=2)
-                self._warned_eval = True
-            return None
+        from .evaluate import evaluate  # a broken import is a bug to see, not a reason to skip validation
         t = self.cfg.train
         tf = build_transform(self.cfg.data, self.pre, train=False)
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
