@@ -19,7 +19,7 @@ import yaml
 from .errors import ConfigError
 
 __all__ = ["ModelConfig", "DataConfig", "TrainConfig", "RunConfig", "load_config", "apply_preset",
-           "PRESETS", "CAFFE_LR"]
+           "PRESETS", "CAFFE_LR", "CAFFE_LR_BY_DATASET"]
 
 PRESETS = ("caffe", "modern", "none")
 
@@ -136,10 +136,16 @@ _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 # solver use the fcn32s value.
 CAFFE_LR = {"fcn32s": 1e-10, "fcn16s": 1e-12, "fcn8s": 1e-14, "fcn8s-atonce": 1e-10, "fcn32s-fixed": 1e-10,
             "pool5-only": 1e-10, "pool4-only": 1e-10, "pool3-only": 1e-10}
+# Datasets whose solver departs from the model's VOC value (siftflow-fcn8s/solver.prototxt: base_lr 1e-12).
+CAFFE_LR_BY_DATASET = {("siftflow", "fcn8s"): 1e-12}
 
 _BASE = {"data": dict(scale_range=None, crop=0, flip=False, jitter=0.0, batch_size=1),
          "train": dict(optimizer="sgd", momentum=0.9, weight_decay=5e-4, bias_lr_mult=2.0, schedule="constant",
                        accumulate=1, loss_reduction="mean", backbone_bias_decay_mult=0.0)}
+
+
+def _caffe_lr(name: str, dataset: str) -> float:
+    return CAFFE_LR_BY_DATASET.get((dataset, name), CAFFE_LR.get(name, 1e-10))
 
 
 def _preset_values(cfg: RunConfig) -> dict[str, dict[str, Any]]:
@@ -148,7 +154,7 @@ def _preset_values(cfg: RunConfig) -> dict[str, dict[str, Any]]:
     if preset == "caffe":
         alex = backbone == "alexnet"
         return {"data": dict(scale_range=None, crop=0, flip=False, jitter=0.0, batch_size=20 if alex else 1),
-                "train": dict(optimizer="sgd", lr=1e-4 if alex else CAFFE_LR.get(name, 1e-10),
+                "train": dict(optimizer="sgd", lr=1e-4 if alex else _caffe_lr(name, cfg.data.dataset),
                               momentum=0.9 if alex else 0.99, weight_decay=5e-4, bias_lr_mult=2.0,
                               backbone_bias_lr_mult=1.0 if alex else None,
                               backbone_bias_decay_mult=1.0 if alex else 0.0,
