@@ -37,8 +37,11 @@ class ModelConfig:
     dropout: Union[float, None] = None        # None: keep the backbone's dropout p
     init_from: Union[str, dict, None] = None  # checkpoint whose matching tensors initialise the net
     #                                           (late fusion: also a dict stream name -> checkpoint)
-    in_channels: Union[int, None] = None      # None: 3; 4 = early fusion (RGB-D; extra conv1_1 filters start at 0)
+    in_channels: Union[int, None] = None      # None: 3; 4 = early fusion (RGB-D)
+    depth_init: Union[str, None] = None       # early fusion: extra conv1_1 filters from 3-channel weights:
+    #                                           mean (None; of the RGB filters, the reference's surgery) | zero
     streams: Union[dict, None] = None         # late fusion: stream name -> input channels, e.g. {color: 3, hha: 3}
+    fusion: Union[str, None] = None           # late fusion: average (None; the reference's 0.5/0.5) | sum
     preprocessing: Union[dict, None] = None   # override the weights' input preprocessing after they load:
     #   {bgr, scale, mean, std, name} (keys left out keep the weights' values); late fusion: the same
     #   dict for every stream, or a dict per stream name
@@ -192,7 +195,8 @@ def apply_preset(cfg: RunConfig) -> RunConfig:
 
 _CHOICES = {("train", "optimizer"): ("sgd", "adamw"), ("train", "schedule"): ("constant", "step", "poly"),
             ("train", "loss_reduction"): ("sum", "mean", "image-mean"), ("train", "nonfinite"): ("stop", "skip"),
-            ("model", "alignment"): ("caffe", "same")}
+            ("model", "alignment"): ("caffe", "same"), ("model", "depth_init"): ("mean", "zero", None),
+            ("model", "fusion"): ("average", "sum", None)}
 
 
 def validate(cfg: RunConfig) -> None:
