@@ -76,3 +76,19 @@ def test_early_fusion_depth_filters_start_as_the_mean_of_the_rgb_filters(tmp_pat
                                depth_init="zero", **SMALL)
     assert torch.equal(zero.backbone.stages["pool1"].conv1_1.weight[:, :3], w)
     assert not zero.backbone.stages["pool1"].conv1_1.weight[:, 3].any()
+
+
+def test_fusion_and_depth_init_config_keys_and_old_checkpoints(tmp_path):
+    from fcnseg.config import ModelConfig
+    from fcnseg.engine.train_model import build_model
+    m = build_model(ModelConfig(name="fcn32s", streams={"color": 3, "hha": 3}, width=1 / 16, fc_channels=32,
+                                fusion="sum"), 5)
+    assert m.fusion == "sum" and build_model(ModelConfig(name="fcn32s", streams={"color": 3, "hha": 3},
+                                                         width=1 / 16, fc_channels=32), 5).fusion == "average"
+    # a late-fusion checkpoint written before model.fusion existed summed its streams: it still does
+    save_checkpoint(tmp_path / "old.pt", m)
+    ckpt = torch.load(tmp_path / "old.pt", weights_only=True)
+    del ckpt["config"]["fusion"]
+    torch.save(ckpt, tmp_path / "old.pt")
+    again, _ = model_from_checkpoint(tmp_path / "old.pt")
+    assert again.fusion == "sum"
