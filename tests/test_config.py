@@ -121,3 +121,10 @@ def test_to_dict_round_trip():
     assert again == cfg
     with pytest.raises(ConfigError, match="unknown key 'model.nam'"):
         RunConfig.from_dict({"model": {"nam": 1}})
+
+
+def test_fusion_and_depth_init_choices():
+    assert load_config(None, ["model.fusion=sum", "model.depth_init=zero"]).model.fusion == "sum"
+    for key in ("model.fusion", "model.depth_init", "train.loss_reduction"):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load_config(None, [f"{key}=max"])
