@@ -254,3 +254,29 @@ def test_malformed_file_is_named(tmp_path, make):
     load, message = make(tmp_path)
     with pytest.raises(DatasetError, match=message):
         load()
+
+
+@pytest.mark.slow
+def test_siftflow_release_caffemodel_through_the_cli_and_an_unmapped_layer_warned(tmp_path, capsys):
+    """model.weights=<siftflow release>: _sem/_geo heads load; a layer that maps nowhere reaches the user
+    as one 'fcnseg: warning:' line naming it (never dropped silently)."""
+    from fcnseg import create_model
+    from fcnseg.models.weights.caffe import caffe_names, write_caffemodel
+    model = create_model("fcn32s", {"semantic": 33, "geometric": 3}, width=0.0625, fc_channels=16)
+    mods = dict(model.named_modules())
+    blobs = {}
+    for caffe, path in caffe_names(model).items():
+        if caffe.endswith(("_semantic", "_geometric")) or caffe == "conv1_1_bgrd":
+            continue
+        blobs[caffe] = [p.detach() + 0.01 for p in mods[path].parameters(recurse=False)]
+    blobs["score_fr_geox"] = blobs.pop("score_fr_geo")  # a name no net uses
+    write_caffemodel(tmp_path / "siftflow-fcn32s.caffemodel", blobs)
+    root = write_siftflow(tmp_path, {"trainval": ["coast_arnat59"], "test": ["coast_natu975"]})
+    out = tmp_path / "run"
+    assert main(["train", "siftflow-fcn32s", *TINY, "train.iterations=1", f"data.root={root}", f"out={out}",
+                 f"model.weights={tmp_path / 'siftflow-fcn32s.caffemodel'}"]) == 0
+    err = capsys.readouterr().err
+    warned = [ln for ln in err.splitlines() if ln.startswith("fcnseg: warning:")]
+    assert any("score_fr_geox" in ln and "siftflow-fcn32s.caffemodel" in ln for ln in warned), err
+    assert any("score.geometric.fc7.weight" in ln for ln in warned), err
+    assert not any("score_fr_sem" in ln or "score.semantic" in ln for ln in warned), err
