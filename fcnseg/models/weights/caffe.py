@@ -36,7 +36,7 @@ __all__ = ["CaffeLayer", "read_caffemodel", "parse_caffemodel", "write_caffemode
            "HEAD_SUFFIXES"]
 
 # Head name → the suffixes a release may give its layers (the SIFT Flow releases abbreviate).
-HEAD_SUFFIXES = {"semantic": ("_sem", "_semantic"), "geometric": ("_geo", "_geometric")}
+HEAD_SUFFIXES = {"semantic": ("_sem",), "geometric": ("_geo",)}
 
 
 @dataclass
@@ -231,7 +231,7 @@ def _load_fused(model: nn.Module, layers: list[CaffeLayer], source: str, warn: b
         mine = {(layer.name[:-len(s)] if owner[layer.name] == s else layer.name): layer for layer in layers
                 if not suffixed or owner[layer.name] in (s, None)}
         unused, unloaded = _load_one(stream, [CaffeLayer(n, x.type, x.blobs) for n, x in mine.items()], source)
-        for n, x in mine.items():
+        for x in mine.values():
             offered[x.name] = offered.get(x.name, 0) + 1
         for n in unused:
             unused_in[mine[n].name] = unused_in.get(mine[n].name, 0) + 1
