@@ -19,7 +19,7 @@ import yaml
 from .errors import ConfigError
 
 __all__ = ["ModelConfig", "DataConfig", "TrainConfig", "RunConfig", "load_config", "apply_preset",
-           "PRESETS", "CAFFE_LR"]
+           "PRESETS", "CAFFE_LR", "CAFFE_LR_BY_DATASET"]
 
 PRESETS = ("caffe", "modern", "none")
 
@@ -37,8 +37,11 @@ class ModelConfig:
     dropout: Union[float, None] = None        # None: keep the backbone's dropout p
     init_from: Union[str, dict, None] = None  # checkpoint whose matching tensors initialise the net
     #                                           (late fusion: also a dict stream name -> checkpoint)
-    in_channels: Union[int, None] = None      # None: 3; 4 = early fusion (RGB-D; extra conv1_1 filters start at 0)
+    in_channels: Union[int, None] = None      # None: 3; 4 = early fusion (RGB-D)
+    depth_init: Union[str, None] = None       # early fusion: extra conv1_1 filters from 3-channel weights:
+    #                                           mean (None; of the RGB filters, the reference's surgery) | zero
     streams: Union[dict, None] = None         # late fusion: stream name -> input channels, e.g. {color: 3, hha: 3}
+    fusion: Union[str, None] = None           # late fusion: average (None; the reference's 0.5/0.5) | sum
     preprocessing: Union[dict, None] = None   # override the weights' input preprocessing after they load:
     #   {bgr, scale, mean, std, name} (keys left out keep the weights' values); late fusion: the same
     #   dict for every stream, or a dict per stream name
@@ -73,6 +76,8 @@ class TrainConfig:
     weight_decay: Union[float, None] = None   # preset
     bias_lr_mult: Union[float, None] = None   # preset; the reference's 2x bias learning rate
     backbone_lr_mult: float = 1.0             # lr multiplier of the (pretrained) trunk
+    backbone_bias_lr_mult: Union[float, None] = None  # preset; trunk biases' lr mult (None: bias_lr_mult)
+    backbone_bias_decay_mult: Union[float, None] = None  # preset; trunk biases' decay mult (0: none; 1: Caffe default)
     schedule: Union[str, None] = None         # preset; constant|step|poly
     step_size: Union[int, None] = None        # step schedule: iterations per decay
     gamma: float = 0.1
@@ -81,7 +86,8 @@ class TrainConfig:
     iterations: Union[int, None] = None       # preset; total optimizer steps (or give epochs)
     epochs: Union[int, None] = None
     accumulate: Union[int, None] = None       # preset; micro-batches per step (Caffe iter_size)
-    loss_reduction: Union[str, None] = None   # preset; sum (per image, Caffe normalize:false) | mean
+    loss_reduction: Union[str, None] = None   # preset; sum (per image, Caffe normalize:false) | mean |
+    #                                           image-mean (each image's per-pixel mean, averaged: normalize:true)
     class_weights: Union[str, list, None] = None  # None | "median-frequency" | list of floats
     patch_p: float = 1.0                      # keep each stride-32 loss cell with probability p
     amp: Union[str, bool] = "auto"            # auto (CUDA: bf16 if supported else fp16) | bf16 | fp16 | off
@@ -127,13 +133,22 @@ _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 # Reference solvers (shelhamer/fcn.berkeleyvision.org, */solver.prototxt): lr_policy fixed, momentum
 # 0.99, weight_decay 5e-4, iter_size 1, unnormalised loss; base_lr per net below. max_iter 100000
 # (voc-fcn32s/16s/8s), 300000 (voc-fcn8s-atonce). FCN-AlexNet (voc-fcn-alexnet): lr 1e-4,
-# momentum 0.9, iter_size 20. Models without a reference solver use the fcn32s value.
+# momentum 0.9, iter_size 20 of batches of one, SoftmaxWithLoss normalize: true (the step is the mean of
+# 20 per-image per-pixel means: loss_reduction image-mean), trunk layers without param {} (Caffe's default
+# lr_mult 1 / decay_mult 1 for biases too), score_fr biases 2x / no decay. Models without a reference
+# solver use the fcn32s value.
 CAFFE_LR = {"fcn32s": 1e-10, "fcn16s": 1e-12, "fcn8s": 1e-14, "fcn8s-atonce": 1e-10, "fcn32s-fixed": 1e-10,
             "pool5-only": 1e-10, "pool4-only": 1e-10, "pool3-only": 1e-10}
+# Datasets whose solver departs from the model's VOC value (siftflow-fcn8s/solver.prototxt: base_lr 1e-12).
+CAFFE_LR_BY_DATASET = {("siftflow", "fcn8s"): 1e-12}
 
 _BASE = {"data": dict(scale_range=None, crop=0, flip=False, jitter=0.0, batch_size=1),
          "train": dict(optimizer="sgd", momentum=0.9, weight_decay=5e-4, bias_lr_mult=2.0, schedule="constant",
-                       accumulate=1, loss_reduction="mean")}
+                       accumulate=1, loss_reduction="mean", backbone_bias_decay_mult=0.0)}
+
+
+def _caffe_lr(name: str, dataset: str) -> float:
+    return CAFFE_LR_BY_DATASET.get((dataset, name), CAFFE_LR.get(name, 1e-10))
 
 
 def _preset_values(cfg: RunConfig) -> dict[str, dict[str, Any]]:
@@ -142,9 +157,12 @@ def _preset_values(cfg: RunConfig) -> dict[str, dict[str, Any]]:
     if preset == "caffe":
         alex = backbone == "alexnet"
         return {"data": dict(scale_range=None, crop=0, flip=False, jitter=0.0, batch_size=20 if alex else 1),
-                "train": dict(optimizer="sgd", lr=1e-4 if alex else CAFFE_LR.get(name, 1e-10),
+                "train": dict(optimizer="sgd", lr=1e-4 if alex else _caffe_lr(name, cfg.data.dataset),
                               momentum=0.9 if alex else 0.99, weight_decay=5e-4, bias_lr_mult=2.0,
-                              schedule="constant", loss_reduction="sum", accumulate=20 if alex else 1,
+                              backbone_bias_lr_mult=1.0 if alex else None,
+                              backbone_bias_decay_mult=1.0 if alex else 0.0,
+                              schedule="constant", loss_reduction="image-mean" if alex else "sum",
+                              accumulate=20 if alex else 1,
                               iterations=300000 if name == "fcn8s-atonce" else 100000)}
     if preset == "modern":
         adamw = (cfg.train.optimizer or "sgd") == "adamw"
@@ -176,8 +194,9 @@ def apply_preset(cfg: RunConfig) -> RunConfig:
 
 
 _CHOICES = {("train", "optimizer"): ("sgd", "adamw"), ("train", "schedule"): ("constant", "step", "poly"),
-            ("train", "loss_reduction"): ("sum", "mean"), ("train", "nonfinite"): ("stop", "skip"),
-            ("model", "alignment"): ("caffe", "same")}
+            ("train", "loss_reduction"): ("sum", "mean", "image-mean"), ("train", "nonfinite"): ("stop", "skip"),
+            ("model", "alignment"): ("caffe", "same"), ("model", "depth_init"): ("mean", "zero", None),
+            ("model", "fusion"): ("average", "sum", None)}
 
 
 def validate(cfg: RunConfig) -> None:

@@ -32,6 +32,12 @@ def test_caffe_preset_matches_reference_solvers(name, lr):
 def test_caffe_alexnet_uses_its_solver():
     cfg = load_config(None, ["train.preset=caffe", "model.name=fcn32s@alexnet"])
     assert (cfg.train.lr, cfg.train.momentum, cfg.train.accumulate, cfg.data.batch_size) == (1e-4, 0.9, 20, 20)
+    # voc-fcn-alexnet: normalize: true per image (batch 1), iter_size 20; trunk biases at Caffe's defaults
+    t = cfg.train
+    assert (t.loss_reduction, t.bias_lr_mult, t.backbone_bias_lr_mult, t.backbone_bias_decay_mult) == \
+        ("image-mean", 2.0, 1.0, 1.0)
+    vgg = load_config(None, ["train.preset=caffe", "model.name=fcn32s"]).train
+    assert (vgg.loss_reduction, vgg.backbone_bias_lr_mult, vgg.backbone_bias_decay_mult) == ("sum", None, 0.0)
 
 
 def test_explicit_values_win_over_preset(tmp_path):
@@ -115,3 +121,10 @@ def test_to_dict_round_trip():
     assert again == cfg
     with pytest.raises(ConfigError, match="unknown key 'model.nam'"):
         RunConfig.from_dict({"model": {"nam": 1}})
+
+
+def test_fusion_and_depth_init_choices():
+    assert load_config(None, ["model.fusion=sum", "model.depth_init=zero"]).model.fusion == "sum"
+    for key in ("model.fusion", "model.depth_init", "train.loss_reduction"):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load_config(None, [f"{key}=max"])

@@ -156,3 +156,26 @@ def test_context_own_labels_txt_and_errors(tmp_path):
     scipy.io.savemat(str(base / "trainval" / "2008_000007.mat"), {"LabelMap": np.zeros((2, 2, 2))})
     with pytest.raises(DatasetError, match=r"'LabelMap' is not a 2-D numeric matrix"):
         build_dataset("pascal-context", base, "val")[0]
+
+
+@pytest.mark.parametrize("layout", ["beside-voc-dir", "beside-vocdevkit", "explicit"])
+def test_context_folder_apart_from_vocdevkit(tmp_path, layout):
+    """The reference reads data/pascal/VOC2010 and data/pascal-context/{trainval,labels.txt} apart."""
+    import shutil
+    base = write_context(tmp_path / "data" / "pascal")  # data/pascal/VOCdevkit/VOC2010, trainval inside
+    expected = build_dataset("pascal-context", base, "train")[0][1]
+    where = {"beside-voc-dir": base.parent / "pascal-context", "beside-vocdevkit": tmp_path / "data" / "pascal-context",
+             "explicit": tmp_path / "elsewhere" / "ctx"}[layout]
+    where.mkdir(parents=True)
+    shutil.move(str(base / "trainval"), str(where / "trainval"))
+    options = {"context_dir": str(where)} if layout == "explicit" else {}
+    ds = build_dataset("pascal-context", base, "train", **options)
+    assert ds.context_dir == where and torch.equal(ds[0][1], expected)
+
+
+def test_context_without_trainval_names_where_it_looked(tmp_path):
+    import shutil
+    base = write_context(tmp_path)
+    shutil.rmtree(base / "trainval")
+    with pytest.raises(DatasetError, match=r"no trainval/ folder .*VOC2010.*context_dir"):
+        build_dataset("pascal-context", base, "train")

@@ -79,3 +79,13 @@ def test_scheduler_steps_per_iteration_and_keeps_multipliers():
         sched.step()
     assert [s["head.weight"] for s in seen] == pytest.approx([1.0, 0.75, 0.5, 0.25])
     assert [s["head.bias"] for s in seen] == pytest.approx([2.0, 1.5, 1.0, 0.5])
+
+
+def test_trunk_biases_at_caffe_defaults_and_head_biases_doubled():
+    """voc-fcn-alexnet: trunk layers have no param {} (bias lr ×1, decay ×1); score_fr has 2× / no decay."""
+    model = create_model("fcn32s", 5, backbone="alexnet", width=1 / 16, fc_channels=32)
+    by_name = {g["name"]: g for g in param_groups(model, 1e-4, 5e-4, bias_lr_mult=2.0, backbone_bias_lr_mult=1.0,
+                                                  backbone_bias_decay_mult=1.0)}
+    assert by_name["backbone.bias"]["lr"] == pytest.approx(1e-4) and by_name["backbone.bias"]["weight_decay"] == 5e-4
+    assert by_name["head.bias"]["lr"] == pytest.approx(2e-4) and by_name["head.bias"]["weight_decay"] == 0
+    assert by_name["backbone.weight"]["weight_decay"] == by_name["head.weight"]["weight_decay"] == 5e-4

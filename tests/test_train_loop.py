@@ -414,3 +414,19 @@ def test_feature_cache_is_reused_only_for_the_same_frozen_trunk_and_data():
     changed = FeatureCache.reuse_or_build(b, data, frozen, torch.device("cpu"), Resize(scale=0.25))
     assert changed is not first
     FeatureCache._memo = []
+
+
+@pytest.mark.slow
+def test_iter_size_20_of_batch_1_equals_one_batch_of_20_image_mean(tmp_path):
+    """voc-fcn-alexnet's iter_size 20 (20 micro-batches of one image) takes the step one batch of 20
+    takes under the mean of per-image means."""
+    root = make_camvid(tmp_path / "cv20", n_train=20, n_val=1, seed=3)
+    common = ["data.batch_size=20", "model.dropout=0", "model.name=fcn32s", "train.iterations=1",
+              "train.loss_reduction=image-mean", "train.lr=1e-2"]
+    train(cfg_for(root, tmp_path / "one", *common))
+    train(cfg_for(root, tmp_path / "acc", *common, "train.accumulate=20"))
+    a, b = weights(tmp_path / "one" / "last.pt"), weights(tmp_path / "acc" / "last.pt")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    start = create_model("fcn32s", 11, width=0.0625, fc_channels=64, alignment="same").state_dict()
+    assert any(not torch.equal(a[k], start[k]) for k in a if k.startswith("score."))

@@ -76,3 +76,35 @@ def test_check_labels_names_the_bad_value():
         check_labels(torch.tensor([[0, 7, 255]]), 4, where="x")
     with pytest.raises(ValueError, match="head 'g'"):
         check_labels({"s": torch.tensor([1]), "g": torch.tensor([3])}, {"s": 2, "g": 3})
+
+
+def test_image_mean_is_the_mean_of_per_image_pixel_means():
+    """voc-fcn-alexnet's SoftmaxWithLoss normalize: true on batches of one: each image's loss is its
+    per-labelled-pixel mean; unlike "mean", an image with few labelled pixels weighs as much as any."""
+    s, y = batch(n=3)
+    y[1, 1:4] = 255  # image 1 has fewer labelled pixels
+    per_image = [F.cross_entropy(s[i:i + 1], y[i:i + 1], ignore_index=255) for i in range(3)]
+    expected = float(sum(per_image) / 3)
+    assert segmentation_loss(s, y, "image-mean") == pytest.approx(expected, rel=1e-6)
+    assert segmentation_loss(s, y, "mean") != pytest.approx(expected, rel=1e-4)
+    assert loss_denominator(y, "image-mean") == 3.0
+
+
+def test_image_mean_gradient_equals_caffe_iter_size_accumulation():
+    """Caffe's iter_size 20 with batch 1: gradients of 20 per-image normalised losses summed, then
+    divided by iter_size. One batch of 20 under "image-mean" gives the same gradient."""
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(3, 4, 3, padding=1)
+    x = torch.randn(20, 3, 6, 7)
+    s, y = batch(n=20, k=4)
+    y[::3, 2:] = 255  # uneven labelled-pixel counts
+    for i in range(20):
+        segmentation_loss(net(x[i:i + 1]), y[i:i + 1], "mean").backward()
+    accumulated = [p.grad.clone() / 20 for p in net.parameters()]
+    net.zero_grad()
+    segmentation_loss(net(x), y, "image-mean").backward()
+    for a, p in zip(accumulated, net.parameters()):
+        torch.testing.assert_close(p.grad, a, rtol=1e-5, atol=1e-7)
+    net.zero_grad()
+    segmentation_loss(net(x), y, "mean").backward()  # the pixel mean over the batch is another step
+    assert not torch.allclose(next(net.parameters()).grad, accumulated[0], rtol=1e-3, atol=1e-6)

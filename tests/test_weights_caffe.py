@@ -174,3 +174,96 @@ def test_caffe_errors(tmp_path):
     net.layer.add(name="conv1_1").blobs.add(num=2, channels=3, height=3, width=3).data.extend([0.0] * 5)
     with pytest.raises(WeightsError, match="holds 5 values"):
         parse_caffemodel(net.SerializeToString(), "bad.caffemodel")
+
+
+def head_blobs(model, rng, caffe_to_ours: dict) -> dict:
+    p = dict(model.named_parameters())
+    out = {}
+    for caffe, ours in caffe_to_ours.items():
+        keys = [k for k in (ours + ".weight", ours + ".bias") if k in p]
+        out[caffe] = [rng.standard_normal(p[k].shape).astype(np.float32) for k in keys]
+    return out
+
+
+def trunk_blobs(seed=1) -> dict:
+    return {k: v for k, v in fcn8s_blobs(create_model("fcn8s", 21, **TINY), seed).items()
+            if not k.startswith(("score", "upscore"))}
+
+
+def test_siftflow_fcn8s_release_names_load_every_layer(tmp_path, recwarn):
+    """siftflow-fcn8s/net.py: score_fr_sem/_geo, upscore2_*, score_pool4_*, upscore_pool4_*, score_pool3_*,
+    upscore8_*; every layer loads (before: the heads stayed at zero, silently)."""
+    model = create_model("fcn8s", {"semantic": 33, "geometric": 3}, **TINY)
+    rng = np.random.default_rng(5)
+    names = {}
+    for head, sfx in (("semantic", "_sem"), ("geometric", "_geo")):
+        names.update({f"score_fr{sfx}": f"score.{head}.fc7", f"score_pool4{sfx}": f"score.{head}.pool4",
+                      f"score_pool3{sfx}": f"score.{head}.pool3", f"upscore2{sfx}": f"upsample.{head}.0",
+                      f"upscore_pool4{sfx}": f"upsample.{head}.1", f"upscore8{sfx}": f"upsample.{head}.2"})
+    blobs = {**trunk_blobs(), **head_blobs(model, rng, names)}
+    write_caffemodel(tmp_path / "siftflow-fcn8s-heavy.caffemodel", blobs)
+    assert load_weights(model, tmp_path / "siftflow-fcn8s-heavy.caffemodel") == []
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
+    p = params(model)
+    for caffe, ours in names.items():
+        np.testing.assert_array_equal(p[ours + ".weight"].numpy(), blobs[caffe][0])
+
+
+def test_unmapped_layers_and_unloaded_heads_are_warned(tmp_path):
+    """A file whose head layers map nowhere must not leave the score layers at zero silently."""
+    model = create_model("fcn32s", {"semantic": 33, "geometric": 3}, **TINY)
+    blobs = {**trunk_blobs(), "score_fr_semantics": [np.ones((33, FC, 1, 1), np.float32), np.ones(33, np.float32)]}
+    write_caffemodel(tmp_path / "odd.caffemodel", blobs)
+    with pytest.warns(UserWarning) as got:
+        assert load_weights(model, tmp_path / "odd.caffemodel") == ["score_fr_semantics"]
+    text = " ".join(str(w.message) for w in got)
+    assert "odd.caffemodel" in text and "score_fr_semantics" in text and "score.semantic.fc7.weight" in text
+    with pytest.warns(UserWarning, match="score_fr_semantics"):  # create_model does not discard it either
+        create_model("fcn32s", {"semantic": 33, "geometric": 3}, weights=str(tmp_path / "odd.caffemodel"), **TINY)
+
+
+def test_nyud_rgbd_release_conv1_1_bgrd(tmp_path):
+    """nyud-fcn32s-color-d/net.py names its 4-channel first layer conv1_1_bgrd."""
+    model = create_model("fcn32s", 40, in_channels=4, **TINY)
+    blobs = trunk_blobs()
+    rng = np.random.default_rng(2)
+    blobs["conv1_1_bgrd"] = [rng.standard_normal((4, 4, 3, 3)).astype(np.float32), blobs.pop("conv1_1")[1]]
+    blobs.update(head_blobs(model, rng, {"score_fr": "score.out.fc7", "upscore": "upsample.out.0"}))
+    write_caffemodel(tmp_path / "nyud-fcn32s-color-d.caffemodel", blobs)
+    assert load_weights(model, tmp_path / "nyud-fcn32s-color-d.caffemodel") == []
+    np.testing.assert_array_equal(model.backbone.stages["pool1"].conv1_1.weight.detach().numpy(),
+                                  blobs["conv1_1_bgrd"][0])  # loaded as is, not widened
+
+
+def test_nyud_late_fusion_release_loads_each_stream(tmp_path):
+    """nyud-fcn32s-color-hha/net.py: every layer of a stream carries its name (conv1_1color, score_frhha),
+    upscore is shared; create_model(streams=..., weights=file) loads both streams (before: TypeError)."""
+    streams = {"color": 3, "hha": 3}
+    probe = create_model("fcn32s", 40, **TINY)
+    blobs, per = {}, {}
+    for i, s in enumerate(streams):
+        per[s] = {**trunk_blobs(seed=10 + i),
+                  **head_blobs(probe, np.random.default_rng(i), {"score_fr": "score.out.fc7"})}
+        blobs.update({f"{k}{s}": v for k, v in per[s].items()})
+    blobs["score_fused"] = []
+    blobs["upscore"] = [probe.upsample.out[0].weight.detach().numpy()]
+    write_caffemodel(tmp_path / "nyud-fcn32s-color-hha.caffemodel", blobs)
+    model = create_model("fcn32s", 40, streams=streams, weights=str(tmp_path / "nyud-fcn32s-color-hha.caffemodel"),
+                         **TINY)
+    for s in streams:
+        p = params(model.streams[s])
+        np.testing.assert_array_equal(p["backbone.stages.pool1.conv1_1.weight"].numpy(), per[s]["conv1_1"][0])
+        np.testing.assert_array_equal(p["score.out.fc7.weight"].numpy(), per[s]["score_fr"][0])
+    assert model.preprocessing.streams[0][2] == CAFFE_VGG
+    assert load_weights(model, tmp_path / "nyud-fcn32s-color-hha.caffemodel") == []
+
+
+def test_v0_caffemodel_says_so(tmp_path):
+    """Pre-2014 files keep each layer in V1LayerParameter.layer (a V0LayerParameter)."""
+    net = caffe_messages().NetParameter()
+    e = net.layers.add()
+    e.layer.name, e.layer.type = "conv1", "conv"
+    e.layer.blobs.add(num=1, channels=1, height=1, width=1).data.append(1.0)
+    (tmp_path / "old.caffemodel").write_bytes(net.SerializeToString())
+    with pytest.raises(WeightsError, match=r"old\.caffemodel: an old V0-format caffemodel.*upgrade_net_proto_binary"):
+        load_weights(create_model("fcn32s", 21, **TINY), tmp_path / "old.caffemodel")

@@ -255,6 +255,8 @@ def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.dev
         raise CheckpointError(f"checkpoint {path} has {cfg.get('num_classes')} classes, expected {num_classes}")
     cfg.pop("weights", None)
     name, classes = cfg.pop("name", None), cfg.pop("num_classes", None)
+    if cfg.get("streams"):
+        cfg.setdefault("fusion", "sum")  # late-fusion checkpoints from before model.fusion summed their streams
     try:  # on the meta device first: a forged config (say width=100) must not allocate before it is checked
         with torch.device("meta"):
             shapes = {k: tuple(v.shape) for k, v in create_model(name, classes, **cfg).state_dict().items()}

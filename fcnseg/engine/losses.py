@@ -3,8 +3,10 @@
 Reductions: ``"mean"`` divides the summed loss by the (weighted) number of labelled pixels;
 ``"sum"`` sums over pixels and divides by the number of images, which is what the reference's
 ``SoftmaxWithLoss { normalize: false }`` computes (Caffe's BATCH_SIZE normalisation; with the
-reference's batch of one it is the plain pixel sum). The trainer computes numerator and
-denominator separately so that micro-batches and ranks normalise by the global batch.
+reference's batch of one it is the plain pixel sum); ``"image-mean"`` averages each image's loss
+over its own labelled pixels, then over the images: ``normalize: true`` (VALID) on batches of one,
+accumulated with ``iter_size`` (voc-fcn-alexnet). The trainer computes numerator and denominator
+separately so that micro-batches and ranks normalise by the global batch.
 """
 from __future__ import annotations
 
@@ -13,10 +15,11 @@ from typing import Union
 import torch
 import torch.nn.functional as F
 
-__all__ = ["IGNORE_INDEX", "pixel_loss_sum", "loss_denominator", "segmentation_loss", "patch_mask",
+__all__ = ["IGNORE_INDEX", "REDUCTIONS", "pixel_loss_sum", "loss_numerator", "loss_denominator", "segmentation_loss", "patch_mask",
            "apply_patch_sampling", "check_labels"]
 
 IGNORE_INDEX = 255
+REDUCTIONS = ("sum", "mean", "image-mean")
 Labels = Union[torch.Tensor, dict]
 Scores = Union[torch.Tensor, dict]
 
@@ -42,13 +45,26 @@ def pixel_loss_sum(scores: torch.Tensor, labels: torch.Tensor, class_weights: to
     return F.cross_entropy(scores.float(), labels, weight=w, ignore_index=ignore_index, reduction="sum")
 
 
+def loss_numerator(scores: torch.Tensor, labels: torch.Tensor, reduction: str,
+                   class_weights: torch.Tensor | None = None, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """The summed loss (``sum``/``mean``), or the sum of per-image mean losses (``image-mean``)."""
+    if reduction != "image-mean":
+        return pixel_loss_sum(scores, labels, class_weights, ignore_index)
+    total = scores.new_zeros((), dtype=torch.float32)
+    for s, lab in zip(scores, labels):  # per image, as Caffe's normalize: true on a batch of one
+        den = loss_denominator(lab[None], "mean", class_weights, ignore_index)
+        total = total + pixel_loss_sum(s[None], lab[None], class_weights, ignore_index) / max(den, 1.0)
+    return total
+
+
 def loss_denominator(labels: torch.Tensor, reduction: str, class_weights: torch.Tensor | None = None,
                      ignore_index: int = IGNORE_INDEX) -> float:
-    """What :func:`pixel_loss_sum` is divided by: images (``sum``) or weighted labelled pixels (``mean``)."""
-    if reduction == "sum":
+    """What :func:`loss_numerator` is divided by: images (``sum``, ``image-mean``) or weighted labelled
+    pixels (``mean``)."""
+    if reduction in ("sum", "image-mean"):
         return float(labels.shape[0])
     if reduction != "mean":
-        raise ValueError(f"loss reduction must be 'sum' or 'mean', got {reduction!r}")
+        raise ValueError(f"loss reduction must be one of {REDUCTIONS}, got {reduction!r}")
     valid = labels[labels != ignore_index]
     if class_weights is None:
         return float(valid.numel())
@@ -65,7 +81,7 @@ def segmentation_loss(scores: Scores, labels: Labels, reduction: str = "mean", c
     for head, s, lab in _pairs(scores, labels):
         w = _weight(class_weights, head)
         den = loss_denominator(lab, reduction, w, ignore_index)
-        term = pixel_loss_sum(s, lab, w, ignore_index) / max(den, 1e-12)
+        term = loss_numerator(s, lab, reduction, w, ignore_index) / max(den, 1e-12)
         total = term if total is None else total + term
     return total
 

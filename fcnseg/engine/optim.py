@@ -12,11 +12,14 @@ __all__ = ["param_groups", "build_optimizer", "build_scheduler", "lr_factor"]
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, *, bias_lr_mult: float = 2.0,
-                 backbone_lr_mult: float = 1.0) -> list[dict]:
+                 backbone_lr_mult: float = 1.0, backbone_bias_lr_mult: float | None = None,
+                 backbone_bias_decay_mult: float = 0.0) -> list[dict]:
     """Groups like the reference's ``param { lr_mult decay_mult }``.
 
     Weights: lr × 1 with weight decay; biases: lr × ``bias_lr_mult`` (2) without decay; other 1-D
-    parameters (norm scales): lr × 1 without decay. Parameters under ``backbone.`` get a further
+    parameters (norm scales): lr × 1 without decay. Trunk biases may differ:
+    ``backbone_bias_lr_mult`` (None: ``bias_lr_mult``) and ``backbone_bias_decay_mult`` (voc-fcn-alexnet
+    leaves its trunk at Caffe's defaults, 1 and 1). Parameters under ``backbone.`` get a further
     ``backbone_lr_mult``. Parameters with ``requires_grad=False`` (fixed bilinear upsampling, frozen
     layers) are left out. Each group carries ``name`` and ``lr_mult``.
     """
@@ -29,18 +32,25 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, *, bias_lr_mu
         buckets.setdefault((part, kind), []).append(p)
     groups = []
     for (part, kind), params in sorted(buckets.items()):
-        mult = (backbone_lr_mult if part == "backbone" else 1.0) * (bias_lr_mult if kind == "bias" else 1.0)
+        trunk_bias = part == "backbone" and kind == "bias"
+        b_mult = backbone_bias_lr_mult if trunk_bias and backbone_bias_lr_mult is not None else bias_lr_mult
+        mult = (backbone_lr_mult if part == "backbone" else 1.0) * (b_mult if kind == "bias" else 1.0)
+        decay = weight_decay if kind == "weight" else weight_decay * backbone_bias_decay_mult if trunk_bias else 0.0
         groups.append({"params": params, "name": f"{part}.{kind}", "lr_mult": mult, "lr": lr * mult,
-                       "weight_decay": weight_decay if kind == "weight" else 0.0})
+                       "weight_decay": decay})
     if not groups:
         raise ConfigError("the model has no trainable parameters")
     return groups
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, *, momentum: float = 0.9, weight_decay: float = 0.0,
-                    bias_lr_mult: float = 2.0, backbone_lr_mult: float = 1.0) -> torch.optim.Optimizer:
+                    bias_lr_mult: float = 2.0, backbone_lr_mult: float = 1.0,
+                    backbone_bias_lr_mult: float | None = None,
+                    backbone_bias_decay_mult: float = 0.0) -> torch.optim.Optimizer:
     """SGD (with momentum, Caffe-style L2 decay) or AdamW (decoupled decay) over :func:`param_groups`."""
-    groups = param_groups(model, lr, weight_decay, bias_lr_mult=bias_lr_mult, backbone_lr_mult=backbone_lr_mult)
+    groups = param_groups(model, lr, weight_decay, bias_lr_mult=bias_lr_mult, backbone_lr_mult=backbone_lr_mult,
+                          backbone_bias_lr_mult=backbone_bias_lr_mult,
+                          backbone_bias_decay_mult=backbone_bias_decay_mult)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adamw":

@@ -33,7 +33,7 @@ from ..errors import CheckpointError, ConfigError, FcnsegError, first_line
 from . import distributed as D
 from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluate import plain
-from .losses import IGNORE_INDEX, check_labels, loss_denominator, pixel_loss_sum
+from .losses import IGNORE_INDEX, check_labels, loss_denominator, loss_numerator
 from .optim import build_optimizer, build_scheduler
 from .runlog import CsvLog, RunLock, StopRequest, TensorBoard, write_csv
 from .train_data import (FeatureCache, First, GlobalBatchSampler, SeededItems, Transformed, build_transform,
@@ -213,7 +213,9 @@ class _Run:
 
         self.optimizer = build_optimizer(self.model, t.optimizer, t.lr, momentum=t.momentum,
                                          weight_decay=t.weight_decay, bias_lr_mult=t.bias_lr_mult,
-                                         backbone_lr_mult=t.backbone_lr_mult)
+                                         backbone_lr_mult=t.backbone_lr_mult,
+                                         backbone_bias_lr_mult=t.backbone_bias_lr_mult,
+                                         backbone_bias_decay_mult=t.backbone_bias_decay_mult)
         self.scheduler = build_scheduler(self.optimizer, t.schedule, self.total, step_size=t.step_size,
                                          gamma=t.gamma, poly_power=t.poly_power, warmup_iters=t.warmup_iters)
         self.amp_dtype = self._amp_dtype()
@@ -409,7 +411,7 @@ class _Run:
 
     def _denominators(self, micro: list) -> dict[str, float]:
         t = self.cfg.train
-        if t.loss_reduction == "sum":
+        if t.loss_reduction in ("sum", "image-mean"):
             return {h: float(self.batch) for h in self.heads}
         local = torch.zeros(len(self.heads), dtype=torch.float64)
         for _, _, labels in micro:
@@ -443,7 +445,8 @@ class _Run:
             with sync:
                 with self._autocast():
                     out = self._by_head(self.net(x, features=feats) if feats is not None else self.net(x))
-                loss = sum(pixel_loss_sum(out[h], lab[h], self.class_weights) / den[h] for h in self.heads)
+                loss = sum(loss_numerator(out[h], lab[h], self.cfg.train.loss_reduction, self.class_weights)
+                           / den[h] for h in self.heads)
                 # DDP averages gradients over ranks; losses are normalised by the global batch already
                 self.scaler.scale(loss * self.world).backward()
             acc += loss.detach().double()

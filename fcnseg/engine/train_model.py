@@ -44,6 +44,8 @@ def build_model(m: ModelConfig, num_classes: Union[int, dict]) -> FCN:
         kwargs["in_channels"] = m.in_channels
     if m.streams:
         kwargs["streams"] = dict(m.streams)
+        kwargs["fusion"] = m.fusion or "average"
+    kwargs["depth_init"] = m.depth_init or "mean"
     try:
         model = create_model(m.name, num_classes, backbone=m.backbone, weights=m.weights, alignment=m.alignment,
                              learn_upsampling=m.learn_upsampling, **kwargs)

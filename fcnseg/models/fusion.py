@@ -1,5 +1,6 @@
-"""Late fusion (NYUDv2): one FCN per input modality, scores summed. Early fusion needs no
-class: it is an FCN whose first conv takes more channels (``in_channels=4`` for RGB-D)."""
+"""Late fusion (NYUDv2): one FCN per input modality, scores averaged (the reference's
+nyud-fcn32s-color-hha ``Eltwise SUM coeff: 0.5 0.5``) or summed. Early fusion needs no class: it is
+an FCN whose first conv takes more channels (``in_channels=4`` for RGB-D)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,7 +11,9 @@ from torch import nn
 from .fcn import FCN
 from .preprocessing import Preprocessing
 
-__all__ = ["LateFusion", "StreamPreprocessing"]
+__all__ = ["LateFusion", "StreamPreprocessing", "FUSIONS"]
+
+FUSIONS = ("average", "sum")
 
 
 @dataclass(frozen=True)
@@ -37,15 +40,23 @@ class StreamPreprocessing:
 
 
 class LateFusion(nn.Module):
-    """Sum of the score maps of several FCNs, each reading its own slice of the input channels."""
+    """Score maps of several FCNs, each reading its own slice of the input channels, combined:
+    ``fusion="average"`` (each stream weighted 1/n, the reference's 0.5/0.5) or ``"sum"``."""
 
-    def __init__(self, streams: dict[str, FCN]) -> None:
+    def __init__(self, streams: dict[str, FCN], fusion: str = "average") -> None:
         super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         self.streams = nn.ModuleDict(streams)
-        self.preprocessing = StreamPreprocessing(tuple(
-            (n, m.backbone.in_channels, m.preprocessing) for n, m in streams.items()))
+        self.fusion = fusion
+        self.refresh_preprocessing()
         first = next(iter(streams.values()))
         self.heads, self.num_classes = first.heads, first.num_classes
+
+    def refresh_preprocessing(self) -> None:
+        """Rebuild ``preprocessing`` from the streams' (after weights set theirs)."""
+        self.preprocessing = StreamPreprocessing(tuple(
+            (n, m.backbone.in_channels, m.preprocessing) for n, m in self.streams.items()))
 
     @property
     def crop_offsets(self) -> list[int]:
@@ -58,6 +69,6 @@ class LateFusion(nn.Module):
             y = m(x[:, c0:c0 + c])
             out = y if out is None else out + y
             c0 += c
-        return out
+        return out / len(self.streams) if self.fusion == "average" else out
 
     predict = FCN.predict

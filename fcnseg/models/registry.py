@@ -1,9 +1,14 @@
 """Model names → (backbone, head spec); ``create_model`` builds any of them."""
 from __future__ import annotations
 
+import os
+import warnings
+from pathlib import Path
+
 from .backbones import BACKBONES
 from .fcn import FCN, HeadSpec
 from .fusion import LateFusion
+from .surgery import widening
 
 __all__ = ["create_model", "list_models", "MODELS"]
 
@@ -35,23 +40,36 @@ def list_models() -> list[str]:
 
 def create_model(name: str, num_classes: int | dict[str, int], *, backbone: str = "vgg16",
                  weights: str | None = None, alignment: str = "caffe", learn_upsampling: bool = False,
-                 streams: dict[str, int] | None = None, **backbone_kwargs) -> FCN | LateFusion:
+                 streams: dict[str, int] | None = None, fusion: str = "average", depth_init: str = "mean",
+                 **backbone_kwargs) -> FCN | LateFusion:
     """Build an FCN, e.g. ``create_model("fcn8s", 21, weights="hed-vgg16")``.
 
     ``weights``: None (random trunk), a registered name (``"hed-vgg16"``) or a file path
     (torchvision state_dict ``.pth``/``.safetensors``, Caffe ``.caffemodel``, fcnseg checkpoint).
+    Layers or tensors of the file the model does not use are named in a ``UserWarning``.
     ``num_classes`` may be a dict of head name → classes for multi-task nets (SIFT Flow).
     ``streams`` (name → input channels, e.g. ``{"color": 3, "hha": 3}``) builds a late-fusion net:
-    one such FCN per stream, scores summed; ``weights`` then initialises every stream.
+    one such FCN per stream, scores averaged (``fusion="average"``, the reference's 0.5/0.5) or
+    summed (``"sum"``); ``weights`` initialises every stream, or, for a late-fusion caffemodel
+    (``conv1_1color``...), each stream from its own layers.
+    ``depth_init``: how weights for 3 input channels widen to ``in_channels`` > 3 (early fusion):
+    ``"mean"`` (each extra filter the mean of the RGB filters, the reference's surgery) or ``"zero"``.
     """
     if streams:
         config = {"name": name, "backbone": backbone, "alignment": alignment, "learn_upsampling": learn_upsampling,
-                  "num_classes": num_classes, "streams": dict(streams), **backbone_kwargs}
+                  "num_classes": num_classes, "streams": dict(streams), "fusion": fusion, **backbone_kwargs}
         kwargs = {k: v for k, v in backbone_kwargs.items() if k != "in_channels"}
-        fused = LateFusion({s: create_model(name, num_classes, backbone=backbone, weights=weights, alignment=alignment,
+        fused_file = weights is not None and _is_caffemodel(weights)
+        fused = LateFusion({s: create_model(name, num_classes, backbone=backbone, alignment=alignment,
+                                            weights=None if fused_file else weights, depth_init=depth_init,
                                             learn_upsampling=learn_upsampling, in_channels=c, **kwargs)
-                            for s, c in streams.items()})
+                            for s, c in streams.items()}, fusion=fusion)
         fused.config = config
+        if fused_file:
+            from .weights import load_weights
+            with widening(depth_init):
+                load_weights(fused, weights)  # warns about unused layers itself
+            config["weights"] = str(weights)
         return fused
     if "@" in name:
         name, backbone = name.split("@", 1)
@@ -67,5 +85,15 @@ def create_model(name: str, num_classes: int | dict[str, int], *, backbone: str 
                     "learn_upsampling": learn_upsampling, "num_classes": num_classes, **backbone_kwargs}
     if weights is not None:
         from .weights import load_weights
-        load_weights(model, weights)
+        with widening(depth_init):
+            unused = load_weights(model, weights)
+        if unused and not _is_caffemodel(weights):  # the Caffe loader warns itself
+            warnings.warn(f"weights {weights}: {len(unused)} tensor(s) of the file were not loaded: "
+                          f"{', '.join(map(str, unused[:8]))}{', ...' if len(unused) > 8 else ''}", stacklevel=2)
     return model
+
+
+def _is_caffemodel(weights: str | os.PathLike) -> bool:
+    from .weights import WEIGHTS, detect_format
+    return not (isinstance(weights, str) and weights in WEIGHTS) and Path(weights).is_file() \
+        and detect_format(weights) == "caffe"

@@ -7,12 +7,29 @@ plain reshape. The same tensor-level rule fits Caffe's legacy 4-D blobs onto our
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import nn
 
-__all__ = ["convolutionalize", "fit_tensor", "widen_input"]
+__all__ = ["convolutionalize", "fit_tensor", "widen_input", "widening", "WIDENINGS"]
+
+WIDENINGS = ("mean", "zero")
+_WIDENING: ContextVar[str] = ContextVar("fcnseg_widening", default="mean")
+
+
+@contextmanager
+def widening(mode: str) -> Iterator[None]:
+    """How :func:`fit_tensor` widens first-conv weights inside the block (``"mean"`` or ``"zero"``)."""
+    if mode not in WIDENINGS:
+        raise ValueError(f"depth_init must be one of {WIDENINGS}, got {mode!r}")
+    token = _WIDENING.set(mode)
+    try:
+        yield
+    finally:
+        _WIDENING.reset(token)
 
 
 def convolutionalize(linear: nn.Linear, in_channels: int, kernel_size: int) -> nn.Conv2d:
@@ -56,10 +73,16 @@ def fit_tensor(src: torch.Tensor, shape: Sequence[int], name: str = "tensor") ->
     raise ValueError(f"{name}: shape {tuple(src.shape)} does not fit the parameter's {tuple(shape)}")
 
 
-def widen_input(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """Early fusion (RGB-D): a first-conv weight with extra input channels whose filters start at
-    zero, so the widened net computes exactly what the RGB net did until training uses depth."""
-    extra = weight.new_zeros(weight.shape[0], in_channels - weight.shape[1], *weight.shape[2:])
+def widen_input(weight: torch.Tensor, in_channels: int, mode: str | None = None) -> torch.Tensor:
+    """Early fusion (RGB-D): a first-conv weight with extra input channels. ``"mean"`` (default, the
+    reference's nyud-fcn32s-color-d surgery) gives each extra filter the mean of the given channels'
+    filters; ``"zero"`` starts them at zero, so the widened net computes exactly what the RGB net did.
+    ``None``: the mode set by :func:`widening` (default ``"mean"``)."""
+    mode = mode or _WIDENING.get()
+    if mode not in WIDENINGS:
+        raise ValueError(f"depth_init must be one of {WIDENINGS}, got {mode!r}")
+    shape = (weight.shape[0], in_channels - weight.shape[1], *weight.shape[2:])
+    extra = (weight.mean(dim=1, keepdim=True).expand(shape) if mode == "mean" else weight.new_zeros(shape))
     return torch.cat([weight, extra], dim=1)
 
 

@@ -9,12 +9,17 @@ FCN reference releases' head layers map as::
     upscore (32s) | upscore2, upscore16 (16s) | upscore2, upscore_pool4, upscore8 (8s)
         → upsample.<head>[0], [1], …
 
-Multi-head nets (SIFT Flow) use the suffix ``_<head>`` (``score_fr_sem``). FCN-8s at-once's
-``scale_pool4``/``scale_pool3`` are checked against the model's tap scales.
+Multi-head nets use the suffix ``_<head>``; the SIFT Flow releases abbreviate their heads
+(``score_fr_sem``, ``upscore2_geo``, ``score_pool4_sem``...), both spellings load. The NYUD RGB-D
+release's first layer is ``conv1_1_bgrd``; the late-fusion release suffixes every layer of a stream
+with the stream's name (``conv1_1color``, ``score_frhha``) and shares ``upscore``. FCN-8s at-once's
+``scale_pool4``/``scale_pool3`` are checked against the model's tap scales. Layers of the file that
+map nowhere, and head parameters an FCN release leaves unloaded, are reported with a warning.
 """
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +32,11 @@ from ..preprocessing import CAFFE_VGG
 from .caffe_proto import V1_TYPES, caffe_messages
 from .common import WeightsError, fit, load_into, set_preprocessing, trunk_of
 
-__all__ = ["CaffeLayer", "read_caffemodel", "parse_caffemodel", "write_caffemodel", "caffe_names", "load_caffe"]
+__all__ = ["CaffeLayer", "read_caffemodel", "parse_caffemodel", "write_caffemodel", "caffe_names", "load_caffe",
+           "HEAD_SUFFIXES"]
+
+# Head name → the suffixes a release may give its layers (the SIFT Flow releases abbreviate).
+HEAD_SUFFIXES = {"semantic": ("_sem",), "geometric": ("_geo",)}
 
 
 @dataclass
@@ -57,6 +66,9 @@ def parse_caffemodel(data: bytes, source: str = "caffemodel") -> list[CaffeLayer
     except Exception as e:  # DecodeError, or anything odd from a non-protobuf file
         raise WeightsError(f"{source}: not a binary Caffe NetParameter ({type(e).__name__})") from None
     entries = list(net.layer) + list(net.layers)
+    if any(not e.name and e.layer.name for e in net.layers):
+        raise WeightsError(f"{source}: an old V0-format caffemodel (layers {{ layer {{ ... }} }}, Caffe before 2014); "
+                           "upgrade it with Caffe's tools: upgrade_net_proto_binary OLD.caffemodel NEW.caffemodel")
     if not entries or not all(e.name for e in entries):
         raise WeightsError(f"{source}: no named layers found; not a binary .caffemodel (a .prototxt?)")
     layers, seen = [], set()
@@ -156,24 +168,85 @@ def caffe_names(model: nn.Module) -> dict[str, str]:
         if path and any(True for _ in m.parameters(recurse=False)):
             found.setdefault(path.rsplit(".", 1)[-1], []).append(prefix + path)
     names = {k: v[0] for k, v in found.items() if len(v) == 1}
+    if "conv1_1" in names:  # nyud-fcn32s-color-d (early fusion, 4 input channels)
+        names["conv1_1_bgrd"] = names["conv1_1"]
     for head in getattr(model, "heads", {}) if trunk is not model else {}:
-        sfx = "" if head == "out" else f"_{head}"
-        for i, tap in enumerate(model.tap_names):
-            caffe = "score_fr" if i == 0 and tap == "fc7" else f"score_{tap}"
-            names[caffe + sfx] = f"score.{head}.{tap}"
-        for i, caffe in enumerate(_upsample_names(len(model.upsample[head]))):
-            names[caffe + sfx] = f"upsample.{head}.{i}"
+        for sfx in ("",) if head == "out" else (f"_{head}", *HEAD_SUFFIXES.get(head, ())):
+            for i, tap in enumerate(model.tap_names):
+                caffe = "score_fr" if i == 0 and tap == "fc7" else f"score_{tap}"
+                names[caffe + sfx] = f"score.{head}.{tap}"
+            for i, caffe in enumerate(_upsample_names(len(model.upsample[head]))):
+                names[caffe + sfx] = f"upsample.{head}.{i}"
     return names
 
 
-def load_caffe(model: nn.Module, path: str | os.PathLike | list[CaffeLayer], source: str | None = None) -> list[str]:
-    """Load a caffemodel (path or parsed layers) into an FCN or backbone; returns unused layer names.
+def _is_head_layer(name: str) -> bool:
+    return name.startswith(("score", "upscore"))
+
+
+def _listed(names: list[str], n: int = 8) -> str:
+    return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
+
+
+def load_caffe(model: nn.Module, path: str | os.PathLike | list[CaffeLayer], source: str | None = None,
+               *, warn: bool = True) -> list[str]:
+    """Load a caffemodel (path or parsed layers) into an FCN, a backbone or a late-fusion net;
+    returns the unused layer names.
 
     Every backbone parameter must come from the file; head layers load when present (an FCN-32s
-    file can initialise an FCN-16s). Sets the Caffe VGG preprocessing (BGR, 0–255, mean).
+    file can initialise an FCN-16s). Sets the Caffe VGG preprocessing (BGR, 0–255, mean). With
+    ``warn``, unused layers, and head parameters left unloaded by a file that has head layers, are
+    named in a ``UserWarning``.
     """
     source = source or ("caffemodel" if isinstance(path, list) else str(path))
     layers = path if isinstance(path, list) else read_caffemodel(path)
+    if isinstance(getattr(model, "streams", None), nn.ModuleDict):
+        return _load_fused(model, layers, source, warn)
+    unused, unloaded = _load_one(model, layers, source)
+    if warn:
+        _warn(source, unused, unloaded)
+    return unused
+
+
+def _warn(source: str, unused: list[str], unloaded: list[str]) -> None:
+    if unused:
+        warnings.warn(f"{source}: {len(unused)} layer(s) of the file map to no parameter of the model and were "
+                      f"not loaded: {_listed(unused)}", stacklevel=3)
+    if unloaded:
+        warnings.warn(f"{source}: the file has FCN head layers but none for {len(unloaded)} head parameter(s), "
+                      f"which keep their initialisation: {_listed(unloaded)}", stacklevel=3)
+
+
+def _load_fused(model: nn.Module, layers: list[CaffeLayer], source: str, warn: bool) -> list[str]:
+    """Late fusion: layers named ``<layer><stream>`` go to that stream, the others (the shared
+    ``upscore``) to every stream; a file without stream suffixes initialises every stream."""
+    streams = model.streams
+    owner = {layer.name: next((s for s in streams if layer.name.endswith(s) and len(layer.name) > len(s)), None)
+             for layer in layers}
+    suffixed = any(owner.values())
+    offered: dict[str, int] = {}
+    unused_in: dict[str, int] = {}
+    unloaded_all: list[str] = []
+    for s, stream in streams.items():
+        mine = {(layer.name[:-len(s)] if owner[layer.name] == s else layer.name): layer for layer in layers
+                if not suffixed or owner[layer.name] in (s, None)}
+        unused, unloaded = _load_one(stream, [CaffeLayer(n, x.type, x.blobs) for n, x in mine.items()], source)
+        for x in mine.values():
+            offered[x.name] = offered.get(x.name, 0) + 1
+        for n in unused:
+            unused_in[mine[n].name] = unused_in.get(mine[n].name, 0) + 1
+        unloaded_all += [f"streams.{s}.{k}" for k in unloaded]
+    unused_all = [layer.name for layer in layers if unused_in.get(layer.name, 0) == offered.get(layer.name, -1)]
+    if hasattr(model, "refresh_preprocessing"):
+        model.refresh_preprocessing()
+    if warn:
+        _warn(source, unused_all, unloaded_all)
+    return unused_all
+
+
+def _load_one(model: nn.Module, layers: list[CaffeLayer], source: str) -> tuple[list[str], list[str]]:
+    """Load into an FCN or backbone; returns (unused layer names, head parameters the file's
+    head layers left unloaded)."""
     names = caffe_names(model)
     state = model.state_dict()
     modules = dict(model.named_modules())
@@ -210,7 +283,10 @@ def load_caffe(model: nn.Module, path: str | os.PathLike | list[CaffeLayer], sou
                                "layer (a staged FCN-8s file belongs in create_model('fcn8s', ...))")
     load_into(model, updates)
     set_preprocessing(model, CAFFE_VGG)
-    return unused
+    has_head = any(_is_head_layer(layer.name) and layer.blobs for layer in layers)
+    unloaded = [k for k, p in model.named_parameters() if has_head and p.requires_grad
+                and not k.startswith(trunk_prefix) and k not in updates] if trunk_prefix else []
+    return unused, unloaded
 
 
 def _check_scale(layer: CaffeLayer, expected: float, source: str) -> None:

@@ -35,7 +35,13 @@ _SCHEMA = {
         ("type", 2, _F.TYPE_STRING, _OPT, None, False),
         ("blobs", 7, _F.TYPE_MESSAGE, _REP, "BlobProto", False),
     ],
+    "V0LayerParameter": [  # pre-2014 files: only read to recognise them
+        ("name", 1, _F.TYPE_STRING, _OPT, None, False),
+        ("type", 2, _F.TYPE_STRING, _OPT, None, False),
+        ("blobs", 50, _F.TYPE_MESSAGE, _REP, "BlobProto", False),
+    ],
     "V1LayerParameter": [
+        ("layer", 1, _F.TYPE_MESSAGE, _OPT, "V0LayerParameter", False),
         ("name", 4, _F.TYPE_STRING, _OPT, None, False),
         ("type", 5, _F.TYPE_INT32, _OPT, None, False),
         ("blobs", 6, _F.TYPE_MESSAGE, _REP, "BlobProto", False),
@@ -53,7 +59,8 @@ V1_TYPES = {"Convolution": 4, "InnerProduct": 14, "Deconvolution": 39}
 
 @lru_cache(maxsize=1)
 def caffe_messages() -> SimpleNamespace:
-    """Message classes ``NetParameter``, ``LayerParameter``, ``V1LayerParameter``, ``BlobProto``, ``BlobShape``."""
+    """Message classes ``NetParameter``, ``LayerParameter``, ``V1LayerParameter``, ``V0LayerParameter``,
+    ``BlobProto``, ``BlobShape``."""
     fd = descriptor_pb2.FileDescriptorProto(name="fcnseg_caffe_subset.proto", package=_PACKAGE, syntax="proto2")
     for msg_name, fields in _SCHEMA.items():
         msg = fd.message_type.add(name=msg_name)
