@@ -33,7 +33,7 @@ def list_models() -> list[str]:
     return [m if b == "vgg16" else f"{m}@{b}" for b, ms in _OFFERED.items() for m in ms]
 
 
-def create_model(name: str, num_classes: int | dict[str, int], *, backbone: str = "vgg16",
+def create_model(name: str, num_classes: int | dict[str, int] | None = None, *, backbone: str | None = None,
                  weights: str | None = None, alignment: str = "caffe", learn_upsampling: bool = False,
                  streams: dict[str, int] | None = None, **backbone_kwargs) -> FCN | LateFusion:
     """Build an FCN, e.g. ``create_model("fcn8s", 21, weights="hed-vgg16")``.
@@ -43,15 +43,34 @@ def create_model(name: str, num_classes: int | dict[str, int], *, backbone: str 
     ``num_classes`` may be a dict of head name → classes for multi-task nets (SIFT Flow).
     ``streams`` (name → input channels, e.g. ``{"color": 3, "hha": 3}``) builds a late-fusion net:
     one such FCN per stream, scores summed; ``weights`` then initialises every stream.
+    A released model (``weights="voc-fcn8s"``, ``"siftflow-fcn16s"``, ``"imagenet"`` …; see
+    ``fcnseg.models.weights.hub.RELEASES``) is downloaded on first use and fills in ``num_classes``,
+    ``streams`` and the backbone; arguments that contradict it are a ValueError, ``backbone_kwargs``
+    (e.g. ``width``) override the release's net arguments.
     """
+    from .weights.hub import release_arguments, resolve
+    release = resolve(weights, backbone or (name.split("@", 1)[1] if "@" in name else None))
+    if release is not None:
+        name, num_classes, backbone, streams, backbone_kwargs = release_arguments(
+            release, name, num_classes, backbone, streams, backbone_kwargs)
+        weights = release.name
+    if num_classes is None:
+        raise ValueError("create_model needs num_classes (or weights= naming a released model)")
+    backbone = backbone or "vgg16"
     if streams:
         config = {"name": name, "backbone": backbone, "alignment": alignment, "learn_upsampling": learn_upsampling,
                   "num_classes": num_classes, "streams": dict(streams), **backbone_kwargs}
         kwargs = {k: v for k, v in backbone_kwargs.items() if k != "in_channels"}
-        fused = LateFusion({s: create_model(name, num_classes, backbone=backbone, weights=weights, alignment=alignment,
-                                            learn_upsampling=learn_upsampling, in_channels=c, **kwargs)
+        fused_release = release is not None and release.streams is not None  # one file holds every stream
+        per_stream = None if fused_release else weights
+        fused = LateFusion({s: create_model(name, num_classes, backbone=backbone, weights=per_stream,
+                                            alignment=alignment, learn_upsampling=learn_upsampling, in_channels=c,
+                                            **kwargs)
                             for s, c in streams.items()})
         fused.config = config
+        if fused_release:
+            from .weights import load_weights
+            load_weights(fused, weights)
         return fused
     if "@" in name:
         name, backbone = name.split("@", 1)

@@ -4,6 +4,7 @@
 ``.caffemodel`` (Caffe), ``.pth``/``.pt`` (``torch.save``, read with ``weights_only=True``) or
 ``.safetensors`` holding a torchvision-layout state_dict, an fcnseg state_dict, or an fcnseg
 checkpoint (``{"model": ..., "config": ...}``). The format is detected from the content.
+Released models (``"voc-fcn8s"``, ``"imagenet"`` …, see :mod:`.hub`) are downloaded and cached.
 """
 from __future__ import annotations
 
@@ -81,7 +82,12 @@ def load_weights(model: nn.Module, spec: str | os.PathLike) -> list[str]:
 
     Sets ``model.preprocessing`` to what the weights expect and records ``model.config["weights"]``.
     """
-    if isinstance(spec, str) and spec in WEIGHTS:
+    from . import hub
+
+    release = hub.resolve(spec, (getattr(model, "config", None) or {}).get("backbone"))
+    if release is not None:
+        unused = hub.load_release(model, release)
+    elif isinstance(spec, str) and spec in WEIGHTS:
         info = WEIGHTS[spec]
         if backbone_name(model) != info.backbone:
             raise WeightsError(f"weights {spec!r} are for backbone {info.backbone}, "
@@ -91,8 +97,9 @@ def load_weights(model: nn.Module, spec: str | os.PathLike) -> list[str]:
     else:
         path = Path(spec)
         if not path.is_file():
+            names = sorted(WEIGHTS) + ["imagenet"] + sorted(n for n, r in hub.RELEASES.items() if r.model)
             raise WeightsNotFoundError(f"weights {str(spec)!r}: neither a registered name "
-                                       f"({', '.join(sorted(WEIGHTS))}) nor an existing file")
+                                       f"({', '.join(names)}) nor an existing file")
         unused = _load_file(model, path)
     config = getattr(model, "config", None)
     if isinstance(config, dict):
@@ -104,6 +111,10 @@ def load_weights(model: nn.Module, spec: str | os.PathLike) -> list[str]:
 
 def _load_file(model: nn.Module, path: Path) -> list[str]:
     fmt = detect_format(path)
+    if fmt == "safetensors":
+        from .hub import is_caffe_layers, read_caffe_layers
+        if is_caffe_layers(path):  # a release's caffemodel, converted by the hub
+            return load_caffe(model, read_caffe_layers(path), source=str(path))
     if fmt == "caffe":
         try:
             layers = read_caffemodel(path)
