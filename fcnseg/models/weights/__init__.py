@@ -58,13 +58,14 @@ def detect_format(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
         head = f.read(16)
     size = path.stat().st_size
+    # safetensors first: its 8-byte header length may start with 0x80, a pickle's first byte
+    n = int.from_bytes(head[:8], "little") if len(head) > 8 else 0
+    if head[8:9] == b"{" and 8 + n <= size and n < 1 << 28 and _json_header(path, n):
+        return "safetensors"
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
         return "torch"
     if head[:8] == b"\x89HDF\r\n\x1a\n":
         return "hdf5"
-    n = int.from_bytes(head[:8], "little") if len(head) > 8 else 0
-    if head[8:9] == b"{" and 8 + n <= size and n < 1 << 28 and _json_header(path, n):
-        return "safetensors"
     return "caffe"
 
 

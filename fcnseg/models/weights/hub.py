@@ -74,13 +74,10 @@ class Release:
     preprocessing: Any
     streams: dict[str, int] | None = None
     net_kwargs: dict = field(default_factory=dict)   # backbone arguments; the caller's override them
+    kind: str = "caffe"                  # "caffe" (.caffemodel) or "torchvision" (.pth state_dict)
     sha256: str | None = None            # full hash when known (else trust on first use)
     size: int | None = None              # bytes, when known
     notes: str = ""
-
-    @property
-    def kind(self) -> str:
-        return "caffe" if self.url.endswith(".caffemodel") else "torchvision"
 
     @property
     def filename(self) -> str:
@@ -101,6 +98,10 @@ def _caffe(name: str, file: str, model: str, classes, pre, backbone: str = "vgg1
     return Release(name, _DL + file, model, backbone, classes, pre, **kw)
 
 
+def _trunk(name: str, url: str, model: None, backbone: str, classes: None, pre, **kw) -> Release:
+    return Release(name, url, model, backbone, classes, pre, kind="torchvision", **kw)
+
+
 RELEASES: dict[str, Release] = {r.name: r for r in (
     _caffe("voc-fcn32s", "fcn32s-heavy-pascal.caffemodel", "fcn32s", 21, VOC_MEAN),
     _caffe("voc-fcn16s", "fcn16s-heavy-pascal.caffemodel", "fcn16s", 21, VOC_MEAN),
@@ -117,12 +118,12 @@ RELEASES: dict[str, Release] = {r.name: r for r in (
     _caffe("pascalcontext-fcn32s", "pascalcontext-fcn32s-heavy.caffemodel", "fcn32s", 60, CONTEXT),
     _caffe("pascalcontext-fcn16s", "pascalcontext-fcn16s-heavy.caffemodel", "fcn16s", 60, CONTEXT),
     _caffe("pascalcontext-fcn8s", "pascalcontext-fcn8s-heavy.caffemodel", "fcn8s", 60, CONTEXT),
-    Release("imagenet-vgg16", _TV + "vgg16-397923af.pth", None, "vgg16", None, TORCHVISION),
-    Release("imagenet-alexnet", _TV + "alexnet-owt-7be5be79.pth", None, "alexnet", None, TORCHVISION,
+    _trunk("imagenet-vgg16", _TV + "vgg16-397923af.pth", None, "vgg16", None, TORCHVISION),
+    _trunk("imagenet-alexnet", _TV + "alexnet-owt-7be5be79.pth", None, "alexnet", None, TORCHVISION,
             net_kwargs={"layout": "torchvision"}),
-    Release("imagenet-googlenet", _TV + "googlenet-1378be20.pth", None, "googlenet", None, None),
-    Release("imagenet-resnet50", _TV + "resnet50-0676ba61.pth", None, "resnet50", None, TORCHVISION),
-    Release("imagenet-resnet101", _TV + "resnet101-63fe2227.pth", None, "resnet101", None, TORCHVISION),
+    _trunk("imagenet-googlenet", _TV + "googlenet-1378be20.pth", None, "googlenet", None, None),
+    _trunk("imagenet-resnet50", _TV + "resnet50-0676ba61.pth", None, "resnet50", None, TORCHVISION),
+    _trunk("imagenet-resnet101", _TV + "resnet101-63fe2227.pth", None, "resnet101", None, TORCHVISION),
 )}
 
 
@@ -397,3 +398,17 @@ def _set_preprocessing(model: nn.Module, pre: Any) -> None:
 def with_url(release: Release, url: str, **changes) -> Release:
     """A copy of ``release`` fetched from ``url`` (mirrors, tests)."""
     return replace(release, url=url, **changes)
+
+
+def describe_releases() -> str:
+    """A plain-text table of the releases: name, what it builds, URL."""
+    rows = [f"{'weights':24s} {'builds':44s} url"]
+    for r in RELEASES.values():
+        if r.model is None:
+            builds = f"any model @{r.backbone} (ImageNet trunk; weights='imagenet')"
+        else:
+            classes = "+".join(map(str, r.num_classes.values())) if isinstance(r.num_classes, dict) else r.num_classes
+            builds = f"{r.model}@{r.backbone}, {classes} classes" + (
+                f", streams {'+'.join(r.streams)}" if r.streams else "")
+        rows.append(f"{r.name:24s} {builds:44s} {r.url}")
+    return "\n".join(rows)
