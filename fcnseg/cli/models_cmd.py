@@ -6,6 +6,8 @@ import argparse
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", type=int, default=21, help="classes for the parameter count (default 21)")
+    p.add_argument("--weights", action="store_true",
+                   help="list the released models (weights=NAME: downloaded on first use) instead")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -13,6 +15,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..models import create_model, list_models
 
+    if args.weights:
+        from ..models.weights.hub import describe_releases
+        print(describe_releases())
+        return 0
     print(f"{'model':28s} {'output stride':>13s} {'params (M)':>11s}")
     for name in list_models():
         with torch.device("meta"):

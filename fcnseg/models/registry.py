@@ -38,7 +38,7 @@ def list_models() -> list[str]:
     return [m if b == "vgg16" else f"{m}@{b}" for b, ms in _OFFERED.items() for m in ms]
 
 
-def create_model(name: str, num_classes: int | dict[str, int], *, backbone: str = "vgg16",
+def create_model(name: str, num_classes: int | dict[str, int] | None = None, *, backbone: str | None = None,
                  weights: str | None = None, alignment: str = "caffe", learn_upsampling: bool = False,
                  streams: dict[str, int] | None = None, fusion: str = "average", depth_init: str = "mean",
                  **backbone_kwargs) -> FCN | LateFusion:
@@ -54,18 +54,31 @@ def create_model(name: str, num_classes: int | dict[str, int], *, backbone: str 
     (``conv1_1color``...), each stream from its own layers.
     ``depth_init``: how weights for 3 input channels widen to ``in_channels`` > 3 (early fusion):
     ``"mean"`` (each extra filter the mean of the RGB filters, the reference's surgery) or ``"zero"``.
+    A released model (``weights="voc-fcn8s"``, ``"siftflow-fcn16s"``, ``"imagenet"`` …; see
+    ``fcnseg.models.weights.hub.RELEASES``) is downloaded on first use and fills in ``num_classes``,
+    ``streams`` and the backbone; arguments that contradict it are a ValueError, ``backbone_kwargs``
+    (e.g. ``width``) override the release's net arguments.
     """
+    from .weights.hub import release_arguments, resolve
+    release = resolve(weights, backbone or (name.split("@", 1)[1] if "@" in name else None))
+    if release is not None:
+        name, num_classes, backbone, streams, backbone_kwargs = release_arguments(
+            release, name, num_classes, backbone, streams, backbone_kwargs)
+        weights = release.name
+    if num_classes is None:
+        raise ValueError("create_model needs num_classes (or weights= naming a released model)")
+    backbone = backbone or "vgg16"
     if streams:
         config = {"name": name, "backbone": backbone, "alignment": alignment, "learn_upsampling": learn_upsampling,
                   "num_classes": num_classes, "streams": dict(streams), "fusion": fusion, **backbone_kwargs}
         kwargs = {k: v for k, v in backbone_kwargs.items() if k != "in_channels"}
-        fused_file = weights is not None and _is_caffemodel(weights)
+        fused_file = weights is not None and (_is_caffemodel(weights) or (release is not None and release.streams is not None))
         fused = LateFusion({s: create_model(name, num_classes, backbone=backbone, alignment=alignment,
                                             weights=None if fused_file else weights, depth_init=depth_init,
                                             learn_upsampling=learn_upsampling, in_channels=c, **kwargs)
                             for s, c in streams.items()}, fusion=fusion)
         fused.config = config
-        if fused_file:
+        if fused_file:  # one file holds every stream (a late-fusion caffemodel or release)
             from .weights import load_weights
             with widening(depth_init):
                 load_weights(fused, weights)  # warns about unused layers itself

@@ -4,6 +4,7 @@
 ``.caffemodel`` (Caffe), ``.pth``/``.pt`` (``torch.save``, read with ``weights_only=True``) or
 ``.safetensors`` holding a torchvision-layout state_dict, an fcnseg state_dict, or an fcnseg
 checkpoint (``{"model": ..., "config": ...}``). The format is detected from the content.
+Released models (``"voc-fcn8s"``, ``"imagenet"`` …, see :mod:`.hub`) are downloaded and cached.
 """
 from __future__ import annotations
 
@@ -57,13 +58,14 @@ def detect_format(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
         head = f.read(16)
     size = path.stat().st_size
+    # safetensors first: its 8-byte header length may start with 0x80, a pickle's first byte
+    n = int.from_bytes(head[:8], "little") if len(head) > 8 else 0
+    if head[8:9] == b"{" and 8 + n <= size and n < 1 << 28 and _json_header(path, n):
+        return "safetensors"
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
         return "torch"
     if head[:8] == b"\x89HDF\r\n\x1a\n":
         return "hdf5"
-    n = int.from_bytes(head[:8], "little") if len(head) > 8 else 0
-    if head[8:9] == b"{" and 8 + n <= size and n < 1 << 28 and _json_header(path, n):
-        return "safetensors"
     return "caffe"
 
 
@@ -81,7 +83,12 @@ def load_weights(model: nn.Module, spec: str | os.PathLike) -> list[str]:
 
     Sets ``model.preprocessing`` to what the weights expect and records ``model.config["weights"]``.
     """
-    if isinstance(spec, str) and spec in WEIGHTS:
+    from . import hub
+
+    release = hub.resolve(spec, (getattr(model, "config", None) or {}).get("backbone"))
+    if release is not None:
+        unused = hub.load_release(model, release)
+    elif isinstance(spec, str) and spec in WEIGHTS:
         info = WEIGHTS[spec]
         if backbone_name(model) != info.backbone:
             raise WeightsError(f"weights {spec!r} are for backbone {info.backbone}, "
@@ -91,8 +98,9 @@ def load_weights(model: nn.Module, spec: str | os.PathLike) -> list[str]:
     else:
         path = Path(spec)
         if not path.is_file():
+            names = sorted(WEIGHTS) + ["imagenet"] + sorted(n for n, r in hub.RELEASES.items() if r.model)
             raise WeightsNotFoundError(f"weights {str(spec)!r}: neither a registered name "
-                                       f"({', '.join(sorted(WEIGHTS))}) nor an existing file")
+                                       f"({', '.join(names)}) nor an existing file")
         unused = _load_file(model, path)
     config = getattr(model, "config", None)
     if isinstance(config, dict):
@@ -104,6 +112,10 @@ def load_weights(model: nn.Module, spec: str | os.PathLike) -> list[str]:
 
 def _load_file(model: nn.Module, path: Path) -> list[str]:
     fmt = detect_format(path)
+    if fmt == "safetensors":
+        from .hub import is_caffe_layers, read_caffe_layers
+        if is_caffe_layers(path):  # a release's caffemodel, converted by the hub
+            return load_caffe(model, read_caffe_layers(path), source=str(path))
     if fmt == "caffe":
         try:
             layers = read_caffemodel(path)
