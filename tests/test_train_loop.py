@@ -82,7 +82,6 @@ class Wrap(torch.utils.data.Dataset):
 
 
 def test_run_writes_log_checkpoints_and_evaluates(data_root, tmp_path):
-    pytest.importorskip("fcnseg.engine.evaluate")
     out = tmp_path / "run"
     cfg = cfg_for(data_root, out, "data.val_split=val", "train.eval_every=2", "train.checkpoint_every=2",
                   "train.class_weights=median-frequency", "train.tensorboard=true", "train.amp=fp16",
@@ -103,6 +102,22 @@ def test_run_writes_log_checkpoints_and_evaluates(data_root, tmp_path):
     assert model.config["name"] == "fcn8s" and set(ckpt["optimizer"]) == {"state", "param_groups"}
     assert load_checkpoint(out / "best.pt")["best_mean_iu"] == res["best_mean_iu"]
     assert not torch.are_deterministic_algorithms_enabled()  # global flags restored
+
+
+def test_best_checkpoint_keeps_the_highest_val_mean_iu(data_root, tmp_path, monkeypatch):
+    """Val mean IU goes down, up, down again: best.pt is the iteration of the maximum, not of the minimum."""
+    from fcnseg.engine import evaluate as ev
+
+    script, real = iter([0.30, 0.10, 0.50, 0.20]), ev.evaluate
+
+    def scripted(*args, **kwargs):  # the real evaluation, with the mean IU taken from the script
+        return {**real(*args, **kwargs), "mean_iu": next(script)}
+
+    monkeypatch.setattr(ev, "evaluate", scripted)
+    res = train(cfg_for(data_root, tmp_path / "run", "data.val_split=val", "train.eval_every=1", "model.fc_channels=16"))
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert (best["iteration"], best["best_mean_iu"], res["best_mean_iu"]) == (3, 0.50, 0.50)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["iteration"] == 4
 
 
 AUGMENTED = ["train.schedule=poly", "train.momentum=0.9", "data.flip=true", "data.crop=24",
