@@ -4,7 +4,8 @@ Each :class:`Case` has ``setup(ctx) -> Plan``: it writes the case's inputs under
 and returns the argv for ``fcnseg.cli.main.main`` plus the strings (file paths, option names) the
 outcome must name. ``expect`` is one of
 
-* ``"error"``: exit code 2, exactly one ``fcnseg: error:`` line naming every string in ``names``;
+* ``"error"``: exit code 2, exactly one ``fcnseg: error:`` line naming every string in ``names`` and
+  giving every word of its cause (``Plan.cause``; for this module's cases the :data:`CAUSES` table);
 * ``"ok"``: exit code 0 (images in convertible modes, inputs that are odd but valid);
 * ``"skipped"``: exit code 0 and a ``fcnseg: warning:`` line naming each string in ``names`` (the
   user asked to skip bad items with ``--skip-bad`` / ``data.skip_bad=true``).
