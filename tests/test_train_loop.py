@@ -169,6 +169,7 @@ train(cfg, train_set=Slow(build_dataset("camvid", sys.argv[1], "train")))
 """
 
 
+@pytest.mark.slow
 def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(data_root, tmp_path):
     args = [*BASE, *AUGMENTED, f"data.root={data_root}", "train.iterations=24", "train.checkpoint_every=3"]
     out = tmp_path / "killed"
