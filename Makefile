@@ -17,10 +17,10 @@ demo: $(STAMP)
 	$(BIN)/fcnseg demo --out runs/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	FCNSEG_REQUIRE_PEER=1 $(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	FCNSEG_REQUIRE_PEER=1 $(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/pip install -q --no-deps torchfcn==1.9.7

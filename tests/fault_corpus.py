@@ -4,7 +4,8 @@ Each :class:`Case` has ``setup(ctx) -> Plan``: it writes the case's inputs under
 and returns the argv for ``fcnseg.cli.main.main`` plus the strings (file paths, option names) the
 outcome must name. ``expect`` is one of
 
-* ``"error"``: exit code 2, exactly one ``fcnseg: error:`` line naming every string in ``names``;
+* ``"error"``: exit code 2, exactly one ``fcnseg: error:`` line naming every string in ``names`` and
+  giving every word of its cause (``Plan.cause``; for this module's cases the :data:`CAUSES` table);
 * ``"ok"``: exit code 0 (images in convertible modes, inputs that are odd but valid);
 * ``"skipped"``: exit code 0 and a ``fcnseg: warning:`` line naming each string in ``names`` (the
   user asked to skip bad items with ``--skip-bad`` / ``data.skip_bad=true``).
@@ -13,6 +14,7 @@ Everything is tiny (8–48 px images, a width-1/16 FCN-8s) so the whole corpus r
 """
 from __future__ import annotations
 
+import fnmatch
 import io
 import json
 import os
@@ -20,7 +22,7 @@ import pickle
 import struct
 import zipfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -54,6 +56,7 @@ class Case:
     setup: Callable[["Ctx"], Plan]
     skip_if_root: bool = False  # chmod-based cases: root reads anything
     xfail: str | None = None  # a known defect outside this corpus' reach (reason says where)
+    cause: tuple[str, ...] = ()  # words of the reason, as Plan.cause (this module's cases: from CAUSES)
 
     @property
     def command(self) -> str:
@@ -654,6 +657,9 @@ def _ckpt_faults() -> dict[str, Callable[[Ctx, Path], None]]:
         "no-config": variant(pop("config")), "config-not-dict": variant(lambda ck: ck.update(config=[1, 2])),
         "no-checksum": variant(pop("checksum"), rechecksum=False),
         "checksum-mismatch": variant(set_weight(0.5), rechecksum=False),
+        # equal values, equal bytes (zeros), another dtype: only a checksum over the dtype sees it
+        "zeros-recast-int32": variant(lambda ck: ck["model"].update(
+            {"score.out.fc7.weight": ck["model"]["score.out.fc7.weight"].to(torch.int32)}), rechecksum=False),
         "nan-weight": variant(set_weight(float("nan"))), "inf-weight": variant(set_weight(float("inf"))),
         "neg-inf-bias": variant(set_weight(float("-inf"), "backbone.stages.fc7.fc7.bias")),
         "wrong-shape": variant(shape), "unexpected-key": variant(extra_key),
@@ -1472,10 +1478,159 @@ def cache_cases() -> Iterator[Case]:
 EXTENSIONS = ("faults_predict", "faults_config", "faults_train", "faults_cli")  # more cases, one module per area
 
 
+# --- causes ------------------------------------------------------------------------------------------
+# What the one error line must say is wrong (besides naming the file, key or option), for each "error"
+# case of this module, taken from the messages the code gives. A key is a case name, or a family pattern
+# with "*" (fnmatch; the longest matching pattern wins). Cases of the area modules (tests/faults_*.py) give
+# theirs in ``Plan.cause``.
+_CKPT_CAUSES: dict[str, tuple[str, ...]] = {  # checkpoint fault (see _ckpt_faults) → cause
+    "missing": ("not found",), "directory": ("not a file",), "empty": ("empty or truncated",),
+    "trunc-10b": ("truncated",), "trunc-half": ("truncated",), "trunc-tail": ("truncated",),
+    "random-bytes": ("not a torch.save file",), "yaml-text": ("not a torch.save file",),
+    "plain-zip": ("corrupt",), "flipped-byte": ("checksum",), "list-payload": ("not an fcnseg checkpoint",),
+    "state-dict-only": ("not an fcnseg checkpoint",), "safetensors": ("not a torch.save file",),
+    "caffemodel": ("not a torch.save file",), "no-model-key": ("not a state_dict of tensors",),
+    "model-not-dict": ("not a state_dict of tensors",), "model-has-non-tensor": ("not a state_dict of tensors",),
+    "no-config": ("config", "missing"), "config-not-dict": ("config",), "no-checksum": ("checksum",),
+    "checksum-mismatch": ("checksum",), "zeros-recast-int32": ("checksum",),
+    "nan-weight": ("non-finite",), "inf-weight": ("non-finite",), "neg-inf-bias": ("non-finite",),
+    "wrong-shape": ("does not fit",), "unexpected-key": ("does not fit",),
+    "config-unknown-model": ("unknown model",), "config-wrong-classes": ("does not fit",),
+    "config-unknown-kwarg": ("colour",), "config-bad-width": ("does not build a model",),
+    "no-preprocessing": ("preprocessing",), "bad-preprocessing": ("preprocessing",),
+    "wrong-format-tag": ("not an fcnseg checkpoint",), "evil-pickle": ("refused to unpickle",),
+    "evil-torch-legacy": ("refused to unpickle",), "evil-torch-zip": ("refused to unpickle",),
+}
+_IMAGE = "not an image file"
+_DATA_CAUSES: dict[str, tuple[str, ...]] = {  # dataset item fault (eval-data-*, train-data-*) → cause
+    "label-value-*": ("invalid label values",), "label-rgb": ("single-channel",),
+    "label-16bit": ("single-channel",), "label-size-mismatch": ("but image",), "label-transposed": ("but image",),
+    "image-size-mismatch": ("but image",), "label-truncated": (_IMAGE,), "label-empty": (_IMAGE,),
+    "label-text": (_IMAGE,), "image-empty": (_IMAGE,), "image-text": (_IMAGE,),
+    "label-huge-header": ("decompression bomb",), "image-huge-header": ("decompression bomb",),
+    "image-bomb": ("decompression bomb",), "image-truncated": ("truncated",),
+    "missing-label": ("missing label file",), "missing-image": ("missing image file",),
+    "label-is-dir": ("not a regular file",), "image-is-dir": ("not a regular file",),
+}
+CAUSES: dict[str, tuple[str, ...]] = {
+    **{f"{cmd}-{fault}": cause for fault, cause in _CKPT_CAUSES.items()
+       for cmd in ("predict-ckpt", "eval-ckpt", "train-init_from", "train-resume")},
+    **{f"{cmd}-data-{fault}": cause for fault, cause in _DATA_CAUSES.items() for cmd in ("eval", "train")},
+    # predict: unreadable images
+    "predict-bad-*": (_IMAGE,), "predict-bad-empty.*": ("empty file",),
+    "predict-bad-trunc-16b.png": ("Truncated",), "predict-bad-trunc-headers.jpg": ("Truncated",),
+    "predict-bad-trunc-idat-*": ("truncated",), "predict-bad-trunc-half.*": ("truncated",),
+    "predict-bad-trunc-90pct.jpg": ("truncated",), "predict-bad-trunc-half.webp": ("decoder",),
+    "predict-bad-idat-garbage.png": ("broken data stream",), "predict-bad-no-idat.png": ("cannot load",),
+    "predict-bad-bad-bmp-depth.bmp": ("BMP pixel depth",), "predict-bad-bad-gif-lzw.gif": ("codec",),
+    "predict-bad-png-*-bomb.png": ("too large",),
+    # predict: paths, sizes, options
+    "predict-dir-as-file": ("no image files",), "predict-fifo": ("not a regular file",),
+    "predict-dev-null": ("not a regular file",), "predict-dangling-symlink": ("not found",),
+    "predict-symlink-loop": ("not found",), "predict-missing": ("not found",),
+    "predict-missing-with-skip-bad": ("not found",), "predict-empty-dir": ("no image files",),
+    "predict-all-bad-skip": ("no readable image",), "predict-out-is-a-file": ("exists",),
+    "predict-chmod000-*": ("Permission denied",),  # as root these cases skip: the words are unchecked here
+    "predict-huge-*": ("max_pixels",), "predict-huge-*-tiled": ("max_tiled_pixels",),
+    "predict-huge-png-header-5000x5000.png-tiled": ("cannot load",),
+    "predict-bomb-png": ("max_pixels",), "predict-bomb-png-tiled": ("max_tiled_pixels",),
+    "predict-opt-tile-too-small": ("at least 32",), "predict-opt-tile-negative": (">= 1",),
+    "predict-opt-tile-not-int": ("whole number",), "predict-opt-device-bogus": ("unknown device",),
+    "predict-opt-device-no-cuda": ("CUDA is not available",), "predict-opt-overlay-bogus": ("invalid choice",),
+    "predict-opt-unknown-flag": ("unrecognized arguments",), "predict-opt-no-*": ("required",),
+    "predict-ckpt-palette-*": ("palette must list",),
+    # eval
+    "eval-ckpt-wrong-number-of-classes": ("predicts 5 classes",),
+    "eval-root-missing": ("does not exist",), "eval-root-is-file": ("not a folder",),
+    "eval-split-missing": ("no split list",), "eval-split-list-empty": ("is empty",),
+    "eval-split-folder-empty": ("is empty",), "eval-split-list-bad-line": ("line 3",),
+    "eval-split-list-not-utf8": ("utf-8",), "eval-skip-bad-all-items-bad": ("every item",),
+    "eval-skip-bad-all-items-missing": ("is empty",), "eval-unknown-dataset": ("unknown dataset",),
+    "eval-no-dataset-given": ("does not record it",), "eval-chmod000-label": ("Permission denied",),
+    "eval-folder-classes-missing": ("missing class list",), "eval-folder-classes-empty": ("1-255 names",),
+    "eval-folder-classes-300": ("1-255 names",), "eval-folder-mask-out-of-range": ("invalid label values",),
+    "eval-folder-no-masks": ("missing label file",), "eval-folder-no-images-dir": ("missing folder",),
+    "eval-voc-label-out-of-range": ("invalid label values",), "eval-voc-label-size-mismatch": ("but image",),
+    "eval-voc-split-list-missing": ("no list for split",), "eval-opt-batch-size-0": (">= 1",),
+    "eval-opt-batch-size-negative": (">= 1",), "eval-opt-batch-size-text": ("whole number",),
+    "eval-opt-resize-*": (">= 1",), "eval-opt-device-bogus": ("unknown device",),
+    "eval-opt-unknown-flag": ("unrecognized arguments",), "eval-opt-out-is-a-file": ("exists",),
+    # train: config files
+    "train-yaml-*": ("malformed YAML",), "train-yaml-binary": ("utf-8",),
+    "train-yaml-top-level-*": ("must be a mapping",), "train-yaml-python-tag": ("constructor",),
+    "train-yaml-billion-laughs": ("expects str",), "train-config-empty-file": ("is not set",),
+    "train-config-missing": ("not found",), "train-config-is-dir": ("not found",),
+    "train-cfg-unknown-*": ("unknown key",), "train-cfg-section-not-mapping": ("must be a mapping",),
+    "train-cfg-iterations-text": ("expects int",), "train-cfg-batch-size-float": ("expects int",),
+    "train-cfg-width-text": ("expects float",), "train-cfg-lr-list": ("expects float",),
+    "train-cfg-flip-text": ("expects bool",), "train-cfg-amp-number": ("expects str or bool",),
+    "train-cfg-options-not-dict": ("expects dict",), "train-cfg-seed-null": ("may not be null",),
+    "train-cfg-seed-float": ("expects int",), "train-cfg-out-number": ("expects str",),
+    "train-cfg-num-classes-text": ("expects int",), "train-cfg-lr-*": ("finite",),
+    # train: overrides
+    "train-override-no-equals": ("section.key=value",), "train-override-empty-key": ("section.key=value",),
+    "train-override-key-only": ("section.key=value",), "train-override-leading-dot": ("unknown key",),
+    "train-override-double-dot": ("unknown key",), "train-override-unknown-*": ("unknown key",),
+    "train-override-into-scalar": ("expects float",), "train-override-section-scalar": ("must be a mapping",),
+    "train-override-lr-unparsable": ("expects float",), "train-override-iterations-text": ("expects int",),
+    "train-override-iterations-zero": ("> 0",), "train-override-iterations-negative": ("> 0",),
+    "train-override-batch-size-zero": ("> 0",), "train-override-width-*": ("> 0",),
+    "train-override-fc-channels-zero": ("> 0",), "train-override-num-classes-zero": ("> 0",),
+    "train-override-max-items-zero": ("> 0",), "train-override-optimizer-unknown": ("must be one of",),
+    "train-override-schedule-unknown": ("must be one of",), "train-override-alignment-unknown": ("must be one of",),
+    "train-override-preset-unknown": ("must be one of",), "train-override-nonfinite-unknown": ("must be one of",),
+    "train-override-amp-unknown": ("fp8",), "train-override-patch-p-zero": ("(0, 1]",),
+    "train-override-resize-below-1": (">= 1",), "train-override-step-without-size": ("needs train.step_size",),
+    "train-override-scale-range-reversed": ("lo <= hi",), "train-override-crop-zero": ("must be a size",),
+    "train-override-class-weights-unknown": ("must be null",), "train-override-class-weights-length": ("needs 11",),
+    "train-override-batch-not-divisible": ("not divisible",), "train-override-iterations-and-epochs": ("only one of",),
+    "train-override-dropout-1.5": ("[0, 1)",), "train-override-model-unknown": ("unknown model",),
+    "train-override-backbone-unknown": ("unknown backbone",), "train-override-dataset-unknown": ("unknown dataset",),
+    "train-override-dataset-option-unknown": ("unexpected keyword argument",),
+    "train-override-batch-larger-than-set": ("larger than the training set",),
+    "train-override-device-bogus": ("cannot use",), "train-override-weights-unknown-name": ("neither a registered",),
+    "train-override-train-split-missing": ("no split list",),
+    "train-override-device-cuda-absent": ("CUDA is not available",),
+    # train: data, weights, checkpoints, caches
+    "train-data-root-missing": ("does not exist",), "train-out-is-a-file": ("exists",),
+    "train-nyud-bad-modality": ("must be one of",), "train-siftflow-bad-task": ("must be one of",),
+    "train-no-config-arg": ("required",), "train-data-empty-split": ("is empty",),
+    "train-skip-all-items-bad": ("every item",), "train-data-sbd-garbage-mat": ("mat file",),
+    "train-data-sbd-mat-missing-field": ("has no field",), "train-data-nyud-depth-is-rgb": ("16-bit",),
+    "train-data-context-bad-labels-txt": ("index: name",), "train-data-siftflow-nan-labels": ("not integers",),
+    "train-weights-caffemodel-*": ("not a binary Caffe NetParameter",),
+    "train-weights-caffemodel-empty": ("no named layers",), "train-weights-caffemodel-nan-blob": ("non-finite",),
+    "train-weights-caffemodel-wrong-shape": ("does not fit",), "train-weights-caffemodel-missing-layer": ("no blobs",),
+    "train-weights-pth-truncated": ("truncated",), "train-weights-pth-list": ("no state_dict",),
+    "train-weights-pth-empty-dict": ("no state_dict",), "train-weights-pth-nan-state-dict": ("non-finite",),
+    "train-weights-pth-other-classes": ("does not match this model",),
+    "train-weights-safetensors-truncated": ("unreadable as safetensors",),
+    "train-weights-safetensors-bad-header": ("unrecognised weights file",),
+    "train-weights-text-as-pth": ("unrecognised weights file",), "train-weights-hdf5": ("HDF5",),
+    "train-weights-directory": ("neither a registered name",), "train-weights-evil-*": ("refused to unpickle",),
+    "train-resume-not-a-training-checkpoint": ("not a training checkpoint",),
+    "train-init_from-no-matching-tensor": ("no tensor matches",), "train-hed-source-tampered": ("SHA-256",),
+}
+
+
+def cause_of(name: str) -> tuple[str, ...]:
+    """The cause words of the case ``name`` in :data:`CAUSES` (exact name, else the longest family pattern)."""
+    if name in CAUSES:
+        return CAUSES[name]
+    families = [k for k in CAUSES if "*" in k and fnmatch.fnmatchcase(name, k)]
+    return CAUSES[max(families, key=len)] if families else ()
+
+
+def own_cases() -> list[Case]:
+    """This module's cases, each "error" case with its cause words from :data:`CAUSES`."""
+    cases = [*predict_cases(), *ckpt_cases(), *eval_cases(), *train_cases(), *cache_cases()]
+    return [replace(c, cause=cause_of(c.name)) if c.expect == "error" else c for c in cases]
+
+
 def all_cases() -> list[Case]:
     import importlib
 
-    cases = [*predict_cases(), *ckpt_cases(), *eval_cases(), *train_cases(), *cache_cases()]
+    cases = own_cases()
     for name in EXTENSIONS:
         cases.extend(importlib.import_module(name).cases())
     names = [c.name for c in cases]

@@ -239,7 +239,7 @@ def _receptive_probe(backbone: nn.Module) -> nn.Module:
 
 
 @pytest.mark.parametrize("alignment", ["caffe", "same"])
-@pytest.mark.parametrize("factory", [resnet50, googlenet])
+@pytest.mark.parametrize("factory", [pytest.param(resnet50, marks=pytest.mark.slow), googlenet])
 def test_coord_maps_match_receptive_field_centres(factory, alignment) -> None:
     b = factory(width=SMALL, alignment=alignment)
     maps = b.coord_maps()

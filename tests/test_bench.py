@@ -11,8 +11,6 @@ from fcnseg.bench import count_flops, parse_engine, run_bench
 from fcnseg.bench.measure import peak_rss_mb, reset_peak_rss, stats
 from fcnseg.errors import ConfigError
 
-HAS_PEER = importlib.util.find_spec("torchfcn") is not None
-
 
 def test_flop_count_of_convs():
     x = torch.randn(1, 8, 10, 12)
@@ -73,7 +71,7 @@ def test_run_bench_end_to_end_tiny(tmp_path):
     assert "| torch-fp32-trim | yes |" in md and "First call, batch 1" in md and "`ort-fp32@same` " in md
 
 
-@pytest.mark.skipif(not HAS_PEER, reason="the peer torchfcn==1.9.7 is not installed")
+@pytest.mark.peer  # tests/conftest.py: skips without torchfcn, fails under `make test`
 def test_peer_loader_maps_every_layer():
     from fcnseg.bench.peer import load_peer_models, peer_state_dict
 
@@ -88,7 +86,7 @@ def test_peer_loader_maps_every_layer():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAS_PEER, reason="the peer torchfcn==1.9.7 is not installed")
+@pytest.mark.peer  # tests/conftest.py: skips without torchfcn, fails under `make test`
 def test_peer_with_our_weights_gives_our_scores():
     from fcnseg.bench.peer import peer_fcn8s
 

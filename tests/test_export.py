@@ -104,6 +104,7 @@ def test_int8_copy_runs_and_is_marked(tmp_path, mode):
     assert (out - ref).abs().max() < 0.5 * ref.abs().max()  # lossy, but the same function
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(torch.export.Dim, "AUTO"), reason="dynamic torch.export needs torch >= 2.6")
 def test_torch_export_dynamic(tmp_path):
     m = _tiny()

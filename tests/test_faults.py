@@ -13,7 +13,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fault_corpus import CASES_MIN, Case, Ctx, Shared, all_cases  # noqa: E402
+from fault_corpus import CASES_MIN, Case, Ctx, Shared, all_cases, own_cases  # noqa: E402
 
 from fcnseg.cli.main import main  # noqa: E402
 
@@ -75,12 +75,13 @@ def test_fault(case: Case, shared, tmp_path, capsys, monkeypatch):
     errors = [ln for ln in err.splitlines() if ln.startswith("fcnseg: error:")]
     warned = [ln for ln in err.splitlines() if ln.startswith("fcnseg: warning:")]
     if case.expect == "error":
+        assert [*case.cause, *plan.cause], f"error case {case.name} gives no cause words (Plan.cause)"
         assert code == 2, report  # 2: a reported bad input; 1 is the catch-all for unexpected failures
         assert len(errors) == 1, report
         assert len(errors[0]) <= MAX_LINE, f"error line of {len(errors[0])} characters\n{report[:3000]}"
         for name in plan.names:
             assert name in errors[0], f"{name!r} not named\n{report}"
-        for word in plan.cause:
+        for word in [*case.cause, *plan.cause]:
             assert word in errors[0], f"cause {word!r} not given\n{report}"
     else:
         assert code == 0 and not errors, report
@@ -98,3 +99,11 @@ def test_corpus_size_and_coverage():
     assert {"predict", "eval", "train", "untrusted"} <= set(commands), commands
     assert {"error", "ok", "skipped"} == {c.expect for c in CASES}
     print(f"fault corpus: {len(CASES)} cases: " + ", ".join(f"{k} {v}" for k, v in sorted(commands.items())))
+
+
+def test_every_error_case_of_the_corpus_gives_its_cause():
+    """An error case asserts why it failed, not just which file: fault_corpus.CAUSES covers each of its own
+    (the area modules' cases give Plan.cause, checked when they run)."""
+    missing = [c.name for c in own_cases() if c.expect == "error" and not c.cause]
+    assert not missing, f"no cause words in fault_corpus.CAUSES for {missing}"
+    assert all(w.strip() for c in own_cases() for w in c.cause)

@@ -48,6 +48,20 @@ def test_exclude_leaves_classes_out_of_means_only():
         compute_metrics(HIST, exclude=[4])
 
 
+def test_exclude_leaves_a_class_with_pixels_out_of_fw_iu():
+    # class 2 is labelled and predicted (IU 3/5) but excluded: it counts in pixel accuracy only
+    hist = np.array([[3, 1, 0],
+                     [1, 2, 1],
+                     [0, 1, 3]])
+    m = compute_metrics(hist, exclude=[2])
+    # IU 3/5, 2/6, 3/5; freq = row sums / all counted pixels = 4/12 each (score.py), summed over kept classes
+    assert m["fw_iu"] == pytest.approx(4 / 12 * 3 / 5 + 4 / 12 * 2 / 6)
+    assert m["mean_iu"] == pytest.approx((3 / 5 + 2 / 6) / 2)
+    assert m["mean_accuracy"] == pytest.approx((3 / 4 + 2 / 4) / 2)
+    assert m["pixel_accuracy"] == pytest.approx(8 / 12)
+    assert compute_metrics(hist)["fw_iu"] == pytest.approx(4 / 12 * (3 / 5 + 2 / 6 + 3 / 5))
+
+
 def test_update_ignores_void_and_out_of_range_labels():
     label, pred = _pairs(HIST)
     label = torch.cat([label, torch.tensor([255, 4, 7, -1])])

@@ -180,3 +180,32 @@ def test_diagonal_upsampling_runs_channelwise_with_the_same_result():
     assert torch.equal(up(x), torch.nn.ConvTranspose2d.forward(up, x))
     up.train()  # training a learnable kernel always takes the full path (its gradient is C×C)
     assert torch.equal(up(x), torch.nn.ConvTranspose2d.forward(up, x))
+
+
+def _crop_reference():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).with_name("data") / "make_crop_reference.py"
+    spec = importlib.util.spec_from_file_location("make_crop_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CROP = _crop_reference()
+
+
+@pytest.mark.parametrize("name", CROP.NAMES)
+def test_caffe_crops_reproduce_the_stored_reference_scores(name):
+    # the stored scores (tests/data/make_crop_reference.py) pin every fusion crop and the final H×W slice
+    import numpy as np
+
+    stored = np.load(CROP.FILE)
+    model = CROP.formula_model(name)
+    with torch.no_grad():
+        for h, w in CROP.SIZES:
+            got = model(CROP.formula_input(h, w)).numpy()
+            want = stored[f"{name}-{h}x{w}"]
+            assert got.shape == want.shape == (1, CROP.CLASSES, h, w)
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9, err_msg=f"{name} at {h}x{w}")

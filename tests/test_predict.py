@@ -210,6 +210,7 @@ def _rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+@pytest.mark.slow
 def test_memory_flat_over_200_images(tmp_path):
     """Current RSS after image 200 within 15 MB of after image 20 (measured: < 1 MB). Keeping only each
     image's score map (5×128×128 float, 0.3 MB) alive was measured to add ~56 MB over those 180 images."""

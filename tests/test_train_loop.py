@@ -104,6 +104,22 @@ def test_run_writes_log_checkpoints_and_evaluates(data_root, tmp_path):
     assert not torch.are_deterministic_algorithms_enabled()  # global flags restored
 
 
+def test_best_checkpoint_keeps_the_highest_val_mean_iu(data_root, tmp_path, monkeypatch):
+    """Val mean IU goes down, up, down again: best.pt is the iteration of the maximum, not of the minimum."""
+    from fcnseg.engine import evaluate as ev
+
+    script, real = iter([0.30, 0.10, 0.50, 0.20]), ev.evaluate
+
+    def scripted(*args, **kwargs):  # the real evaluation, with the mean IU taken from the script
+        return {**real(*args, **kwargs), "mean_iu": next(script)}
+
+    monkeypatch.setattr(ev, "evaluate", scripted)
+    res = train(cfg_for(data_root, tmp_path / "run", "data.val_split=val", "train.eval_every=1", "model.fc_channels=16"))
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert (best["iteration"], best["best_mean_iu"], res["best_mean_iu"]) == (3, 0.50, 0.50)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["iteration"] == 4
+
+
 AUGMENTED = ["train.schedule=poly", "train.momentum=0.9", "data.flip=true", "data.crop=24",
              "data.scale_range=[0.75, 1.25]", "data.jitter=0.2", "train.patch_p=0.7", "train.iterations=6",
              "train.checkpoint_every=100"]
@@ -153,6 +169,7 @@ train(cfg, train_set=Slow(build_dataset("camvid", sys.argv[1], "train")))
 """
 
 
+@pytest.mark.slow
 def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(data_root, tmp_path):
     args = [*BASE, *AUGMENTED, f"data.root={data_root}", "train.iterations=24", "train.checkpoint_every=3"]
     out = tmp_path / "killed"
