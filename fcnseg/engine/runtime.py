@@ -353,7 +353,7 @@ class TrimmedOrtEngine(Engine):
             if self._log:
                 self._log(f"exporting the border-trimmed ONNX net for {size[0]}×{size[1]} inputs once "
                           f"(cached in {self.cache_dir})")
-            model = self._model if self._model is not None else self._reload()
+            model = self._model if self._model is not None else self._rebuild()
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             export_onnx(model, path, dynamic=False, trim=True, example_size=size)
             del model
@@ -362,6 +362,11 @@ class TrimmedOrtEngine(Engine):
             self._model = None  # the caller's model: not needed again unless a new size comes
         self._size = size
         return OrtEngine(path, threads=self.threads, low_memory=True)
+
+    def _rebuild(self) -> nn.Module:
+        """The torch model again, built outside ``inference_mode`` (callers predict inside it)."""
+        with torch.inference_mode(False):
+            return self._reload()
 
     def _prune(self) -> None:
         files = sorted(self.cache_dir.glob(f"fcnseg-{self.key}-*x*-trim.onnx"), key=lambda p: p.stat().st_mtime)
@@ -377,7 +382,7 @@ class TrimmedOrtEngine(Engine):
                 self._session = None
                 if self._log:
                     self._log(f"more than {self.keep} input sizes: one dynamic-size ONNX export serves them all")
-                model = self._model if self._model is not None else self._reload()
+                model = self._model if self._model is not None else self._rebuild()
                 self._dynamic = _ort_from_model(model, threads=self.threads, cache_dir=self.cache_dir)
                 self._model = None if self._reload is not None else self._model
                 del model
