@@ -15,7 +15,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -54,11 +54,13 @@ def _heads(model: nn.Module) -> dict[str, int]:
 
 def _metadata(model: nn.Module) -> dict[str, str]:
     from . import __version__
+    from .engine.predict import output_stride
 
     heads = _heads(model)
     meta = {"heads": json.dumps(heads), "num_classes": json.dumps(getattr(model, "num_classes", heads)),
             "config": json.dumps(getattr(model, "config", {}), default=str), "version": __version__,
-            "in_channels": str(getattr(getattr(model, "backbone", None), "in_channels", 3))}
+            "in_channels": str(getattr(getattr(model, "backbone", None), "in_channels", 3)),
+            "output_stride": str(output_stride(model))}
     pre = getattr(model, "preprocessing", None)
     if pre is not None:
         meta["preprocessing"] = json.dumps(pre.to_dict())
@@ -91,7 +93,7 @@ def _require_onnx():
 def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17, dynamic: bool = True,
                 example_size: tuple[int, int] = (96, 112), verify: bool = True,
                 verify_sizes: Iterable[tuple[int, int]] = VERIFY_SIZES, atol: float = 1e-4,
-                trim: bool = False) -> Path:
+                trim: bool = False, metadata: dict[str, Any] | None = None) -> Path:
     """Write ``model`` (fp32, CPU, eval) as ONNX with input ``input`` (N×C×H×W, preprocessed) and one
     output per head (``scores`` for a single-head net); N is symbolic, H/W too when ``dynamic``
     (else fixed at ``example_size``).
@@ -102,6 +104,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17, d
 
     ``trim``: export :class:`fcnseg.engine.trim.TrimmedFCN` (exact, skips the image-independent
     pad-100 border); its plan depends on the size, so it needs ``dynamic=False`` (one ``example_size``).
+    ``metadata``: extra ``fcnseg.*`` entries (JSON-encoded), e.g. the engine cache's model key.
     """
     onnx = _require_onnx()
     if trim:
@@ -141,6 +144,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17, d
         meta[META_PREFIX + "input_size"] = json.dumps(list(example_size))
     if trim:
         meta[META_PREFIX + "trim"] = "true"
+    meta.update({META_PREFIX + k: json.dumps(v) for k, v in (metadata or {}).items()})
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
     with atomic_write(path) as f:

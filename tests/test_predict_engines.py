@@ -53,3 +53,77 @@ def test_cli_predicts_a_folder_of_mixed_sizes_on_the_default_engine(tmp_path, mo
     for i in range(3):
         a, b = (np.array(Image.open(tmp_path / e / f"img{i}_label.png")) for e in ("auto", "torch"))
         assert a.shape == b.shape and (a == b).mean() > 0.99
+
+
+def _ref(m, x):
+    with torch.no_grad():
+        return m(m.preprocessing(x))
+
+
+def _x(h, w, seed=0):
+    return torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(seed)) * 255
+
+
+def _other():
+    m = _tiny()
+    with torch.no_grad():
+        m.score.out.fc7.weight.add_(1.0)
+    return m
+
+
+@pytest.mark.skipif(not ort_available(), reason="onnxruntime not installed")
+def test_engine_cache_reexports_a_planted_other_model_or_garbage(tmp_path):
+    from fcnseg.engine.runtime import TrimmedOrtEngine
+
+    m, x = _tiny(), _x(40, 40)
+    other = TrimmedOrtEngine(_other(), tmp_path / "other")
+    other.predict_scores(x)
+    engine = TrimmedOrtEngine(m, tmp_path / "cache")
+    target = engine._path((40, 40))
+    target.parent.mkdir()
+    planted = other._path((40, 40))
+    for src, dst in ((planted, target), (planted.with_name(planted.name + ".sha256"),
+                                         target.with_name(target.name + ".sha256"))):
+        dst.write_bytes(src.read_bytes())  # another model's export and its checksum, under this one's name
+    with pytest.warns(UserWarning, match="does not match this model"):
+        assert (engine.predict_scores(x) - _ref(m, x)).abs().max() <= 1e-4
+    target.write_bytes(b"not an onnx file")
+    with pytest.warns(UserWarning, match=str(target.name)):
+        assert (TrimmedOrtEngine(m, tmp_path / "cache").predict_scores(x) - _ref(m, x)).abs().max() <= 1e-4
+
+    def must_not_export():
+        raise AssertionError("a verified cache entry was exported again")
+
+    again = TrimmedOrtEngine(m, tmp_path / "cache", reload=must_not_export)
+    again._model = None
+    assert (again.predict_scores(x) - _ref(m, x)).abs().max() <= 1e-4  # re-exported entry: verified, reused
+
+
+@pytest.mark.skipif(not ort_available(), reason="onnxruntime not installed")
+def test_engine_cache_that_cannot_be_written_falls_back_with_a_warning(tmp_path):
+    from fcnseg.engine.runtime import _ort_from_model, choose_engine
+
+    blocked = tmp_path / "cache"
+    blocked.write_text("a file where the cache folder should be")
+    m, x = _tiny(), _x(36, 44)
+    engine = choose_engine(m, "cpu", cache_dir=blocked / "engines")
+    with pytest.warns(UserWarning, match="cannot be written"):
+        assert (engine.predict_scores(x) - _ref(m, x)).abs().max() <= 1e-4
+    same = fcnseg.create_model("fcn8s", 5, width=1 / 16, fc_channels=16, alignment="same").eval()
+    with pytest.warns(UserWarning, match="cannot be written"):
+        dyn = _ort_from_model(same, cache_dir=blocked / "engines")
+    assert (dyn.predict_scores(x) - _ref(same, x)).abs().max() <= 1e-4
+
+
+@pytest.mark.skipif(not ort_available(), reason="onnxruntime not installed")
+def test_tiles_on_the_default_engine_are_stride_aligned_as_on_torch(tmp_path):
+    from fcnseg.engine.predict import output_stride, predict_labels
+    from fcnseg.engine.runtime import choose_engine
+
+    m = _tiny()
+    engine = choose_engine(m, "cpu", cache_dir=tmp_path).as_module()
+    assert output_stride(engine) == output_stride(m) == 32
+    rgb = (np.random.default_rng(0).random((70, 90, 3)) * 255).astype(np.uint8)
+    tiled_torch = predict_labels(m, rgb, tile=48)
+    tiled_auto = predict_labels(engine, rgb, tile=48)
+    assert (tiled_auto == tiled_torch).mean() > 0.999

@@ -17,7 +17,7 @@ from ..errors import FcnsegError
 from .visualize import colorize, overlay
 
 __all__ = ["ImageReadError", "ImageTooLargeError", "load_image", "read_rgb_uint8", "iter_image_paths",
-           "predict_paths", "predict_labels", "format_summary", "IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS",
+           "predict_paths", "predict_labels", "output_stride", "format_summary", "IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS",
            "DEFAULT_MAX_TILED_PIXELS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".gif")
@@ -163,12 +163,20 @@ def iter_image_paths(inputs: Sequence[str | os.PathLike], skip_dir: str | os.Pat
             yield p
 
 
-def _output_stride(model: nn.Module) -> int:
-    """Stride of the model's coarsest tap (tiles start on multiples of it), 1 if unknown."""
+def output_stride(model: nn.Module) -> int:
+    """Stride of the model's coarsest tap (tiles start on multiples of it), looking through wrappers
+    (``.model``) and engines (``.output_stride``); 1 if unknown."""
     try:
         return int(model.backbone.tap(model.tap_names[0]).stride)
     except Exception:
-        return int(getattr(model, "output_stride", 1))
+        pass
+    inner = getattr(model, "model", None)
+    if isinstance(inner, nn.Module):
+        return output_stride(inner)
+    return int(getattr(model, "output_stride", 1))
+
+
+_output_stride = output_stride
 
 
 def _starts(length: int, tile: int, overlap: int, align: int) -> list[tuple[int, int]]:
