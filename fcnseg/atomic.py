@@ -22,6 +22,9 @@ TMP_SUFFIX = ".tmp"
 class WriteError(FcnsegError, OSError):
     """A file the project writes could not be written (disk full, read-only folder, ...); names the path."""
 
+    def __str__(self) -> str:  # the message, never OSError's "[Errno ...] ..." layout
+        return str(self.args[0]) if self.args else ""
+
 
 def _reason(e: BaseException) -> str:
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:

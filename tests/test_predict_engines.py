@@ -1,4 +1,6 @@
 """Prediction through the default engine and with models built under inference/no-grad modes."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -127,3 +129,77 @@ def test_tiles_on_the_default_engine_are_stride_aligned_as_on_torch(tmp_path):
     tiled_torch = predict_labels(m, rgb, tile=48)
     tiled_auto = predict_labels(engine, rgb, tile=48)
     assert (tiled_auto == tiled_torch).mean() > 0.999
+
+
+def _predict_argv(tmp_path, *extra):
+    save_checkpoint(tmp_path / "c.pt", _tiny())
+    image = _png(tmp_path / "in.png", 24, 28)
+    return ["predict", str(image), "--checkpoint", str(tmp_path / "c.pt"), "--out", str(tmp_path / "out"),
+            "--engine", "torch", *extra]
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg"])
+def test_interrupted_image_save_leaves_no_partial_file(tmp_path, monkeypatch, fmt):
+    real = Image.Image.save
+    argv = _predict_argv(tmp_path, "--overlay", fmt)
+    calls = []
+
+    def save(self, fp, *a, **kw):
+        calls.append(1)
+        if len(calls) == 2:  # the label PNG first, then the overlay
+            fp.write(b"\x89PNG half")  # some bytes out, then the user presses Ctrl-C
+            raise KeyboardInterrupt
+        return real(self, fp, *a, **kw)
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    assert main(argv) == 130
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["in_label.png"]  # the overlay never appeared, its temporary was removed
+
+
+def test_disk_full_while_predicting_names_the_file(tmp_path, monkeypatch, capsys):
+    import errno
+
+    argv = _predict_argv(tmp_path)
+
+    def save(self, fp, *a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {tmp_path / 'out' / 'in_label.png'}: no space left on device" in err
+    assert not list((tmp_path / "out").iterdir())
+
+
+def test_eval_output_problems_name_the_path_before_the_work(tmp_path, monkeypatch, capsys):
+    import fcnseg.engine.evaluate as ev
+    from fcnseg.data.fixtures import write_camvid
+
+    root = write_camvid(tmp_path / "camvid", {"val": 1}, size=(16, 16))
+    save_checkpoint(tmp_path / "c.pt", fcnseg.create_model("fcn8s", 11, width=1 / 16, fc_channels=16))
+    (tmp_path / "file").write_text("x")
+
+    def no_work(*a, **kw):
+        raise AssertionError("evaluated although the output folder cannot be made")
+
+    monkeypatch.setattr(ev, "evaluate", no_work)
+    out = tmp_path / "file" / "metrics"
+    assert main(["eval", "--checkpoint", str(tmp_path / "c.pt"), "--dataset", "camvid", "--root", str(root),
+                 "--split", "val", "--no-progress", "--out", str(out)]) == 2
+    assert f"cannot write {out}: not a directory" in capsys.readouterr().err
+
+
+def test_plots_are_written_atomically(tmp_path, monkeypatch):
+    from fcnseg.engine import visualize
+
+    calls = []
+    real = visualize.atomic_write
+
+    def spy(path, *a, **kw):
+        calls.append(Path(path).name)
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(visualize, "atomic_write", spy)
+    visualize.plot_confusion(np.eye(3), ["a", "b", "c"], tmp_path / "confusion.png")
+    assert calls == ["confusion.png"] and Image.open(tmp_path / "confusion.png").size[0] > 10

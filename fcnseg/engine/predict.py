@@ -13,11 +13,12 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
+from ..atomic import write_error
 from ..errors import FcnsegError
-from .visualize import colorize, overlay
+from .visualize import colorize, overlay, save_image
 
 __all__ = ["ImageReadError", "ImageTooLargeError", "load_image", "read_rgb_uint8", "iter_image_paths",
-           "predict_paths", "predict_labels", "output_stride", "format_summary", "IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS",
+           "predict_paths", "predict_labels", "output_stride", "make_output_dir", "format_summary", "IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS",
            "DEFAULT_MAX_TILED_PIXELS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".gif")
@@ -241,6 +242,16 @@ def predict_labels(model: nn.Module, rgb: np.ndarray, *, device: str | torch.dev
     return out
 
 
+def make_output_dir(path: str | os.PathLike) -> Path:
+    """Create the output folder ``path`` (and parents) up front; a failure names it (:class:`WriteError`)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(path, e) from None
+    return path
+
+
 def _unique_stem(rel: Path, used: set[str]) -> str:
     stem = str(rel.with_suffix("")) if rel.parent != Path(".") else rel.stem
     stem, n = stem.replace(os.sep, "__"), 1
@@ -282,8 +293,7 @@ def predict_paths(model: nn.Module, inputs: Sequence[str | os.PathLike], out_dir
     if overlay_format not in ("png", "jpg", None):
         raise ValueError(f"overlay_format must be 'png', 'jpg' or None, got {overlay_format!r}")
     device = torch.device(device)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_output_dir(out_dir)
     roots = [Path(p) for p in inputs]
     paths = iter_image_paths(roots, skip_dir=out_dir)
     model.to(device).eval()
@@ -307,11 +317,12 @@ def predict_paths(model: nn.Module, inputs: Sequence[str | os.PathLike], out_dir
         label = predict_labels(model, rgb, device=device, tile=tile, overlap=overlap, head=head)
         stem = _unique_stem(_relative(path, roots), used)
         label_path = out_dir / f"{stem}_label.png"
-        colorize(label, palette).save(label_path)
+        save_image(colorize(label, palette), label_path)
         overlay_path = None
         if overlay_format is not None:
             overlay_path = out_dir / f"{stem}_overlay.{overlay_format}"
-            overlay(rgb, label, palette, alpha).save(overlay_path, **({"quality": 90} if overlay_format == "jpg" else {}))
+            save_image(overlay(rgb, label, palette, alpha), overlay_path,
+                       **({"quality": 90} if overlay_format == "jpg" else {}))
         counts = torch.from_numpy(label).reshape(-1).bincount().numpy()
         top = np.argsort(-counts, kind="stable")[:3]
         names = list(class_names) if class_names is not None else None
