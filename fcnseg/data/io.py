@@ -1,21 +1,23 @@
 """File readers that turn every failure into a one-line :class:`DatasetError` naming the file."""
 from __future__ import annotations
 
-import warnings
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..errors import FcnsegError
 
-__all__ = ["DatasetError", "read_rgb", "read_index_png", "read_gray16", "read_mat", "read_lines", "read_names",
+__all__ = ["DatasetError", "TooManyPixelsError", "DEFAULT_MAX_PIXELS", "load_image_file", "to_rgb_uint8", "read_rgb", "read_index_png", "read_gray16", "read_mat", "read_lines", "read_names",
            "read_indexed_names", "package_list",
            "lines_to_ids", "apply_lut", "image_to_tensor"]
 
 _PACKAGE_LISTS = Path(__file__).resolve().parent / "lists"
+DEFAULT_MAX_PIXELS = 4096 * 4096  # the one decompression-bomb limit (images larger must be asked for)
+_EXIF_ORIENTATION = 0x0112
 
 
 class DatasetError(FcnsegError, ValueError):
@@ -27,15 +29,67 @@ def _fail(who: str, kind: str, path: Path | str, reason: Any) -> DatasetError:
     return DatasetError(f"{who}: cannot read {kind} {path}: {text}")
 
 
+class TooManyPixelsError(ValueError):
+    """An image whose header declares more than ``max_pixels`` pixels (nothing was decoded)."""
+
+    def __init__(self, width: int, height: int, max_pixels: int) -> None:
+        super().__init__(f"{width}x{height} ({width * height / 1e6:.1f} MP) is above max_pixels={max_pixels}")
+        self.width, self.height, self.max_pixels = width, height, max_pixels
+
+
+@contextlib.contextmanager
+def _pil_limit_lifted():
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def load_image_file(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, exif: bool = False) -> Image.Image:
+    """The one image reader: open, refuse above ``max_pixels`` from the header (PIL's own bomb limit is
+    replaced by it; ``None``: no limit), decode (truncated files fail here), first frame only, and with
+    ``exif`` apply the EXIF orientation. Raises :class:`TooManyPixelsError` or PIL's own errors."""
+    with _pil_limit_lifted():
+        im = Image.open(path)
+        try:
+            w, h = im.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise TooManyPixelsError(w, h, max_pixels)
+            im.load()
+            if exif and im.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+                im = ImageOps.exif_transpose(im)
+            return im
+        except BaseException:
+            im.close()
+            raise
+
+
+def to_rgb_uint8(im: Image.Image) -> np.ndarray:
+    """A decoded image of any mode → uint8 (H, W, 3) RGB, the one conversion: alpha dropped; 16-bit
+    grey keeps its high byte (value >> 8, the inverse of 8→16-bit ×257); float grey in 0–1 is ×255."""
+    mode = im.mode
+    if mode == "RGB":
+        return np.asarray(im)
+    if mode.startswith("I") or mode == "F":
+        a = np.asarray(im)
+        if mode.startswith("I;16") or (mode == "I" and a.size and a.max() > 255):
+            g = (np.clip(a.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+        else:
+            a = np.nan_to_num(a.astype(np.float64))
+            if mode == "F" and a.size and a.max() <= 1.0:
+                a = a * 255.0
+            g = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+        return np.repeat(g[:, :, None], 3, axis=2)
+    if mode == "P":
+        im = im.convert("RGBA")  # keeps palette transparency semantics, then drop alpha
+    return np.asarray(im.convert("RGB"))
+
+
 def _open_loaded(path: Path, who: str, kind: str) -> Image.Image:
     try:
-        with warnings.catch_warnings():
-            # Above PIL's MAX_IMAGE_PIXELS PIL only warns (up to twice that): refuse, a decoded bomb
-            # (then converted to float) exhausts memory.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path)
-        im.load()  # force decoding: truncated files fail here, not later
-        return im
+        return load_image_file(path)
     except Image.UnidentifiedImageError as e:  # its message repeats the path
         raise _fail(who, kind, path, "not an image file (or an unsupported format)") from e
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
@@ -54,7 +108,7 @@ def read_rgb(path: Path, who: str, kind: str = "image", require_rgb: bool = Fals
     im = _open_loaded(path, who, kind)
     if require_rgb and im.mode != "RGB":
         raise _fail(who, kind, path, f"expected a 3-channel RGB PNG, got mode {im.mode}")
-    return np.asarray(im.convert("RGB"))
+    return to_rgb_uint8(im)
 
 
 def read_index_png(path: Path, who: str, kind: str = "label") -> np.ndarray:

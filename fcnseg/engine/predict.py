@@ -1,7 +1,6 @@
 """Predict label maps for image files, one at a time, optionally by overlapping tiles."""
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 import warnings
@@ -10,10 +9,11 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import nn
 
 from ..atomic import write_error
+from ..data.io import DEFAULT_MAX_PIXELS, TooManyPixelsError, load_image_file, to_rgb_uint8
 from ..errors import FcnsegError
 from .visualize import colorize, overlay, save_image
 
@@ -22,11 +22,9 @@ __all__ = ["ImageReadError", "ImageTooLargeError", "load_image", "read_rgb_uint8
            "DEFAULT_MAX_TILED_PIXELS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".gif")
-DEFAULT_MAX_PIXELS = 4096 * 4096
 # Tiling bounds the network's memory, not the decoded image's (3 bytes/pixel, plus label and overlay):
 # 134 MP (e.g. 11585x11585) is ~0.4 GB as RGB. Above it, even tiled prediction is refused.
 DEFAULT_MAX_TILED_PIXELS = 8 * DEFAULT_MAX_PIXELS
-_EXIF_ORIENTATION = 0x0112
 _OUTPUT_SUFFIXES = ("_label.png", "_overlay.png", "_overlay.jpg")
 
 
@@ -47,8 +45,8 @@ def _one_line(e: BaseException) -> str:
     return text[:200]
 
 
-def _open(path: Path) -> Image.Image:
-    """Open lazily (header only), turning every failure into a one-line :class:`ImageReadError`."""
+def _check_file(path: Path) -> None:
+    """Fail early, one line, for paths that are no image file at all."""
     if not path.exists():
         raise ImageNotFoundError(f"image not found: {path}")
     if path.is_dir():
@@ -61,76 +59,38 @@ def _open(path: Path) -> Image.Image:
         raise ImageReadError(f"cannot read image {path}: {_one_line(e)}") from None
     if size == 0:
         raise ImageReadError(f"cannot read image {path}: empty file (0 bytes)")
-    try:
-        return Image.open(path)
-    except Image.DecompressionBombError as e:
-        raise ImageTooLargeError(f"image {path} is too large to decode whole ({_one_line(e)}); "
-                                 f"predict it by tiles (tile=...)") from None
-    except Image.UnidentifiedImageError:
-        raise ImageReadError(f"cannot read image {path}: not an image file (or an unsupported format)") from None
-    except Exception as e:  # OSError, SyntaxError, ValueError, DecompressionBombError, ...
-        raise ImageReadError(f"cannot read image {path}: {_one_line(e)}") from None
-
-
-def _to_rgb(im: Image.Image) -> np.ndarray:
-    """Decoded image of any mode → uint8 (H, W, 3) RGB. Alpha is dropped; 16-bit/float gray rescaled."""
-    im.load()  # decode now: truncated/corrupt data fails here
-    if im.getexif().get(_EXIF_ORIENTATION, 1) != 1:
-        im = ImageOps.exif_transpose(im)
-    mode = im.mode
-    if mode == "RGB":
-        return np.asarray(im)
-    if mode.startswith("I") or mode == "F":
-        a = np.asarray(im).astype(np.float64)
-        if mode.startswith("I;16") or (mode == "I" and a.size and a.max() > 255):
-            a = a / 257.0  # 16-bit range
-        elif mode == "F" and a.size and np.nanmax(a) <= 1.0:
-            a = a * 255.0  # float image in 0–1
-        g = np.clip(np.rint(np.nan_to_num(a)), 0, 255).astype(np.uint8)
-        return np.repeat(g[:, :, None], 3, axis=2)
-    if mode == "P":
-        im = im.convert("RGBA")  # keeps palette transparency semantics, then drop alpha
-    return np.asarray(im.convert("RGB"))
-
-
-@contextlib.contextmanager
-def _no_pixel_limit(enabled: bool):
-    """Lift PIL's decompression-bomb limit (``max_pixels``, checked before decoding, replaces it)."""
-    if not enabled:
-        yield
-        return
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
 
 
 def read_rgb_uint8(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Image file → uint8 (H, W, 3) RGB; any PIL mode, EXIF orientation applied, first frame only.
 
-    Raises :class:`ImageReadError` (one line, naming the file) for missing, empty, truncated, corrupt or
-    non-image files, and :class:`ImageTooLargeError` above ``max_pixels`` (checked before decoding;
-    ``None`` = no limit). PIL's own decompression-bomb limit is replaced by ``max_pixels``.
+    The datasets' reader (:func:`fcnseg.data.io.load_image_file` and :func:`~fcnseg.data.io.to_rgb_uint8`):
+    the same pixels, the same decompression-bomb policy. Raises :class:`ImageReadError` (one line, naming
+    the file) for missing, empty, truncated, corrupt or non-image files, and :class:`ImageTooLargeError`
+    above ``max_pixels`` (checked before decoding; ``None`` = no limit).
     """
     path = Path(path)
-    with _no_pixel_limit(True):
-        im = _open(path)
-        try:
-            w, h = im.size
-            if max_pixels is not None and w * h > max_pixels:
-                raise ImageTooLargeError(
-                    f"image {path} is {w}x{h} ({w * h / 1e6:.1f} MP), above max_pixels={max_pixels}; "
-                    f"predict it by tiles (tile=...) or raise max_pixels")
-            try:
-                return _to_rgb(im)
-            except MemoryError:
-                raise
-            except Exception as e:
-                raise ImageReadError(f"cannot read image {path}: {_one_line(e)}") from None
-        finally:
-            im.close()
+    _check_file(path)
+    try:
+        im = load_image_file(path, max_pixels, exif=True)
+    except TooManyPixelsError as e:
+        raise ImageTooLargeError(f"image {path} is {e.width}x{e.height} ({e.width * e.height / 1e6:.1f} MP), "
+                                 f"above max_pixels={max_pixels}; predict it by tiles (tile=...) or raise "
+                                 f"max_pixels") from None
+    except MemoryError:
+        raise
+    except Image.UnidentifiedImageError:
+        raise ImageReadError(f"cannot read image {path}: not an image file (or an unsupported format)") from None
+    except Exception as e:  # OSError, SyntaxError, ValueError, ...
+        raise ImageReadError(f"cannot read image {path}: {_one_line(e)}") from None
+    try:
+        return to_rgb_uint8(im)
+    except MemoryError:
+        raise
+    except Exception as e:
+        raise ImageReadError(f"cannot read image {path}: {_one_line(e)}") from None
+    finally:
+        im.close()
 
 
 def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> torch.Tensor:
