@@ -54,13 +54,13 @@ def _heads(model: nn.Module) -> dict[str, int]:
 
 def _metadata(model: nn.Module) -> dict[str, str]:
     from . import __version__
-    from .engine.predict import output_stride
+    from .engine.predict import input_padding, output_stride
 
     heads = _heads(model)
     meta = {"heads": json.dumps(heads), "num_classes": json.dumps(getattr(model, "num_classes", heads)),
             "config": json.dumps(getattr(model, "config", {}), default=str), "version": __version__,
             "in_channels": str(getattr(getattr(model, "backbone", None), "in_channels", 3)),
-            "output_stride": str(output_stride(model))}
+            "output_stride": str(output_stride(model)), "input_padding": str(input_padding(model))}
     pre = getattr(model, "preprocessing", None)
     if pre is not None:
         meta["preprocessing"] = json.dumps(pre.to_dict())

@@ -38,3 +38,24 @@ def test_one_pixel_limit_for_datasets_and_predict(tmp_path):
         read_rgb(path, "test")
     with pytest.raises(ImageTooLargeError, match="above max_pixels"):
         read_rgb_uint8(path)
+
+
+def test_size_guard_counts_the_networks_padded_compute(tmp_path):
+    import torch
+
+    import fcnseg
+    from fcnseg.data.io import DEFAULT_MAX_PIXELS, padded_pixels
+    from fcnseg.engine.predict import input_padding, predict_paths
+
+    torch.manual_seed(0)
+    caffe = fcnseg.create_model("fcn8s", 3, width=1 / 16, fc_channels=16).eval()
+    same = fcnseg.create_model("fcn8s", 3, width=1 / 16, fc_channels=16, alignment="same").eval()
+    assert input_padding(caffe) == 100 and input_padding(same) < 100
+    assert padded_pixels(100000, 1, 100) == 100200 * 201 > DEFAULT_MAX_PIXELS > 100000  # the 1×100000 image
+    Image.fromarray(np.zeros((1, 600, 3), np.uint8)).save(tmp_path / "strip.png")
+    run = dict(palette=np.zeros((3, 3), np.uint8), max_pixels=20_000, overlay_format=None)
+    with pytest.raises(ImageTooLargeError, match=r"600x1 \(0.0 MP; 0.2 MP with the network's 100 px padding\)"):
+        list(predict_paths(caffe, [tmp_path / "strip.png"], tmp_path / "a", **run))  # 600 px, 160800 computed
+    assert len(list(predict_paths(same, [tmp_path / "strip.png"], tmp_path / "b", **run))) == 1
+    tiled = list(predict_paths(caffe, [tmp_path / "strip.png"], tmp_path / "c", tile=256, **run))
+    assert tiled[0]["tiled"] and tiled[0]["size"] == (1, 600)

@@ -11,7 +11,7 @@ from PIL import Image, ImageOps
 
 from ..errors import FcnsegError
 
-__all__ = ["DatasetError", "TooManyPixelsError", "DEFAULT_MAX_PIXELS", "load_image_file", "to_rgb_uint8", "read_rgb", "read_index_png", "read_gray16", "read_mat", "read_lines", "read_names",
+__all__ = ["DatasetError", "TooManyPixelsError", "DEFAULT_MAX_PIXELS", "padded_pixels", "load_image_file", "to_rgb_uint8", "read_rgb", "read_index_png", "read_gray16", "read_mat", "read_lines", "read_names",
            "read_indexed_names", "package_list",
            "lines_to_ids", "apply_lut", "image_to_tensor"]
 
@@ -32,9 +32,20 @@ def _fail(who: str, kind: str, path: Path | str, reason: Any) -> DatasetError:
 class TooManyPixelsError(ValueError):
     """An image whose header declares more than ``max_pixels`` pixels (nothing was decoded)."""
 
-    def __init__(self, width: int, height: int, max_pixels: int) -> None:
-        super().__init__(f"{width}x{height} ({width * height / 1e6:.1f} MP) is above max_pixels={max_pixels}")
-        self.width, self.height, self.max_pixels = width, height, max_pixels
+    def __init__(self, width: int, height: int, max_pixels: int, pad: int = 0) -> None:
+        self.width, self.height, self.max_pixels, self.pad = width, height, max_pixels, pad
+        super().__init__(f"{self.describe()} is above max_pixels={max_pixels}")
+
+    def describe(self) -> str:
+        """``WxH (N MP)``, and the padded count the limit was applied to where there is a pad."""
+        w, h, p = self.width, self.height, self.pad
+        padded = f"; {padded_pixels(w, h, p) / 1e6:.1f} MP with the network's {p} px padding" if p else ""
+        return f"{w}x{h} ({w * h / 1e6:.1f} MP{padded})"
+
+
+def padded_pixels(width: int, height: int, pad: int = 0) -> int:
+    """Pixels a network that pads its input by ``pad`` on every side computes on: (W+2p)(H+2p)."""
+    return (width + 2 * pad) * (height + 2 * pad)
 
 
 @contextlib.contextmanager
@@ -47,16 +58,17 @@ def _pil_limit_lifted():
         Image.MAX_IMAGE_PIXELS = saved
 
 
-def load_image_file(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, exif: bool = False) -> Image.Image:
+def load_image_file(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, exif: bool = False,
+                    pad: int = 0) -> Image.Image:
     """The one image reader: open, refuse above ``max_pixels`` from the header (PIL's own bomb limit is
-    replaced by it; ``None``: no limit), decode (truncated files fail here), first frame only, and with
+    replaced by it; ``None``: no limit; counted with ``pad`` px on every side, :func:`padded_pixels`), decode (truncated files fail here), first frame only, and with
     ``exif`` apply the EXIF orientation. Raises :class:`TooManyPixelsError` or PIL's own errors."""
     with _pil_limit_lifted():
         im = Image.open(path)
         try:
             w, h = im.size
-            if max_pixels is not None and w * h > max_pixels:
-                raise TooManyPixelsError(w, h, max_pixels)
+            if max_pixels is not None and padded_pixels(w, h, pad) > max_pixels:
+                raise TooManyPixelsError(w, h, max_pixels, pad)
             im.load()
             if exif and im.getexif().get(_EXIF_ORIENTATION, 1) != 1:
                 im = ImageOps.exif_transpose(im)

@@ -18,7 +18,7 @@ from ..errors import FcnsegError
 from .visualize import colorize, overlay, save_image
 
 __all__ = ["ImageReadError", "ImageTooLargeError", "load_image", "read_rgb_uint8", "iter_image_paths",
-           "predict_paths", "predict_labels", "output_stride", "make_output_dir", "format_summary", "IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS",
+           "predict_paths", "predict_labels", "output_stride", "input_padding", "make_output_dir", "format_summary", "IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS",
            "DEFAULT_MAX_TILED_PIXELS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".gif")
@@ -61,22 +61,23 @@ def _check_file(path: Path) -> None:
         raise ImageReadError(f"cannot read image {path}: empty file (0 bytes)")
 
 
-def read_rgb_uint8(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_rgb_uint8(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS, pad: int = 0
+                   ) -> np.ndarray:
     """Image file → uint8 (H, W, 3) RGB; any PIL mode, EXIF orientation applied, first frame only.
 
     The datasets' reader (:func:`fcnseg.data.io.load_image_file` and :func:`~fcnseg.data.io.to_rgb_uint8`):
     the same pixels, the same decompression-bomb policy. Raises :class:`ImageReadError` (one line, naming
     the file) for missing, empty, truncated, corrupt or non-image files, and :class:`ImageTooLargeError`
-    above ``max_pixels`` (checked before decoding; ``None`` = no limit).
+    above ``max_pixels`` (checked before decoding; ``None`` = no limit), counting the ``pad`` px border a
+    network adds on every side (:func:`input_padding`): what the network computes on, not the file.
     """
     path = Path(path)
     _check_file(path)
     try:
-        im = load_image_file(path, max_pixels, exif=True)
+        im = load_image_file(path, max_pixels, exif=True, pad=pad)
     except TooManyPixelsError as e:
-        raise ImageTooLargeError(f"image {path} is {e.width}x{e.height} ({e.width * e.height / 1e6:.1f} MP), "
-                                 f"above max_pixels={max_pixels}; predict it by tiles (tile=...) or raise "
-                                 f"max_pixels") from None
+        raise ImageTooLargeError(f"image {path} is {e.describe()}, above max_pixels={max_pixels}; "
+                                 f"predict it by tiles (tile=...) or raise max_pixels") from None
     except MemoryError:
         raise
     except Image.UnidentifiedImageError:
@@ -138,6 +139,18 @@ def output_stride(model: nn.Module) -> int:
 
 
 _output_stride = output_stride
+
+
+def input_padding(model: nn.Module) -> int:
+    """Pixels the network pads its input by on every side (100 for Caffe-aligned nets), looking through
+    wrappers and engines (``.input_padding``); 0 if it has no convolution."""
+    if hasattr(model, "input_padding"):
+        return int(model.input_padding)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            pad = m.padding
+            return 0 if isinstance(pad, str) else int(max(pad))
+    return 0
 
 
 def _starts(length: int, tile: int, overlap: int, align: int) -> list[tuple[int, int]]:
@@ -245,7 +258,7 @@ def predict_paths(model: nn.Module, inputs: Sequence[str | os.PathLike], out_dir
     stems get ``-1``, ``-2``) and yields per image ``{"path", "size": (H, W), "seconds", "top":
     [(class, fraction), ...] (3 largest), "label_path", "overlay_path", "tiled"}``.
 
-    Images above ``max_pixels`` raise :class:`ImageTooLargeError` unless ``tile`` is given (then the
+    Images above ``max_pixels`` (counted with the network's input padding, :func:`input_padding`) raise :class:`ImageTooLargeError` unless ``tile`` is given (then the
     limit is ``max_tiled_pixels``, the decoded image still has to fit in memory). Unreadable
     files raise :class:`ImageReadError` naming the file; with ``skip_bad`` they (and too-large images)
     are skipped with a warning naming the file. Missing inputs always raise, before any work.
@@ -257,12 +270,13 @@ def predict_paths(model: nn.Module, inputs: Sequence[str | os.PathLike], out_dir
     roots = [Path(p) for p in inputs]
     paths = iter_image_paths(roots, skip_dir=out_dir)
     model.to(device).eval()
+    pad = input_padding(model)
     used: set[str] = set()
     for path in paths:
         t0 = time.perf_counter()
         try:
             try:
-                rgb = read_rgb_uint8(path, max_tiled_pixels if tile else max_pixels)
+                rgb = read_rgb_uint8(path, max_tiled_pixels, 0) if tile else read_rgb_uint8(path, max_pixels, pad)
             except ImageTooLargeError as e:
                 if not tile:
                     raise

@@ -47,6 +47,7 @@ class Engine(ABC):
     name: str = "engine"
     exact: bool = True          # same function as the fp32 PyTorch model (up to fp32 rounding)
     output_stride: int = 1      # tiles start on multiples of it (see fcnseg.engine.predict.predict_labels)
+    input_padding: int = 0      # px the network pads its input by (the size guard counts them)
     heads: dict[str, int]
     preprocessing: Preprocessing
 
@@ -91,6 +92,7 @@ class EngineModule(nn.Module):
         self.num_classes = self.heads["out"] if list(self.heads) == ["out"] else dict(self.heads)
         self.preprocessing = _IDENTITY
         self.output_stride = int(engine.output_stride)
+        self.input_padding = int(engine.input_padding)
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # gives .parameters()/.to() a device
 
     def forward(self, images: torch.Tensor) -> Scores:
@@ -137,7 +139,7 @@ class TorchEngine(Engine):
             self.model = TrimmedFCN(self.model, strip_bytes=0 if compile else None)
         self.preprocessing = model.preprocessing
         self.heads = dict(getattr(model, "heads", None) or {"out": int(model.num_classes)})
-        self.output_stride = _stride(model)
+        self.output_stride, self.input_padding = _stride(model), _padding(model)
         self._fn = torch.compile(self.model, dynamic=False) if compile else self.model
         self._graphs: dict[tuple, tuple[Any, torch.Tensor, Any]] = {}
         self._max_graphs = max_graphs
@@ -250,6 +252,7 @@ class OrtEngine(Engine):
         self.exact = self.quantized is None
         self.input_size = meta.get("input_size")  # fixed H, W of a static export, else None
         self.output_stride = int(meta.get("output_stride", 1))
+        self.input_padding = int(meta.get("input_padding", 0))
         self.low_memory = low_memory
         self.name = "ort-" + ("int8" if self.quantized else "fp32") + ("-trim" if meta.get("trim") else "") \
             + ("-lowmem" if low_memory else "")
@@ -293,6 +296,12 @@ def _stride(model: nn.Module) -> int:
     from .predict import output_stride
 
     return output_stride(model)
+
+
+def _padding(model: nn.Module) -> int:
+    from .predict import input_padding
+
+    return input_padding(model)
 
 
 def _model_key(model: nn.Module) -> str:
@@ -400,7 +409,7 @@ class TrimmedOrtEngine(Engine):
         self.preprocessing = model.preprocessing
         self.heads = dict(getattr(model, "heads", None) or {"out": int(model.num_classes)})
         self.name = "ort-fp32-trim-lowmem"
-        self.output_stride = _stride(model)
+        self.output_stride, self.input_padding = _stride(model), _padding(model)
         self._model: nn.Module | None = model
         self._reload = reload
         self._tmp = None if cache_dir is not None else tempfile.TemporaryDirectory(prefix="fcnseg-ort-")
