@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from PIL import Image, ImageOps
 
 from ..errors import FcnsegError
 
-__all__ = ["DatasetError", "TooManyPixelsError", "DEFAULT_MAX_PIXELS", "padded_pixels", "load_image_file", "to_rgb_uint8", "read_rgb", "read_index_png", "read_gray16", "read_mat", "read_lines", "read_names",
+__all__ = ["DatasetError", "TooManyPixelsError", "DEFAULT_MAX_PIXELS", "padded_pixels", "shown", "load_image_file", "to_rgb_uint8", "read_rgb", "read_index_png", "read_gray16", "read_mat", "read_lines", "read_names",
            "read_indexed_names", "package_list",
            "lines_to_ids", "apply_lut", "image_to_tensor"]
 
@@ -26,7 +27,15 @@ class DatasetError(FcnsegError, ValueError):
 
 def _fail(who: str, kind: str, path: Path | str, reason: Any) -> DatasetError:
     text = str(reason).replace("\n", " ").strip() or type(reason).__name__
-    return DatasetError(f"{who}: cannot read {kind} {path}: {text}")
+    return DatasetError(f"{who}: cannot read {kind} {shown(path)}: {text}")
+
+
+def shown(path: str | Path) -> str:
+    """``path`` for a one-line message: control characters (newline, tab, ESC ...) as escapes (``\\n``)."""
+    text = str(path)
+    if not any(unicodedata.category(c) == "Cc" for c in text):
+        return text
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" else c for c in text)
 
 
 class TooManyPixelsError(ValueError):

@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from ..atomic import write_error
-from ..data.io import DEFAULT_MAX_PIXELS, TooManyPixelsError, load_image_file, to_rgb_uint8
+from ..data.io import DEFAULT_MAX_PIXELS, TooManyPixelsError, load_image_file, shown, to_rgb_uint8
 from ..errors import FcnsegError
 from .visualize import colorize, overlay, save_image
 
@@ -48,17 +48,17 @@ def _one_line(e: BaseException) -> str:
 def _check_file(path: Path) -> None:
     """Fail early, one line, for paths that are no image file at all."""
     if not path.exists():
-        raise ImageNotFoundError(f"image not found: {path}")
+        raise ImageNotFoundError(f"image not found: {shown(path)}")
     if path.is_dir():
-        raise ImageReadError(f"cannot read image {path}: is a directory")
+        raise ImageReadError(f"cannot read image {shown(path)}: is a directory")
     if not path.is_file():  # a FIFO would block, a device never ends
-        raise ImageReadError(f"cannot read image {path}: not a regular file")
+        raise ImageReadError(f"cannot read image {shown(path)}: not a regular file")
     try:
         size = path.stat().st_size
     except OSError as e:
-        raise ImageReadError(f"cannot read image {path}: {_one_line(e)}") from None
+        raise ImageReadError(f"cannot read image {shown(path)}: {_one_line(e)}") from None
     if size == 0:
-        raise ImageReadError(f"cannot read image {path}: empty file (0 bytes)")
+        raise ImageReadError(f"cannot read image {shown(path)}: empty file (0 bytes)")
 
 
 def read_rgb_uint8(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS, pad: int = 0
@@ -76,20 +76,20 @@ def read_rgb_uint8(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX
     try:
         im = load_image_file(path, max_pixels, exif=True, pad=pad)
     except TooManyPixelsError as e:
-        raise ImageTooLargeError(f"image {path} is {e.describe()}, above max_pixels={max_pixels}; "
+        raise ImageTooLargeError(f"image {shown(path)} is {e.describe()}, above max_pixels={max_pixels}; "
                                  f"predict it by tiles (tile=...) or raise max_pixels") from None
     except MemoryError:
         raise
     except Image.UnidentifiedImageError:
-        raise ImageReadError(f"cannot read image {path}: not an image file (or an unsupported format)") from None
+        raise ImageReadError(f"cannot read image {shown(path)}: not an image file (or an unsupported format)") from None
     except Exception as e:  # OSError, SyntaxError, ValueError, ...
-        raise ImageReadError(f"cannot read image {path}: {_one_line(e)}") from None
+        raise ImageReadError(f"cannot read image {shown(path)}: {_one_line(e)}") from None
     try:
         return to_rgb_uint8(im)
     except MemoryError:
         raise
     except Exception as e:
-        raise ImageReadError(f"cannot read image {path}: {_one_line(e)}") from None
+        raise ImageReadError(f"cannot read image {shown(path)}: {_one_line(e)}") from None
     finally:
         im.close()
 
@@ -110,7 +110,7 @@ def iter_image_paths(inputs: Sequence[str | os.PathLike], skip_dir: str | os.Pat
     paths = [Path(p) for p in inputs]
     for p in paths:
         if not p.exists():
-            raise ImageNotFoundError(f"input not found: {p}")
+            raise ImageNotFoundError(f"input not found: {shown(p)}")
     skip = Path(skip_dir).resolve() if skip_dir is not None else None
     for p in paths:
         if p.is_dir():
@@ -316,4 +316,4 @@ def format_summary(s: dict) -> str:
     """One line per image for the CLI: ``path  HxW  0.12 s  person 61.2%, background 30.0%, ...``."""
     h, w = s["size"]
     top = ", ".join(f"{c} {100 * f:.1f}%" for c, f in s["top"])
-    return f"{s['path']}  {h}x{w}  {s['seconds']:.2f} s{'  (tiled)' if s.get('tiled') else ''}  {top}"
+    return f"{shown(s['path'])}  {h}x{w}  {s['seconds']:.2f} s{'  (tiled)' if s.get('tiled') else ''}  {top}"
