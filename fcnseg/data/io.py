@@ -12,7 +12,7 @@ from PIL import Image, ImageOps
 
 from ..errors import FcnsegError
 
-__all__ = ["DatasetError", "TooManyPixelsError", "DEFAULT_MAX_PIXELS", "padded_pixels", "shown", "load_image_file", "to_rgb_uint8", "read_rgb", "read_index_png", "read_gray16", "read_mat", "read_lines", "read_names",
+__all__ = ["DatasetError", "TooManyPixelsError", "DEFAULT_MAX_PIXELS", "padded_pixels", "shown", "as_image_batch", "load_image_file", "to_rgb_uint8", "read_rgb", "read_index_png", "read_gray16", "read_mat", "read_lines", "read_names",
            "read_indexed_names", "package_list",
            "lines_to_ids", "apply_lut", "image_to_tensor"]
 
@@ -115,6 +115,44 @@ def _open_loaded(path: Path, who: str, kind: str) -> Image.Image:
         raise _fail(who, kind, path, "not an image file (or an unsupported format)") from e
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
         raise _fail(who, kind, path, e) from e
+
+
+def as_image_batch(images: Any, name: str = "images", channels: int | None = 3) -> tuple[torch.Tensor, bool]:
+    """What users pass as images → (float32 N×C×H×W tensor, 0–255 values kept; whether one image was given).
+
+    Accepted: a torch tensor C×H×W or N×C×H×W (uint8, or float/int in 0–255), a PIL image (any mode, as
+    :func:`to_rgb_uint8` converts it), a numpy array H×W×C (uint8 or 0–255 numbers) or H×W grey (repeated
+    to 3 channels). ``channels``: the channel count required (None: any). Anything else is a
+    :class:`TypeError` naming ``name``; wrong shapes or channel counts a :class:`ValueError`.
+    """
+    if isinstance(images, Image.Image):
+        images = to_rgb_uint8(images)
+    if isinstance(images, np.ndarray):
+        if images.ndim == 2:
+            images = np.repeat(images[:, :, None], 3, axis=2)
+        if images.ndim != 3:
+            raise ValueError(f"{name}: a numpy image must be H×W×C or H×W, got shape {images.shape}")
+        _check_dtype(images.dtype.kind in "uifb" and images.dtype.kind != "b", images.dtype, name)
+        images = torch.from_numpy(np.ascontiguousarray(images.transpose(2, 0, 1)))
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, a PIL image or a numpy array, got {type(images).__name__}")
+    _check_dtype(images.is_floating_point() or (not images.is_complex() and images.dtype != torch.bool),
+                 images.dtype, name)
+    single = images.dim() == 3
+    batch = images[None] if single else images
+    if batch.dim() != 4:
+        raise ValueError(f"{name} must be C×H×W or N×C×H×W, got shape {tuple(images.shape)}")
+    if channels is not None and batch.shape[1] != channels:
+        raise ValueError(f"{name} must have {channels} channels (dimension {0 if single else 1}), "
+                         f"got shape {tuple(images.shape)}")
+    if min(batch.shape) == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(images.shape)}")
+    return batch.float(), single
+
+
+def _check_dtype(ok: bool, dtype, name: str) -> None:
+    if not ok:
+        raise TypeError(f"{name} must hold real numbers (uint8 or float 0–255), got dtype {dtype}")
 
 
 def image_to_tensor(arr: np.ndarray) -> torch.Tensor:

@@ -69,14 +69,11 @@ class Engine(ABC):
         return EngineModule(self)
 
     @staticmethod
-    def _batch(images: torch.Tensor) -> torch.Tensor:
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
-        if images.dim() == 3:
-            images = images[None]
-        if images.dim() != 4:
-            raise ValueError(f"images must be N×C×H×W or C×H×W, got shape {tuple(images.shape)}")
-        return images
+    def _batch(images) -> torch.Tensor:
+        """N×C×H×W float images from a tensor, PIL image or numpy array (:func:`fcnseg.data.io.as_image_batch`)."""
+        from ..data.io import as_image_batch
+
+        return as_image_batch(images, "images", channels=None)[0]
 
 
 _IDENTITY = Preprocessing(bgr=False, scale=1.0, mean=(0.0, 0.0, 0.0), name="identity")
