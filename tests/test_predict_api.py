@@ -64,3 +64,13 @@ def test_predict_rejects_complex_and_bool(model):
     for bad in (torch.zeros(3, 8, 8, dtype=torch.complex64), torch.zeros(3, 8, 8, dtype=torch.bool)):
         with pytest.raises(TypeError, match="images must hold real numbers"):
             model.predict(bad)
+
+
+def test_late_fusion_predict_takes_all_its_channels():
+    torch.manual_seed(0)
+    fused = fcnseg.create_model("fcn32s", 3, width=1 / 16, fc_channels=16, streams={"color": 3, "hha": 3}).eval()
+    x = torch.rand(6, 16, 16) * 255
+    assert fused.predict(x).shape == (16, 16)
+    assert fused.predict(x.numpy().transpose(1, 2, 0)).shape == (16, 16)  # numpy H×W×6
+    with pytest.raises(ValueError, match="images must have 6 channels"):
+        fused.predict(torch.rand(3, 16, 16))
