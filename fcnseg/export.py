@@ -20,7 +20,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from .atomic import atomic_write
+from .atomic import atomic_write, write_bytes
 from .errors import FcnsegError
 
 __all__ = ["ExportError", "export_onnx", "export_torch", "read_onnx_metadata", "quantize_onnx",
@@ -241,8 +241,8 @@ def export_torch(model: nn.Module, path: str | os.PathLike, *, dynamic: bool = T
     except Exception as e:
         kind = "with dynamic shapes " if dynamic else ""
         raise ExportError(f"torch.export {kind}failed: {str(e).splitlines()[0]}") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.export.save(ep, str(path), extra_files={"fcnseg.json": json.dumps(_metadata(model))})
+    with atomic_write(path) as f:
+        torch.export.save(ep, f, extra_files={"fcnseg.json": json.dumps(_metadata(model))})
     return path
 
 
@@ -273,11 +273,11 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calibration: I
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), _quiet(), \
             contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        pre = Path(tmp) / "pre.onnx"
+        pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"  # dst appears whole, at the end
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         exclude = _head_nodes(pre, meta) if fp32_head else []
         if mode == "dynamic":
-            quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
+            quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8, per_channel=per_channel,
                              nodes_to_exclude=exclude)
         elif mode == "static":
             if calibration is None:
@@ -303,14 +303,14 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calibration: I
             if calibrate not in methods:
                 raise ExportError(f"calibrate must be one of {sorted(methods)}, got {calibrate!r}")
             method, extra = methods[calibrate]
-            quantize_static(str(pre), str(dst), _Reader(), quant_format=QuantFormat.QDQ,
+            quantize_static(str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             per_channel=per_channel, nodes_to_exclude=exclude, calibrate_method=method,
                             extra_options=extra)
         else:
             raise ExportError(f"quantization mode must be 'static' or 'dynamic', got {mode!r}")
-    _set_metadata(dst, {**{META_PREFIX + k: json.dumps(v) for k, v in meta.items()},
-                        META_PREFIX + "quantized": json.dumps(f"int8-{mode}")})
+        _set_metadata(out, {**{META_PREFIX + k: json.dumps(v) for k, v in meta.items()},
+                            META_PREFIX + "quantized": json.dumps(f"int8-{mode}")}, dst)
     return dst
 
 
@@ -342,7 +342,8 @@ def _quiet():
         log.setLevel(level)
 
 
-def _set_metadata(path: Path, props: dict[str, str]) -> None:
+def _set_metadata(path: Path, props: dict[str, str], dst: Path | None = None) -> None:
+    """Set ``props`` in the ONNX file ``path``, written (atomically) to ``dst`` (default: ``path``)."""
     onnx = _require_onnx()
     proto = onnx.load(str(path))
     keep = [p for p in proto.metadata_props if p.key not in props]
@@ -351,7 +352,7 @@ def _set_metadata(path: Path, props: dict[str, str]) -> None:
         proto.metadata_props.add(key=p.key, value=p.value)
     for k, v in props.items():
         proto.metadata_props.add(key=k, value=v)
-    onnx.save(proto, str(path))
+    write_bytes(dst or path, proto.SerializeToString())
 
 
 # ---------------------------------------------------------------- CLI pieces (wired by fcnseg.cli)
