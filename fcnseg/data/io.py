@@ -12,9 +12,10 @@ from PIL import Image, ImageOps
 
 from ..errors import FcnsegError
 
-__all__ = ["DatasetError", "TooManyPixelsError", "DEFAULT_MAX_PIXELS", "padded_pixels", "shown", "as_image_batch", "load_image_file", "to_rgb_uint8", "read_rgb", "read_index_png", "read_gray16", "read_mat", "read_lines", "read_names",
-           "read_indexed_names", "package_list",
-           "lines_to_ids", "apply_lut", "image_to_tensor"]
+__all__ = ["DatasetError", "TooManyPixelsError", "DEFAULT_MAX_PIXELS", "padded_pixels", "shown",
+           "as_image_batch", "load_image_file", "to_rgb_uint8", "read_rgb", "read_index_png", "read_gray16",
+           "read_mat", "read_lines", "read_names", "read_indexed_names", "package_list", "lines_to_ids",
+           "apply_lut", "image_to_tensor"]
 
 _PACKAGE_LISTS = Path(__file__).resolve().parent / "lists"
 DEFAULT_MAX_PIXELS = 4096 * 4096  # the one decompression-bomb limit (images larger must be asked for)
@@ -70,8 +71,9 @@ def _pil_limit_lifted():
 def load_image_file(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, exif: bool = False,
                     pad: int = 0) -> Image.Image:
     """The one image reader: open, refuse above ``max_pixels`` from the header (PIL's own bomb limit is
-    replaced by it; ``None``: no limit; counted with ``pad`` px on every side, :func:`padded_pixels`), decode (truncated files fail here), first frame only, and with
-    ``exif`` apply the EXIF orientation. Raises :class:`TooManyPixelsError` or PIL's own errors."""
+    replaced by it; ``None``: no limit; counted with ``pad`` px on every side, :func:`padded_pixels`),
+    decode (truncated files fail here), first frame only, and with ``exif`` apply the EXIF orientation.
+    Raises :class:`TooManyPixelsError` or PIL's own errors."""
     with _pil_limit_lifted():
         im = Image.open(path)
         try:

@@ -18,8 +18,8 @@ from ..errors import FcnsegError
 from .visualize import colorize, overlay, save_image
 
 __all__ = ["ImageReadError", "ImageTooLargeError", "load_image", "read_rgb_uint8", "iter_image_paths",
-           "predict_paths", "predict_labels", "output_stride", "input_padding", "make_output_dir", "format_summary", "IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS",
-           "DEFAULT_MAX_TILED_PIXELS"]
+           "predict_paths", "predict_labels", "output_stride", "input_padding", "make_output_dir",
+           "format_summary", "IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_TILED_PIXELS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".gif")
 # Tiling bounds the network's memory, not the decoded image's (3 bytes/pixel, plus label and overlay):
@@ -258,7 +258,8 @@ def predict_paths(model: nn.Module, inputs: Sequence[str | os.PathLike], out_dir
     stems get ``-1``, ``-2``) and yields per image ``{"path", "size": (H, W), "seconds", "top":
     [(class, fraction), ...] (3 largest), "label_path", "overlay_path", "tiled"}``.
 
-    Images above ``max_pixels`` (counted with the network's input padding, :func:`input_padding`) raise :class:`ImageTooLargeError` unless ``tile`` is given (then the
+    Images above ``max_pixels`` (counted with the network's input padding, :func:`input_padding`)
+    raise :class:`ImageTooLargeError` unless ``tile`` is given (then the
     limit is ``max_tiled_pixels``, the decoded image still has to fit in memory). Unreadable
     files raise :class:`ImageReadError` naming the file; with ``skip_bad`` they (and too-large images)
     are skipped with a warning naming the file. Missing inputs always raise, before any work.
