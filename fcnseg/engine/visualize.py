@@ -117,9 +117,8 @@ def save_image(im: Image.Image, path: str | os.PathLike, **params) -> Path:
 
 def _save(fig, path: str | os.PathLike) -> Path:
     path = Path(path)
-    fmt = _format(path).lower()
-    with atomic_write(path) as f:
-        fig.savefig(f, format="jpg" if fmt == "jpeg" else fmt, dpi=100, bbox_inches="tight")
+    with atomic_write(path) as f:  # matplotlib's format from the suffix (png, pdf, svg, ...)
+        fig.savefig(f, format=path.suffix.lstrip(".").lower() or "png", dpi=100, bbox_inches="tight")
     return path
 
 
