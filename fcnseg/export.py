@@ -15,12 +15,12 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
 
-from .atomic import atomic_write
+from .atomic import atomic_write, write_bytes
 from .errors import FcnsegError
 
 __all__ = ["ExportError", "export_onnx", "export_torch", "read_onnx_metadata", "quantize_onnx",
@@ -54,11 +54,13 @@ def _heads(model: nn.Module) -> dict[str, int]:
 
 def _metadata(model: nn.Module) -> dict[str, str]:
     from . import __version__
+    from .engine.predict import input_padding, output_stride
 
     heads = _heads(model)
     meta = {"heads": json.dumps(heads), "num_classes": json.dumps(getattr(model, "num_classes", heads)),
             "config": json.dumps(getattr(model, "config", {}), default=str), "version": __version__,
-            "in_channels": str(getattr(getattr(model, "backbone", None), "in_channels", 3))}
+            "in_channels": str(getattr(getattr(model, "backbone", None), "in_channels", 3)),
+            "output_stride": str(output_stride(model)), "input_padding": str(input_padding(model))}
     pre = getattr(model, "preprocessing", None)
     if pre is not None:
         meta["preprocessing"] = json.dumps(pre.to_dict())
@@ -91,7 +93,7 @@ def _require_onnx():
 def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17, dynamic: bool = True,
                 example_size: tuple[int, int] = (96, 112), verify: bool = True,
                 verify_sizes: Iterable[tuple[int, int]] = VERIFY_SIZES, atol: float = 1e-4,
-                trim: bool = False) -> Path:
+                trim: bool = False, metadata: dict[str, Any] | None = None) -> Path:
     """Write ``model`` (fp32, CPU, eval) as ONNX with input ``input`` (N×C×H×W, preprocessed) and one
     output per head (``scores`` for a single-head net); N is symbolic, H/W too when ``dynamic``
     (else fixed at ``example_size``).
@@ -102,6 +104,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17, d
 
     ``trim``: export :class:`fcnseg.engine.trim.TrimmedFCN` (exact, skips the image-independent
     pad-100 border); its plan depends on the size, so it needs ``dynamic=False`` (one ``example_size``).
+    ``metadata``: extra ``fcnseg.*`` entries (JSON-encoded), e.g. the engine cache's model key.
     """
     onnx = _require_onnx()
     if trim:
@@ -141,6 +144,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17, d
         meta[META_PREFIX + "input_size"] = json.dumps(list(example_size))
     if trim:
         meta[META_PREFIX + "trim"] = "true"
+    meta.update({META_PREFIX + k: json.dumps(v) for k, v in (metadata or {}).items()})
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
     with atomic_write(path) as f:
@@ -237,8 +241,8 @@ def export_torch(model: nn.Module, path: str | os.PathLike, *, dynamic: bool = T
     except Exception as e:
         kind = "with dynamic shapes " if dynamic else ""
         raise ExportError(f"torch.export {kind}failed: {str(e).splitlines()[0]}") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.export.save(ep, str(path), extra_files={"fcnseg.json": json.dumps(_metadata(model))})
+    with atomic_write(path) as f:
+        torch.export.save(ep, f, extra_files={"fcnseg.json": json.dumps(_metadata(model))})
     return path
 
 
@@ -269,11 +273,11 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calibration: I
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), _quiet(), \
             contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        pre = Path(tmp) / "pre.onnx"
+        pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"  # dst appears whole, at the end
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         exclude = _head_nodes(pre, meta) if fp32_head else []
         if mode == "dynamic":
-            quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
+            quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8, per_channel=per_channel,
                              nodes_to_exclude=exclude)
         elif mode == "static":
             if calibration is None:
@@ -299,14 +303,14 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calibration: I
             if calibrate not in methods:
                 raise ExportError(f"calibrate must be one of {sorted(methods)}, got {calibrate!r}")
             method, extra = methods[calibrate]
-            quantize_static(str(pre), str(dst), _Reader(), quant_format=QuantFormat.QDQ,
+            quantize_static(str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             per_channel=per_channel, nodes_to_exclude=exclude, calibrate_method=method,
                             extra_options=extra)
         else:
             raise ExportError(f"quantization mode must be 'static' or 'dynamic', got {mode!r}")
-    _set_metadata(dst, {**{META_PREFIX + k: json.dumps(v) for k, v in meta.items()},
-                        META_PREFIX + "quantized": json.dumps(f"int8-{mode}")})
+        _set_metadata(out, {**{META_PREFIX + k: json.dumps(v) for k, v in meta.items()},
+                            META_PREFIX + "quantized": json.dumps(f"int8-{mode}")}, dst)
     return dst
 
 
@@ -338,7 +342,8 @@ def _quiet():
         log.setLevel(level)
 
 
-def _set_metadata(path: Path, props: dict[str, str]) -> None:
+def _set_metadata(path: Path, props: dict[str, str], dst: Path | None = None) -> None:
+    """Set ``props`` in the ONNX file ``path``, written (atomically) to ``dst`` (default: ``path``)."""
     onnx = _require_onnx()
     proto = onnx.load(str(path))
     keep = [p for p in proto.metadata_props if p.key not in props]
@@ -347,7 +352,7 @@ def _set_metadata(path: Path, props: dict[str, str]) -> None:
         proto.metadata_props.add(key=p.key, value=p.value)
     for k, v in props.items():
         proto.metadata_props.add(key=k, value=v)
-    onnx.save(proto, str(path))
+    write_bytes(dst or path, proto.SerializeToString())
 
 
 # ---------------------------------------------------------------- CLI pieces (wired by fcnseg.cli)

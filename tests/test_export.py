@@ -116,3 +116,39 @@ def test_torch_export_dynamic(tmp_path):
             assert (ep.module()(x) - m(x)).abs().max() <= 1e-5
     with pytest.raises(ExportError, match=".pt2"):
         export_torch(m, tmp_path / "m.onnx")
+
+
+def _disk_full(monkeypatch):
+    import errno
+
+    import fcnseg.atomic
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fcnseg.atomic.os, "fsync", fsync)
+
+
+def test_export_writes_are_atomic_and_name_the_path(tmp_path, monkeypatch):
+    from fcnseg.atomic import WriteError
+    from fcnseg.export import _set_metadata
+
+    m = _tiny()
+    src = export_onnx(m, tmp_path / "m.onnx", verify=False)
+    before = src.read_bytes()
+    _disk_full(monkeypatch)
+    with pytest.raises(WriteError, match=f"cannot write {tmp_path / 'm.int8.onnx'}: no space left on device"):
+        _set_metadata(src, {"fcnseg.quantized": '"int8-static"'}, tmp_path / "m.int8.onnx")
+    with pytest.raises(WriteError, match=f"cannot write {src}: no space left on device"):
+        _set_metadata(src, {"fcnseg.quantized": '"int8-static"'})
+    assert src.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+@pytest.mark.skipif(not hasattr(torch.export.Dim, "AUTO"), reason="dynamic torch.export needs torch >= 2.6")
+def test_torch_export_write_is_atomic_and_names_the_path(tmp_path, monkeypatch):
+    from fcnseg.atomic import WriteError
+
+    _disk_full(monkeypatch)
+    with pytest.raises(WriteError, match="m.pt2: no space left on device"):
+        export_torch(_tiny(), tmp_path / "m.pt2", dynamic=False)
+    assert not list(tmp_path.iterdir())

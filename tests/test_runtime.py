@@ -186,9 +186,10 @@ def test_choose_engine_cpu_caffe_vgg_is_trimmed_ort_per_size(tmp_path):
     m = _tiny()
     reloads = []
 
-    def reload():
+    def reload():  # as the CLI's: rebuilt from the checkpoint, inside predict's inference_mode
         reloads.append(1)
-        return m
+        with torch.inference_mode():
+            return _tiny()
 
     engine = choose_engine(m, "cpu", cache_dir=tmp_path, reload=reload)
     assert isinstance(engine, TrimmedOrtEngine) and engine.exact and engine.name == "ort-fp32-trim-lowmem"

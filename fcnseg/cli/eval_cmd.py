@@ -25,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..engine.checkpoint import model_from_checkpoint
     from ..engine.evaluate import evaluate, format_table, save_metrics
+    from ..engine.predict import make_output_dir
     from ..engine.visualize import plot_confusion
     from ..errors import CheckpointError
 
@@ -35,11 +36,11 @@ def run(args: argparse.Namespace) -> int:
     if list(model.heads) == ["out"] and isinstance(k, int) and k > 0 and k != model.heads["out"]:
         raise CheckpointError(f"checkpoint {args.checkpoint} predicts {model.heads['out']} classes but dataset "
                               f"{getattr(data, 'name', args.dataset)} has {k}")
+    out = make_output_dir(args.out if args.out else Path(args.checkpoint).resolve().parent)  # before the work
     metrics = evaluate(model.to(device), data, device=device, batch_size=args.batch_size,
                        exclude=getattr(data, "exclude_from_means", None), progress=not args.no_progress,
                        flip=args.flip)
     print(format_table(metrics, data.classes))
-    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent
     save_metrics(metrics, out / "metrics.json")
     if "confusion" in metrics:
         plot_confusion(metrics["confusion"], data.classes, out / "confusion.png")

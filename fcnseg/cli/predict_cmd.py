@@ -41,6 +41,7 @@ def _palette(ckpt: dict, path: str, classes: int):
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.checkpoint import model_from_checkpoint
+    from ..data.io import shown
     from ..engine.predict import ImageReadError, format_summary, predict_paths
 
     device = pick_device(args.device)
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         print(printable(format_summary(summary)), flush=True)
         n += 1
     if n == 0:
-        raise ImageReadError(f"no image predicted: {', '.join(args.inputs)} "
+        raise ImageReadError(f"no image predicted: {', '.join(map(shown, args.inputs))} "
                              f"{'held no readable image' if args.skip_bad else 'held no image files'}")
     print(printable(f"{n} image(s) → {args.out}"))
     return 0

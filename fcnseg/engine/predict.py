@@ -1,7 +1,6 @@
 """Predict label maps for image files, one at a time, optionally by overlapping tiles."""
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 import warnings
@@ -10,22 +9,22 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import nn
 
+from ..atomic import write_error
+from ..data.io import DEFAULT_MAX_PIXELS, TooManyPixelsError, load_image_file, shown, to_rgb_uint8
 from ..errors import FcnsegError
-from .visualize import colorize, overlay
+from .visualize import colorize, overlay, save_image
 
 __all__ = ["ImageReadError", "ImageTooLargeError", "load_image", "read_rgb_uint8", "iter_image_paths",
-           "predict_paths", "predict_labels", "format_summary", "IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS",
-           "DEFAULT_MAX_TILED_PIXELS"]
+           "predict_paths", "predict_labels", "output_stride", "input_padding", "make_output_dir",
+           "format_summary", "IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_TILED_PIXELS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".gif")
-DEFAULT_MAX_PIXELS = 4096 * 4096
 # Tiling bounds the network's memory, not the decoded image's (3 bytes/pixel, plus label and overlay):
 # 134 MP (e.g. 11585x11585) is ~0.4 GB as RGB. Above it, even tiled prediction is refused.
 DEFAULT_MAX_TILED_PIXELS = 8 * DEFAULT_MAX_PIXELS
-_EXIF_ORIENTATION = 0x0112
 _OUTPUT_SUFFIXES = ("_label.png", "_overlay.png", "_overlay.jpg")
 
 
@@ -46,90 +45,53 @@ def _one_line(e: BaseException) -> str:
     return text[:200]
 
 
-def _open(path: Path) -> Image.Image:
-    """Open lazily (header only), turning every failure into a one-line :class:`ImageReadError`."""
+def _check_file(path: Path) -> None:
+    """Fail early, one line, for paths that are no image file at all."""
     if not path.exists():
-        raise ImageNotFoundError(f"image not found: {path}")
+        raise ImageNotFoundError(f"image not found: {shown(path)}")
     if path.is_dir():
-        raise ImageReadError(f"cannot read image {path}: is a directory")
+        raise ImageReadError(f"cannot read image {shown(path)}: is a directory")
     if not path.is_file():  # a FIFO would block, a device never ends
-        raise ImageReadError(f"cannot read image {path}: not a regular file")
+        raise ImageReadError(f"cannot read image {shown(path)}: not a regular file")
     try:
         size = path.stat().st_size
     except OSError as e:
-        raise ImageReadError(f"cannot read image {path}: {_one_line(e)}") from None
+        raise ImageReadError(f"cannot read image {shown(path)}: {_one_line(e)}") from None
     if size == 0:
-        raise ImageReadError(f"cannot read image {path}: empty file (0 bytes)")
-    try:
-        return Image.open(path)
-    except Image.DecompressionBombError as e:
-        raise ImageTooLargeError(f"image {path} is too large to decode whole ({_one_line(e)}); "
-                                 f"predict it by tiles (tile=...)") from None
-    except Image.UnidentifiedImageError:
-        raise ImageReadError(f"cannot read image {path}: not an image file (or an unsupported format)") from None
-    except Exception as e:  # OSError, SyntaxError, ValueError, DecompressionBombError, ...
-        raise ImageReadError(f"cannot read image {path}: {_one_line(e)}") from None
+        raise ImageReadError(f"cannot read image {shown(path)}: empty file (0 bytes)")
 
 
-def _to_rgb(im: Image.Image) -> np.ndarray:
-    """Decoded image of any mode → uint8 (H, W, 3) RGB. Alpha is dropped; 16-bit/float gray rescaled."""
-    im.load()  # decode now: truncated/corrupt data fails here
-    if im.getexif().get(_EXIF_ORIENTATION, 1) != 1:
-        im = ImageOps.exif_transpose(im)
-    mode = im.mode
-    if mode == "RGB":
-        return np.asarray(im)
-    if mode.startswith("I") or mode == "F":
-        a = np.asarray(im).astype(np.float64)
-        if mode.startswith("I;16") or (mode == "I" and a.size and a.max() > 255):
-            a = a / 257.0  # 16-bit range
-        elif mode == "F" and a.size and np.nanmax(a) <= 1.0:
-            a = a * 255.0  # float image in 0–1
-        g = np.clip(np.rint(np.nan_to_num(a)), 0, 255).astype(np.uint8)
-        return np.repeat(g[:, :, None], 3, axis=2)
-    if mode == "P":
-        im = im.convert("RGBA")  # keeps palette transparency semantics, then drop alpha
-    return np.asarray(im.convert("RGB"))
-
-
-@contextlib.contextmanager
-def _no_pixel_limit(enabled: bool):
-    """Lift PIL's decompression-bomb limit (``max_pixels``, checked before decoding, replaces it)."""
-    if not enabled:
-        yield
-        return
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
-
-
-def read_rgb_uint8(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_rgb_uint8(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS, pad: int = 0
+                   ) -> np.ndarray:
     """Image file → uint8 (H, W, 3) RGB; any PIL mode, EXIF orientation applied, first frame only.
 
-    Raises :class:`ImageReadError` (one line, naming the file) for missing, empty, truncated, corrupt or
-    non-image files, and :class:`ImageTooLargeError` above ``max_pixels`` (checked before decoding;
-    ``None`` = no limit). PIL's own decompression-bomb limit is replaced by ``max_pixels``.
+    The datasets' reader (:func:`fcnseg.data.io.load_image_file` and :func:`~fcnseg.data.io.to_rgb_uint8`):
+    the same pixels, the same decompression-bomb policy. Raises :class:`ImageReadError` (one line, naming
+    the file) for missing, empty, truncated, corrupt or non-image files, and :class:`ImageTooLargeError`
+    above ``max_pixels`` (checked before decoding; ``None`` = no limit), counting the ``pad`` px border a
+    network adds on every side (:func:`input_padding`): what the network computes on, not the file.
     """
     path = Path(path)
-    with _no_pixel_limit(True):
-        im = _open(path)
-        try:
-            w, h = im.size
-            if max_pixels is not None and w * h > max_pixels:
-                raise ImageTooLargeError(
-                    f"image {path} is {w}x{h} ({w * h / 1e6:.1f} MP), above max_pixels={max_pixels}; "
-                    f"predict it by tiles (tile=...) or raise max_pixels")
-            try:
-                return _to_rgb(im)
-            except MemoryError:
-                raise
-            except Exception as e:
-                raise ImageReadError(f"cannot read image {path}: {_one_line(e)}") from None
-        finally:
-            im.close()
+    _check_file(path)
+    try:
+        im = load_image_file(path, max_pixels, exif=True, pad=pad)
+    except TooManyPixelsError as e:
+        raise ImageTooLargeError(f"image {shown(path)} is {e.describe()}, above max_pixels={max_pixels}; "
+                                 f"predict it by tiles (tile=...) or raise max_pixels") from None
+    except MemoryError:
+        raise
+    except Image.UnidentifiedImageError:
+        raise ImageReadError(f"cannot read image {shown(path)}: not an image file (or an unsupported format)") from None
+    except Exception as e:  # OSError, SyntaxError, ValueError, ...
+        raise ImageReadError(f"cannot read image {shown(path)}: {_one_line(e)}") from None
+    try:
+        return to_rgb_uint8(im)
+    except MemoryError:
+        raise
+    except Exception as e:
+        raise ImageReadError(f"cannot read image {shown(path)}: {_one_line(e)}") from None
+    finally:
+        im.close()
 
 
 def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> torch.Tensor:
@@ -148,7 +110,7 @@ def iter_image_paths(inputs: Sequence[str | os.PathLike], skip_dir: str | os.Pat
     paths = [Path(p) for p in inputs]
     for p in paths:
         if not p.exists():
-            raise ImageNotFoundError(f"input not found: {p}")
+            raise ImageNotFoundError(f"input not found: {shown(p)}")
     skip = Path(skip_dir).resolve() if skip_dir is not None else None
     for p in paths:
         if p.is_dir():
@@ -163,12 +125,32 @@ def iter_image_paths(inputs: Sequence[str | os.PathLike], skip_dir: str | os.Pat
             yield p
 
 
-def _output_stride(model: nn.Module) -> int:
-    """Stride of the model's coarsest tap (tiles start on multiples of it), 1 if unknown."""
+def output_stride(model: nn.Module) -> int:
+    """Stride of the model's coarsest tap (tiles start on multiples of it), looking through wrappers
+    (``.model``) and engines (``.output_stride``); 1 if unknown."""
     try:
         return int(model.backbone.tap(model.tap_names[0]).stride)
     except Exception:
-        return int(getattr(model, "output_stride", 1))
+        pass
+    inner = getattr(model, "model", None)
+    if isinstance(inner, nn.Module):
+        return output_stride(inner)
+    return int(getattr(model, "output_stride", 1))
+
+
+_output_stride = output_stride
+
+
+def input_padding(model: nn.Module) -> int:
+    """Pixels the network pads its input by on every side (100 for Caffe-aligned nets), looking through
+    wrappers and engines (``.input_padding``); 0 if it has no convolution."""
+    if hasattr(model, "input_padding"):
+        return int(model.input_padding)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            pad = m.padding
+            return 0 if isinstance(pad, str) else int(max(pad))
+    return 0
 
 
 def _starts(length: int, tile: int, overlap: int, align: int) -> list[tuple[int, int]]:
@@ -233,6 +215,16 @@ def predict_labels(model: nn.Module, rgb: np.ndarray, *, device: str | torch.dev
     return out
 
 
+def make_output_dir(path: str | os.PathLike) -> Path:
+    """Create the output folder ``path`` (and parents) up front; a failure names it (:class:`WriteError`)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(path, e) from None
+    return path
+
+
 def _unique_stem(rel: Path, used: set[str]) -> str:
     stem = str(rel.with_suffix("")) if rel.parent != Path(".") else rel.stem
     stem, n = stem.replace(os.sep, "__"), 1
@@ -266,7 +258,8 @@ def predict_paths(model: nn.Module, inputs: Sequence[str | os.PathLike], out_dir
     stems get ``-1``, ``-2``) and yields per image ``{"path", "size": (H, W), "seconds", "top":
     [(class, fraction), ...] (3 largest), "label_path", "overlay_path", "tiled"}``.
 
-    Images above ``max_pixels`` raise :class:`ImageTooLargeError` unless ``tile`` is given (then the
+    Images above ``max_pixels`` (counted with the network's input padding, :func:`input_padding`)
+    raise :class:`ImageTooLargeError` unless ``tile`` is given (then the
     limit is ``max_tiled_pixels``, the decoded image still has to fit in memory). Unreadable
     files raise :class:`ImageReadError` naming the file; with ``skip_bad`` they (and too-large images)
     are skipped with a warning naming the file. Missing inputs always raise, before any work.
@@ -274,17 +267,17 @@ def predict_paths(model: nn.Module, inputs: Sequence[str | os.PathLike], out_dir
     if overlay_format not in ("png", "jpg", None):
         raise ValueError(f"overlay_format must be 'png', 'jpg' or None, got {overlay_format!r}")
     device = torch.device(device)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_output_dir(out_dir)
     roots = [Path(p) for p in inputs]
     paths = iter_image_paths(roots, skip_dir=out_dir)
     model.to(device).eval()
+    pad = input_padding(model)
     used: set[str] = set()
     for path in paths:
         t0 = time.perf_counter()
         try:
             try:
-                rgb = read_rgb_uint8(path, max_tiled_pixels if tile else max_pixels)
+                rgb = read_rgb_uint8(path, max_tiled_pixels, 0) if tile else read_rgb_uint8(path, max_pixels, pad)
             except ImageTooLargeError as e:
                 if not tile:
                     raise
@@ -299,11 +292,12 @@ def predict_paths(model: nn.Module, inputs: Sequence[str | os.PathLike], out_dir
         label = predict_labels(model, rgb, device=device, tile=tile, overlap=overlap, head=head)
         stem = _unique_stem(_relative(path, roots), used)
         label_path = out_dir / f"{stem}_label.png"
-        colorize(label, palette).save(label_path)
+        save_image(colorize(label, palette), label_path)
         overlay_path = None
         if overlay_format is not None:
             overlay_path = out_dir / f"{stem}_overlay.{overlay_format}"
-            overlay(rgb, label, palette, alpha).save(overlay_path, **({"quality": 90} if overlay_format == "jpg" else {}))
+            save_image(overlay(rgb, label, palette, alpha), overlay_path,
+                       **({"quality": 90} if overlay_format == "jpg" else {}))
         counts = torch.from_numpy(label).reshape(-1).bincount().numpy()
         top = np.argsort(-counts, kind="stable")[:3]
         names = list(class_names) if class_names is not None else None
@@ -323,4 +317,4 @@ def format_summary(s: dict) -> str:
     """One line per image for the CLI: ``path  HxW  0.12 s  person 61.2%, background 30.0%, ...``."""
     h, w = s["size"]
     top = ", ".join(f"{c} {100 * f:.1f}%" for c, f in s["top"])
-    return f"{s['path']}  {h}x{w}  {s['seconds']:.2f} s{'  (tiled)' if s.get('tiled') else ''}  {top}"
+    return f"{shown(s['path'])}  {h}x{w}  {s['seconds']:.2f} s{'  (tiled)' if s.get('tiled') else ''}  {top}"

@@ -11,10 +11,12 @@ Every engine takes N×C×H×W float tensors (RGB, 0–255) and returns float32 s
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
+import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,8 @@ class Engine(ABC):
 
     name: str = "engine"
     exact: bool = True          # same function as the fp32 PyTorch model (up to fp32 rounding)
+    output_stride: int = 1      # tiles start on multiples of it (see fcnseg.engine.predict.predict_labels)
+    input_padding: int = 0      # px the network pads its input by (the size guard counts them)
     heads: dict[str, int]
     preprocessing: Preprocessing
 
@@ -65,14 +69,11 @@ class Engine(ABC):
         return EngineModule(self)
 
     @staticmethod
-    def _batch(images: torch.Tensor) -> torch.Tensor:
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
-        if images.dim() == 3:
-            images = images[None]
-        if images.dim() != 4:
-            raise ValueError(f"images must be N×C×H×W or C×H×W, got shape {tuple(images.shape)}")
-        return images
+    def _batch(images) -> torch.Tensor:
+        """N×C×H×W float images from a tensor, PIL image or numpy array (:func:`fcnseg.data.io.as_image_batch`)."""
+        from ..data.io import as_image_batch
+
+        return as_image_batch(images, "images", channels=None)[0]
 
 
 _IDENTITY = Preprocessing(bgr=False, scale=1.0, mean=(0.0, 0.0, 0.0), name="identity")
@@ -87,6 +88,8 @@ class EngineModule(nn.Module):
         self.heads = dict(engine.heads)
         self.num_classes = self.heads["out"] if list(self.heads) == ["out"] else dict(self.heads)
         self.preprocessing = _IDENTITY
+        self.output_stride = int(engine.output_stride)
+        self.input_padding = int(engine.input_padding)
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # gives .parameters()/.to() a device
 
     def forward(self, images: torch.Tensor) -> Scores:
@@ -133,6 +136,7 @@ class TorchEngine(Engine):
             self.model = TrimmedFCN(self.model, strip_bytes=0 if compile else None)
         self.preprocessing = model.preprocessing
         self.heads = dict(getattr(model, "heads", None) or {"out": int(model.num_classes)})
+        self.output_stride, self.input_padding = _stride(model), _padding(model)
         self._fn = torch.compile(self.model, dynamic=False) if compile else self.model
         self._graphs: dict[tuple, tuple[Any, torch.Tensor, Any]] = {}
         self._max_graphs = max_graphs
@@ -244,6 +248,8 @@ class OrtEngine(Engine):
         self.quantized = meta.get("quantized")
         self.exact = self.quantized is None
         self.input_size = meta.get("input_size")  # fixed H, W of a static export, else None
+        self.output_stride = int(meta.get("output_stride", 1))
+        self.input_padding = int(meta.get("input_padding", 0))
         self.low_memory = low_memory
         self.name = "ort-" + ("int8" if self.quantized else "fp32") + ("-trim" if meta.get("trim") else "") \
             + ("-lowmem" if low_memory else "")
@@ -283,6 +289,18 @@ def _map_large_buffers(threshold: int = 2**20) -> bool:
         return False
 
 
+def _stride(model: nn.Module) -> int:
+    from .predict import output_stride
+
+    return output_stride(model)
+
+
+def _padding(model: nn.Module) -> int:
+    from .predict import input_padding
+
+    return input_padding(model)
+
+
 def _model_key(model: nn.Module) -> str:
     """Checksum of the weights, config and preprocessing: names cached exports of this exact model."""
     from .checkpoint import state_checksum
@@ -291,19 +309,82 @@ def _model_key(model: nn.Module) -> str:
     return state_checksum(model.state_dict())[:16] + hashlib.sha256(meta.encode()).hexdigest()[:8]
 
 
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
+
+
+def _open_cached(path: Path, key: str, *, threads: int | None = None, low_memory: bool = False
+                 ) -> OrtEngine | None:
+    """The cached export ``path`` if the checksum recorded beside it (``<file>.sha256``: the file's
+    SHA-256 and the model key) matches and its metadata names this model; else None, with a warning
+    when an entry was there but did not match (it is then exported again)."""
+    side = _sidecar(path)
+    if not path.exists() and not side.exists():
+        return None
+    try:
+        ok = side.read_text(encoding="utf-8").split() == [_file_sha256(path), key]
+    except (OSError, UnicodeDecodeError):
+        ok = False
+    engine = None
+    if ok:
+        try:
+            engine = OrtEngine(path, threads=threads, low_memory=low_memory)
+        except (ConfigError, OSError):
+            engine = None
+    if engine is not None and engine.meta.get("model_key") == key:
+        return engine
+    _warn(f"engine cache entry {path} does not match this model (checksum or model key); exporting it again")
+    return None
+
+
+def _export_cached(export, path: Path, key: str) -> bool:
+    """``export(path)`` into the cache, then its checksum beside it; False (with a warning) when the
+    cache folder cannot be written."""
+    from ..atomic import WriteError, write_text
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export(path)
+        write_text(_sidecar(path), f"{_file_sha256(path)} {key}\n")
+        return True
+    except (OSError, WriteError) as e:
+        for p in (path, _sidecar(path)):
+            with contextlib.suppress(OSError):
+                p.unlink(missing_ok=True)
+        _warn(f"engine cache {path.parent} cannot be written ({str(e).strip() or type(e).__name__}); "
+              f"using a temporary folder")
+        return False
+
+
 def _ort_from_model(model: nn.Module, threads: int | None = None, cache_dir: str | os.PathLike | None = None
                     ) -> OrtEngine:
-    """Export ``model`` to ONNX (dynamic size) and open it. Without ``cache_dir`` the file is temporary
-    (the session holds the weights); with it, the export is kept under the model's checksum and reused."""
+    """Export ``model`` to ONNX (dynamic size) and open it. Without ``cache_dir`` (or when it cannot be
+    written) the file is temporary (the session holds the weights); with it, the export is kept under the
+    model's checksum and reused once verified (:func:`_open_cached`)."""
     from ..export import export_onnx
 
+    key = _model_key(model)
     if cache_dir is not None:
-        path = Path(cache_dir) / f"fcnseg-{_model_key(model)}.onnx"
-        if not path.is_file():
-            export_onnx(model, path)
-        return OrtEngine(path, threads=threads)
+        path = Path(cache_dir) / f"fcnseg-{key}.onnx"
+        engine = _open_cached(path, key, threads=threads)
+        if engine is not None:
+            return engine
+        if _export_cached(lambda p: export_onnx(model, p, metadata={"model_key": key}), path, key):
+            return OrtEngine(path, threads=threads)
     with tempfile.TemporaryDirectory(prefix="fcnseg-ort-") as tmp:
-        path = export_onnx(model, Path(tmp) / "model.onnx")
+        path = export_onnx(model, Path(tmp) / "model.onnx", metadata={"model_key": key})
         return OrtEngine(path, threads=threads)
 
 
@@ -325,6 +406,7 @@ class TrimmedOrtEngine(Engine):
         self.preprocessing = model.preprocessing
         self.heads = dict(getattr(model, "heads", None) or {"out": int(model.num_classes)})
         self.name = "ort-fp32-trim-lowmem"
+        self.output_stride, self.input_padding = _stride(model), _padding(model)
         self._model: nn.Module | None = model
         self._reload = reload
         self._tmp = None if cache_dir is not None else tempfile.TemporaryDirectory(prefix="fcnseg-ort-")
@@ -347,26 +429,49 @@ class TrimmedOrtEngine(Engine):
 
         self._session = None  # free the previous size's weights before loading the next
         path = self._path(size)
-        if path.is_file():
-            os.utime(path)
+        engine = _open_cached(path, self.key, threads=self.threads, low_memory=True)
+        if engine is not None:
+            with contextlib.suppress(OSError):
+                os.utime(path)  # most recently used (a read-only cache still serves)
         else:
             if self._log:
                 self._log(f"exporting the border-trimmed ONNX net for {size[0]}×{size[1]} inputs once "
                           f"(cached in {self.cache_dir})")
-            model = self._model if self._model is not None else self._reload()
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            export_onnx(model, path, dynamic=False, trim=True, example_size=size)
-            del model
+            model = self._model if self._model is not None else self._rebuild()
+
+            def export(p: Path) -> None:
+                export_onnx(model, p, dynamic=False, trim=True, example_size=size,
+                            metadata={"model_key": self.key})
+
+            if not _export_cached(export, path, self.key):
+                self._to_temporary()
+                path = self._path(size)
+                export(path)
+            del model, export
             self._prune()
+            engine = OrtEngine(path, threads=self.threads, low_memory=True)
         if self._reload is not None:
             self._model = None  # the caller's model: not needed again unless a new size comes
         self._size = size
-        return OrtEngine(path, threads=self.threads, low_memory=True)
+        return engine
+
+    def _to_temporary(self) -> None:
+        """Serve exports from a temporary folder from now on (the cache could not be written)."""
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="fcnseg-ort-")
+        self.cache_dir = Path(self._tmp.name)
+
+    def _rebuild(self) -> nn.Module:
+        """The torch model again, built outside ``inference_mode`` (callers predict inside it)."""
+        with torch.inference_mode(False):
+            return self._reload()
 
     def _prune(self) -> None:
         files = sorted(self.cache_dir.glob(f"fcnseg-{self.key}-*x*-trim.onnx"), key=lambda p: p.stat().st_mtime)
         for old in files[:-self.keep]:
-            old.unlink(missing_ok=True)
+            for p in (old, _sidecar(old)):
+                with contextlib.suppress(OSError):
+                    p.unlink(missing_ok=True)
 
     def predict_scores(self, images: torch.Tensor) -> Scores:
         images = self._batch(images)
@@ -377,8 +482,9 @@ class TrimmedOrtEngine(Engine):
                 self._session = None
                 if self._log:
                     self._log(f"more than {self.keep} input sizes: one dynamic-size ONNX export serves them all")
-                model = self._model if self._model is not None else self._reload()
-                self._dynamic = _ort_from_model(model, threads=self.threads, cache_dir=self.cache_dir)
+                model = self._model if self._model is not None else self._rebuild()
+                self._dynamic = _ort_from_model(model, threads=self.threads,
+                                                cache_dir=None if self._tmp is not None else self.cache_dir)
                 self._model = None if self._reload is not None else self._model
                 del model
             else:

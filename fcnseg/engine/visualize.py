@@ -12,7 +12,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["colorize", "overlay", "plot_confusion", "plot_curves", "to_rgb_array"]
+from ..atomic import atomic_write
+
+__all__ = ["colorize", "overlay", "plot_confusion", "plot_curves", "to_rgb_array", "save_image"]
 
 VOID = 255
 
@@ -96,10 +98,27 @@ def _figure(w: float, h: float):
     return fig
 
 
+def _format(path: Path) -> str:
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"cannot tell the image format of {path} from its suffix")
+    return fmt
+
+
+def save_image(im: Image.Image, path: str | os.PathLike, **params) -> Path:
+    """Save ``im`` atomically (format from the suffix): an interrupted or failed save leaves no partial
+    file, and a failed write raises :class:`fcnseg.atomic.WriteError` naming ``path``."""
+    path = Path(path)
+    fmt = _format(path)
+    with atomic_write(path) as f:
+        im.save(f, format=fmt, **params)
+    return path
+
+
 def _save(fig, path: str | os.PathLike) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    with atomic_write(path) as f:  # matplotlib's format from the suffix (png, pdf, svg, ...)
+        fig.savefig(f, format=path.suffix.lstrip(".").lower() or "png", dpi=100, bbox_inches="tight")
     return path
 
 

@@ -127,17 +127,29 @@ class FCN(nn.Module):
         return y[..., o:o + h, o:o + w]
 
     @torch.inference_mode()
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Label maps for RGB 0–255 images (N,C,H,W or C,H,W); applies this model's preprocessing."""
-        single = images.dim() == 3
-        x = self.preprocessing(images[None] if single else images)
-        out = self(x.to(next(self.parameters()).device))
+    def predict(self, images) -> torch.Tensor:
+        """Label maps for RGB 0–255 images: a tensor N×C×H×W or C×H×W (uint8 or float), a PIL image or a
+        numpy H×W×3 / H×W array (see :func:`fcnseg.data.io.as_image_batch`); applies the preprocessing.
+        One image in, an H×W map out; else N×H×W (a dict of them for multi-head nets)."""
+        from ..data.io import as_image_batch
+
+        x, single = as_image_batch(images, "images", _input_channels(self))
+        device = next(self.parameters()).device
+        out = self(self.preprocessing(x.to(device)))
         out = out["out"] if isinstance(out, dict) and "out" in out else out
         if isinstance(out, dict):
             labels = {k: v.argmax(1) for k, v in out.items()}
             return {k: v[0] for k, v in labels.items()} if single else labels
         labels = out.argmax(1)
         return labels[0] if single else labels
+
+
+def _input_channels(model: nn.Module) -> int | None:
+    """Channels the model reads: its backbone's, or the sum over a fusion net's streams."""
+    streams = getattr(model.preprocessing, "streams", None)
+    if streams is not None:
+        return sum(int(c) for _, c, _ in streams)
+    return getattr(getattr(model, "backbone", None), "in_channels", None)
 
 
 def _zero_conv(c_in: int, c_out: int) -> nn.Conv2d:

@@ -47,19 +47,24 @@ class Upsample(nn.ConvTranspose2d):
 
     def _channelwise_kernel(self) -> torch.Tensor | None:
         """C×1×k×k diagonal of the weight, or None when it has off-diagonal entries (cached per weight
-        version; under tracing built as a constant so exports see a fixed kernel)."""
+        version; under tracing built as a constant so exports see a fixed kernel). A weight created under
+        ``inference_mode`` has no version counter: its diagonal is recomputed on every call instead."""
         w = self.weight
         if w.is_meta or _compiling():  # no values to look at (meta, fake tensors): the general form
             return None
+        if w.is_inference():
+            return self._diagonal(w)
         key = (w._version, w.data_ptr(), w.dtype, w.device)
         if getattr(self, "_diag", (None,))[0] != key:
-            with torch.inference_mode(False), torch.no_grad():  # a normal tensor: usable under autograd later
-                diag = w.detach().diagonal(dim1=0, dim2=1).movedim(-1, 0).unsqueeze(1)
-                if w.shape[0] != w.shape[1] or int(torch.count_nonzero(diag)) != int(torch.count_nonzero(w)):
-                    diag = None
-                elif torch.jit.is_tracing():
-                    diag = torch.tensor(diag.tolist(), dtype=w.dtype, device=w.device)
-                else:
-                    diag = diag.clone()
-            self._diag = (key, diag)
+            self._diag = (key, self._diagonal(w))
         return self._diag[1]
+
+    @staticmethod
+    def _diagonal(w: torch.Tensor) -> torch.Tensor | None:
+        with torch.inference_mode(False), torch.no_grad():  # a normal tensor: usable under autograd later
+            diag = w.detach().diagonal(dim1=0, dim2=1).movedim(-1, 0).unsqueeze(1)
+            if w.shape[0] != w.shape[1] or int(torch.count_nonzero(diag)) != int(torch.count_nonzero(w)):
+                return None
+            if torch.jit.is_tracing():
+                return torch.tensor(diag.tolist(), dtype=w.dtype, device=w.device)
+            return diag.clone()
