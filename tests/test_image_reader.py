@@ -32,12 +32,22 @@ def test_16bit_grey_png_reads_the_same_in_datasets_and_predict(tmp_path):
 def test_one_pixel_limit_for_datasets_and_predict(tmp_path):
     from fault_corpus import png_bytes
 
+    from fcnseg.data.io import DATASET_MAX_PIXELS, DEFAULT_MAX_PIXELS
+
     path = tmp_path / "big.png"
-    path.write_bytes(png_bytes(5000, 4000, 8, 2))  # 20 MP declared in the header, no pixel data
+    path.write_bytes(png_bytes(12000, 8000, 8, 2))  # 96 MP declared in the header, no pixel data
     with pytest.raises(DatasetError, match="above max_pixels"):  # refused from the header, as predict does
         read_rgb(path, "test")
     with pytest.raises(ImageTooLargeError, match="above max_pixels"):
         read_rgb_uint8(path)
+    mid = tmp_path / "photo.png"
+    mid.write_bytes(png_bytes(5000, 4000, 8, 2))  # 20 MP: a large photo, fine for a dataset, tiled in predict
+    assert DEFAULT_MAX_PIXELS < 20_000_000 < DATASET_MAX_PIXELS
+    with pytest.raises(DatasetError) as e:  # decoded (and found truncated), not refused by size
+        read_rgb(mid, "test")
+    assert "above max_pixels" not in str(e.value)
+    with pytest.raises(ImageTooLargeError, match="above max_pixels"):
+        read_rgb_uint8(mid)
 
 
 def test_size_guard_counts_the_networks_padded_compute(tmp_path):

@@ -12,13 +12,16 @@ from PIL import Image, ImageOps
 
 from ..errors import FcnsegError
 
-__all__ = ["DatasetError", "TooManyPixelsError", "DEFAULT_MAX_PIXELS", "padded_pixels", "shown",
+__all__ = ["DatasetError", "TooManyPixelsError", "DEFAULT_MAX_PIXELS", "DATASET_MAX_PIXELS", "padded_pixels", "shown",
            "as_image_batch", "load_image_file", "to_rgb_uint8", "read_rgb", "read_index_png", "read_gray16",
            "read_mat", "read_lines", "read_names", "read_indexed_names", "package_list", "lines_to_ids",
            "apply_lut", "image_to_tensor"]
 
 _PACKAGE_LISTS = Path(__file__).resolve().parent / "lists"
-DEFAULT_MAX_PIXELS = 4096 * 4096  # the one decompression-bomb limit (images larger must be asked for)
+DEFAULT_MAX_PIXELS = 4096 * 4096  # predict's limit untiled (images larger must be tiled or asked for)
+# Dataset images: PIL's own decompression-bomb threshold (~89 MP), refused from the header like predict's —
+# training sets of large photos keep working as before; only the number differs, not the policy.
+DATASET_MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 0) or 89_478_485
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -112,7 +115,7 @@ def to_rgb_uint8(im: Image.Image) -> np.ndarray:
 
 def _open_loaded(path: Path, who: str, kind: str) -> Image.Image:
     try:
-        return load_image_file(path)
+        return load_image_file(path, DATASET_MAX_PIXELS)
     except Image.UnidentifiedImageError as e:  # its message repeats the path
         raise _fail(who, kind, path, "not an image file (or an unsupported format)") from e
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
