@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import reprlib
 import typing
 from dataclasses import asdict, dataclass, field
@@ -60,11 +61,11 @@ class Rule:
 
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)  # numpy ints too; a bool is no count
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 def _bounds(lo: Any, hi: Any, lo_open: bool, hi_open: bool) -> str:
@@ -161,7 +162,7 @@ def either(*rules: Rule, what: str) -> Rule:
     return Rule(check, rules[0].bad_type if rules[0].bad_type is not None else 5.5, bad_value)
 
 
-def numbers(length: int | None = None, lo: float = 0.0, *, lo_open: bool = False, ordered: bool = False) -> Rule:
+def number_list(length: int | None = None, lo: float = 0.0, *, lo_open: bool = False, ordered: bool = False) -> Rule:
     """A non-empty list of finite numbers (``length`` of them; each above ``lo``; ascending when ``ordered``)."""
     what = (f"must be a list of {length}" if length else "must be a non-empty list of") + " finite numbers " + \
         _bounds(lo, None, lo_open, False) + (" with lo <= hi" if ordered else "")
@@ -249,7 +250,7 @@ class DataConfig:
     options: dict = rule(None, mapping(), factory=dict)  # extra build_dataset options (e.g. task: semantic)
     resize: Union[float, None] = rule(None, number(1, note=" (a downscale factor: 2 halves each side)"))
     #                                           downscale factor: 2 halves each side (train and val)
-    scale_range: Union[list, None] = rule(None, numbers(2, 0, lo_open=True, ordered=True))  # preset; [lo, hi]
+    scale_range: Union[list, None] = rule(None, number_list(2, 0, lo_open=True, ordered=True))  # preset; [lo, hi]
     #                                           random rescale
     crop: Union[int, list, None] = rule(None, either(whole(0), size_pair(), what="must be a whole number >= 0 "
                                                      "(0: no crop) or [height, width] of whole numbers >= 1"))
@@ -284,7 +285,7 @@ class TrainConfig:
     accumulate: Union[int, None] = rule(None, whole(1, 4096))  # preset; micro-batches per step (Caffe iter_size)
     loss_reduction: Union[str, None] = rule(None, text(("sum", "mean")))  # preset; sum (per image, Caffe
     #                                           normalize:false) | mean
-    class_weights: Union[str, list, None] = rule(None, either(text(("median-frequency",)), numbers(),
+    class_weights: Union[str, list, None] = rule(None, either(text(("median-frequency",)), number_list(),
                                                               what="must be null, 'median-frequency' or a list "
                                                                    "of finite numbers >= 0 (one per class)"))
     patch_p: float = rule(1.0, number(0, 1, lo_open=True))  # keep each stride-32 loss cell with probability p

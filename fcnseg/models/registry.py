@@ -1,6 +1,11 @@
 """Model names → (backbone, head spec); ``create_model`` builds any of them."""
 from __future__ import annotations
 
+import inspect
+import os
+from typing import Any
+
+from ..config import ModelConfig, Rule, field_rules, whole
 from .backbones import BACKBONES
 from .fcn import FCN, HeadSpec
 from .fusion import LateFusion
@@ -28,6 +33,32 @@ _OFFERED: dict[str, tuple[str, ...]] = {
     "resnet101": ("fcn32s", "fcn16s", "fcn8s"),
 }
 
+_PAD = whole(0, 1024)
+_REQUIRED = ("num_classes", "width", "in_channels")  # None in a config means "the default"; here it is no value
+_EXTRA_RULES: dict[str, tuple[Rule, bool]] = {"input_pad": (_PAD, True), "fc6_pad": (_PAD, True)}
+
+
+def _check_arguments(args: dict[str, Any]) -> None:
+    """Check create_model's arguments with the ModelConfig rules of the same names (TypeError/ValueError)."""
+    rules = {**field_rules(ModelConfig), **_EXTRA_RULES}
+    for arg, value in args.items():
+        if arg not in rules:
+            continue
+        rule, nullable = rules[arg]
+        bad = rule.error(arg, value, nullable and arg not in _REQUIRED)
+        if bad is not None:
+            raise (TypeError if bad.kind == "type" else ValueError)(str(bad))
+
+
+def _check_backbone_kwargs(backbone: str, kwargs: dict[str, Any]) -> None:
+    accepted = [n for n, p in inspect.signature(BACKBONES[backbone]).parameters.items()
+                if p.kind is p.KEYWORD_ONLY and n != "alignment"]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise TypeError(f"{', '.join(unknown)}: not an argument of the {backbone} backbone "
+                        f"(it takes {', '.join(accepted)})")
+
+
 def list_models() -> list[str]:
     """``name`` or ``name@backbone`` for every offered combination (vgg16 is the default)."""
     return [m if b == "vgg16" else f"{m}@{b}" for b, ms in _OFFERED.items() for m in ms]
@@ -43,7 +74,14 @@ def create_model(name: str, num_classes: int | dict[str, int], *, backbone: str 
     ``num_classes`` may be a dict of head name → classes for multi-task nets (SIFT Flow).
     ``streams`` (name → input channels, e.g. ``{"color": 3, "hha": 3}``) builds a late-fusion net:
     one such FCN per stream, scores summed; ``weights`` then initialises every stream.
+    Bad arguments raise ``TypeError`` / ``ValueError`` naming the argument.
     """
+    if not isinstance(name, str):
+        raise TypeError(f"name: must be a model name string, got {type(name).__name__}; choose from {list_models()}")
+    if isinstance(weights, os.PathLike):
+        weights = os.fspath(weights)
+    _check_arguments({"num_classes": num_classes, "backbone": backbone, "weights": weights, "alignment": alignment,
+                      "learn_upsampling": learn_upsampling, "streams": streams, **backbone_kwargs})
     if streams:
         config = {"name": name, "backbone": backbone, "alignment": alignment, "learn_upsampling": learn_upsampling,
                   "num_classes": num_classes, "streams": dict(streams), **backbone_kwargs}
@@ -56,11 +94,12 @@ def create_model(name: str, num_classes: int | dict[str, int], *, backbone: str 
     if "@" in name:
         name, backbone = name.split("@", 1)
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
+        raise ValueError(f"name: unknown model {name!r}; choose from {list_models()}")
     if backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {backbone!r}; choose from {sorted(BACKBONES)}")
+        raise ValueError(f"backbone: unknown backbone {backbone!r}; choose from {sorted(BACKBONES)}")
     if name not in _OFFERED[backbone]:
-        raise ValueError(f"{name} is not offered on {backbone}; offered: {_OFFERED[backbone]}")
+        raise ValueError(f"name: {name} is not offered on {backbone}; offered: {_OFFERED[backbone]}")
+    _check_backbone_kwargs(backbone, backbone_kwargs)
     trunk = BACKBONES[backbone](alignment=alignment, **backbone_kwargs)
     model = FCN(trunk, num_classes, MODELS[name], learn_upsampling=learn_upsampling)
     model.config = {"name": name, "backbone": backbone, "alignment": alignment,
