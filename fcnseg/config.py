@@ -189,9 +189,9 @@ def size_pair() -> Rule:
     return Rule(check, ["a", "b"], [0, 5])
 
 
-_CLASS_COUNT = whole(2, MAX_CLASSES, note=" (one class would label every pixel the same; more than "
+CLASS_COUNT = whole(2, MAX_CLASSES, note=" (one class would label every pixel the same; more than "
                                           f"{MAX_CLASSES} per head is not a segmentation task this net fits)")
-CLASSES = either(_CLASS_COUNT, mapping(_CLASS_COUNT, nonempty=True),
+CLASSES = either(CLASS_COUNT, mapping(CLASS_COUNT, nonempty=True),
                  what=f"must be a whole number from 2 to {MAX_CLASSES} or a non-empty mapping of head names "
                       f"to such numbers (one class would label every pixel the same)")
 
@@ -546,3 +546,21 @@ def _coerce(value: Any, hint: Any, path: str, source: str) -> Any:
             pass
     names = " or ".join(getattr(t, "__name__", str(t)) for t in options if t is not type(None))
     raise ConfigError(f"{source}: '{path}' expects {names}, got {reprlib.repr(value)}")
+
+
+def int_argument(r: Rule) -> Callable[[str], int]:
+    """An argparse ``type`` reading a whole number checked by ``r`` (the option is named by argparse)."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        try:
+            r.check(value)
+        except Bad as e:
+            raise argparse.ArgumentTypeError(f"{e}, got {value}") from None
+        return value
+    parse.__name__ = "whole number"
+    return parse
