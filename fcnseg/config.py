@@ -49,6 +49,11 @@ class Rule:
     bad_type: Any = "?"                 # a value of the wrong type
     bad_value: Any = _NO_EXAMPLE        # a value of the right type out of range (none for flags, free text)
 
+    @property
+    def examples(self) -> list[tuple[str, Any]]:
+        """``(kind, value)`` pairs this rule must reject: a wrong type, and an out-of-range value if there is one."""
+        return [("type", self.bad_type)] + ([("value", self.bad_value)] if self.bad_value is not _NO_EXAMPLE else [])
+
     def error(self, key: str, value: Any, nullable: bool = False) -> Bad | None:
         """The :class:`Bad` for ``value`` with the reason prefixed by ``key`` (None: accepted)."""
         if value is None and nullable:
