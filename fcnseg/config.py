@@ -194,8 +194,8 @@ def size_pair() -> Rule:
     return Rule(check, ["a", "b"], [0, 5])
 
 
-CLASS_COUNT = whole(2, MAX_CLASSES, note=" (one class would label every pixel the same; more than "
-                                          f"{MAX_CLASSES} per head is not a segmentation task this net fits)")
+CLASS_COUNT = whole(2, MAX_CLASSES, what=f"must be a whole number from 2 to {MAX_CLASSES} (one class would label "
+                                          "every pixel the same)")
 CLASSES = either(CLASS_COUNT, mapping(CLASS_COUNT, nonempty=True),
                  what=f"must be a whole number from 2 to {MAX_CLASSES} or a non-empty mapping of head names "
                       f"to such numbers (one class would label every pixel the same)")
