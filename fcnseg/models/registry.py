@@ -82,6 +82,10 @@ def create_model(name: str, num_classes: int | dict[str, int], *, backbone: str 
         weights = os.fspath(weights)
     _check_arguments({"num_classes": num_classes, "backbone": backbone, "weights": weights, "alignment": alignment,
                       "learn_upsampling": learn_upsampling, "streams": streams, **backbone_kwargs})
+    # numpy counts pass the checks; the config saved in checkpoints holds plain Python numbers
+    num_classes = {k: int(v) for k, v in num_classes.items()} if isinstance(num_classes, dict) else int(num_classes)
+    if "width" in backbone_kwargs:
+        backbone_kwargs["width"] = float(backbone_kwargs["width"])
     if streams:
         config = {"name": name, "backbone": backbone, "alignment": alignment, "learn_upsampling": learn_upsampling,
                   "num_classes": num_classes, "streams": dict(streams), **backbone_kwargs}
