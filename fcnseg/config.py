@@ -3,6 +3,9 @@
 A field left at ``None`` marked *preset* below is filled by the chosen ``train.preset``
 (``caffe``: the reference solvers; ``modern``: batch, mean loss, poly, augmentation; ``none``:
 plain defaults). Values set explicitly (in the file or an override) always win.
+
+The schema: every field's metadata holds a :class:`Rule` (type and range); :func:`validate` checks them
+all at load, before any work, and ``create_model`` checks its arguments with the same ModelConfig rules.
 """
 from __future__ import annotations
 
@@ -216,7 +219,6 @@ def field_rules(cls: type) -> dict[str, tuple[Rule, bool]]:
 
 
 _NAME, _OPT_NAME = text(), text()  # free names (checked against the registries when used)
-_PRE = mapping()
 
 
 @dataclass
@@ -239,7 +241,7 @@ class ModelConfig:
     #                                           filters start at 0)
     streams: Union[dict, None] = rule(None, mapping(whole(1, 64), nonempty=True))  # late fusion: stream name ->
     #                                           input channels, e.g. {color: 3, hha: 3}
-    preprocessing: Union[dict, None] = rule(None, _PRE)  # override the weights' input preprocessing after they
+    preprocessing: Union[dict, None] = rule(None, mapping())  # override the weights' input preprocessing after they
     #   load: {bgr, scale, mean, std, name} (keys left out keep the weights' values); late fusion: the same
     #   dict for every stream, or a dict per stream name
 
