@@ -3,110 +3,329 @@
 A field left at ``None`` marked *preset* below is filled by the chosen ``train.preset``
 (``caffe``: the reference solvers; ``modern``: batch, mean loss, poly, augmentation; ``none``:
 plain defaults). Values set explicitly (in the file or an override) always win.
+
+The schema: every field's metadata holds a :class:`Rule` (type and range); :func:`validate` checks them
+all at load, before any work, and ``create_model`` checks its arguments with the same ModelConfig rules.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import reprlib
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import yaml
 
 from .errors import ConfigError
 
-__all__ = ["ModelConfig", "DataConfig", "TrainConfig", "RunConfig", "load_config", "apply_preset",
-           "PRESETS", "CAFFE_LR", "CAFFE_LR_BY_DATASET"]
+__all__ = ["ModelConfig", "DataConfig", "TrainConfig", "RunConfig", "load_config", "apply_preset", "validate",
+           "PRESETS", "CAFFE_LR", "CAFFE_LR_BY_DATASET", "ALIGNMENTS", "CLASSES", "MAX_CLASSES", "Rule", "Bad",
+           "field_rules"]
 
 PRESETS = ("caffe", "modern", "none")
 
 
+# --- the schema: one rule per field ---------------------------------------------------------------
+# Every config field carries a Rule in its dataclass metadata; ``validate`` walks them all, and
+# ``create_model`` checks its arguments with the ModelConfig rules of the same names.
+MAX_CLASSES = 1000   # per head: 3000 classes would already mean a 147 GB score layer at full width
+ALIGNMENTS = ("caffe", "same")
+_NO_EXAMPLE = object()
+
+
+class Bad(Exception):
+    """A value a rule rejects; ``kind`` is ``"type"`` (wrong kind of value) or ``"value"`` (out of range)."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a field accepts: ``check(value)`` raises :class:`Bad`; the examples feed the generated tests."""
+
+    check: Callable[[Any], None]
+    bad_type: Any = "?"                 # a value of the wrong type
+    bad_value: Any = _NO_EXAMPLE        # a value of the right type out of range (none for flags, free text)
+
+    @property
+    def examples(self) -> list[tuple[str, Any]]:
+        """``(kind, value)`` pairs this rule must reject: a wrong type, and an out-of-range value if there is one."""
+        return [("type", self.bad_type)] + ([("value", self.bad_value)] if self.bad_value is not _NO_EXAMPLE else [])
+
+    def error(self, key: str, value: Any, nullable: bool = False) -> Bad | None:
+        """The :class:`Bad` for ``value`` with the reason prefixed by ``key`` (None: accepted)."""
+        if value is None and nullable:
+            return None
+        try:
+            self.check(value)
+        except Bad as e:
+            return Bad(e.kind, f"{key}: {e}, got {reprlib.repr(value)}")
+        return None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)  # numpy ints too; a bool is no count
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _bounds(lo: Any, hi: Any, lo_open: bool, hi_open: bool) -> str:
+    parts = ([f"{'>' if lo_open else '>='} {lo}"] if lo is not None else []) + \
+            ([f"{'<' if hi_open else '<='} {hi}"] if hi is not None else [])
+    return " and ".join(parts)
+
+
+def _in_range(v: Any, lo: Any, hi: Any, lo_open: bool, hi_open: bool) -> bool:
+    return ((lo is None or (v > lo if lo_open else v >= lo)) and
+            (hi is None or (v < hi if hi_open else v <= hi)))
+
+
+def whole(lo: int | None = None, hi: int | None = None, *, hi_open: bool = False, note: str = "",
+          what: str = "") -> Rule:
+    """An int (not a bool) in ``[lo, hi]`` (``hi`` excluded with ``hi_open``); ``what`` replaces the reason."""
+    what = what or f"must be a whole number {_bounds(lo, hi, False, hi_open)}".rstrip() + note
+
+    def check(v: Any) -> None:
+        if not _is_int(v):
+            raise Bad("type", what)
+        if not _in_range(v, lo, hi, False, hi_open):
+            raise Bad("value", what)
+    out = (lo - 1) if lo is not None else (hi if hi_open else hi + 1) if hi is not None else _NO_EXAMPLE
+    return Rule(check, "x", out)
+
+
+def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False,
+           note: str = "") -> Rule:
+    """A finite int or float (not a bool) between ``lo`` and ``hi``."""
+    what = f"must be a finite number {_bounds(lo, hi, lo_open, hi_open)}".rstrip() + note
+
+    def check(v: Any) -> None:
+        if not _is_number(v):
+            raise Bad("type", what)
+        if not (math.isfinite(v) and _in_range(v, lo, hi, lo_open, hi_open)):
+            raise Bad("value", what)
+    out = (lo if lo_open else lo - 1) if lo is not None else (hi if hi_open else hi + 1) if hi is not None \
+        else float("inf")
+    return Rule(check, "x", out)
+
+
+def flag() -> Rule:
+    def check(v: Any) -> None:
+        if not isinstance(v, bool):
+            raise Bad("type", "must be true or false")
+    return Rule(check, 1)
+
+
+def text(choices: tuple[str, ...] | None = None) -> Rule:
+    """A non-empty string (one of ``choices`` when given)."""
+    what = f"must be one of {', '.join(choices)}" if choices else "must be a non-empty string"
+
+    def check(v: Any) -> None:
+        if not isinstance(v, str):
+            raise Bad("type", what)
+        if (choices and v not in choices) or not v.strip():
+            raise Bad("value", what)
+    return Rule(check, 5, "nosuch" if choices else "")
+
+
+def mapping(values: Rule | None = None, nonempty: bool = False) -> Rule:
+    """A dict with string keys (non-empty, each value passing ``values``, when asked)."""
+    what = "must be a " + ("non-empty " if nonempty else "") + "mapping of names"
+
+    def check(v: Any) -> None:
+        if not isinstance(v, dict) or not all(isinstance(k, str) and k for k in v):
+            raise Bad("type", what + " (keys: non-empty strings)")
+        if nonempty and not v:
+            raise Bad("value", what)
+        for k, x in v.items():
+            if values is not None:
+                try:
+                    values.check(x)
+                except Bad as e:
+                    raise Bad(e.kind, f"{k!r}: {e}") from None
+    bad = {"a": values.bad_value} if values is not None and values.bad_value is not _NO_EXAMPLE else \
+        ({} if nonempty else _NO_EXAMPLE)
+    return Rule(check, 5, bad)
+
+
+def either(*rules: Rule, what: str) -> Rule:
+    """Accepted when any of ``rules`` accepts; a type error only when none had the right type."""
+    def check(v: Any) -> None:
+        kinds = []
+        for r in rules:
+            try:
+                r.check(v)
+                return
+            except Bad as e:
+                kinds.append(e.kind)
+        raise Bad("value" if "value" in kinds else "type", what)
+    bad_value = next((r.bad_value for r in rules if r.bad_value is not _NO_EXAMPLE), _NO_EXAMPLE)
+    return Rule(check, rules[0].bad_type if rules[0].bad_type is not None else 5.5, bad_value)
+
+
+def number_list(length: int | None = None, lo: float = 0.0, *, lo_open: bool = False, ordered: bool = False) -> Rule:
+    """A non-empty list of finite numbers (``length`` of them; each above ``lo``; ascending when ``ordered``)."""
+    what = (f"must be a list of {length}" if length else "must be a non-empty list of") + " finite numbers " + \
+        _bounds(lo, None, lo_open, False) + (" with lo <= hi" if ordered else "")
+
+    def check(v: Any) -> None:
+        if not isinstance(v, list) or not all(_is_number(x) for x in v):
+            raise Bad("type", what)
+        if not v or (length and len(v) != length) or not all(math.isfinite(x) for x in v) \
+                or not all(_in_range(x, lo, None, lo_open, False) for x in v) or (ordered and v != sorted(v)):
+            raise Bad("value", what)
+    bad = [2.0, 1.0] if ordered else [lo - 1.0] * (length or 1)
+    return Rule(check, ["a", "b"], bad)
+
+
+def size_pair() -> Rule:
+    """``[height, width]`` of whole numbers >= 1."""
+    what = "must be [height, width] of whole numbers >= 1"
+
+    def check(v: Any) -> None:
+        if not isinstance(v, list) or not all(_is_int(x) for x in v):
+            raise Bad("type", what)
+        if len(v) != 2 or min(v) < 1:
+            raise Bad("value", what)
+    return Rule(check, ["a", "b"], [0, 5])
+
+
+CLASS_COUNT = whole(2, MAX_CLASSES, what=f"must be a whole number from 2 to {MAX_CLASSES} (one class would label "
+                                          "every pixel the same)")
+CLASSES = either(CLASS_COUNT, mapping(CLASS_COUNT, nonempty=True),
+                 what=f"must be a whole number from 2 to {MAX_CLASSES} or a non-empty mapping of head names "
+                      f"to such numbers (one class would label every pixel the same)")
+
+
+def rule(default: Any, r: Rule, *, factory: Callable[[], Any] | None = None) -> Any:
+    """A dataclass field whose metadata carries its :class:`Rule`."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"rule": r})
+    return field(default=default, metadata={"rule": r})
+
+
+def field_rules(cls: type) -> dict[str, tuple[Rule, bool]]:
+    """Field name -> (rule, may be null) of a config dataclass."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: (f.metadata["rule"], _accepts(hints[f.name], type(None)))
+            for f in dataclasses.fields(cls) if "rule" in f.metadata}
+
+
+_NAME, _OPT_NAME = text(), text()  # free names (checked against the registries when used)
+
+
 @dataclass
 class ModelConfig:
-    name: str = "fcn32s"                      # fcn32s|fcn16s|fcn8s|fcn8s-atonce|... (or name@backbone)
-    backbone: str = "vgg16"
-    num_classes: Union[int, dict, None] = None  # None: from the dataset (dict of heads for SIFT Flow)
-    weights: Union[str, None] = None          # registered name or file (see create_model)
-    alignment: str = "caffe"                  # caffe (pad 100) | same
-    learn_upsampling: bool = False
-    fc_channels: Union[int, None] = None      # None: the backbone's (4096)
-    width: Union[float, None] = None          # None: 1.0 (reduced nets for tests/demos)
-    dropout: Union[float, None] = None        # None: keep the backbone's dropout p
-    init_from: Union[str, dict, None] = None  # checkpoint whose matching tensors initialise the net
+    name: str = rule("fcn32s", _NAME)         # fcn32s|fcn16s|fcn8s|fcn8s-atonce|... (or name@backbone)
+    backbone: str = rule("vgg16", _NAME)
+    num_classes: Union[int, dict, None] = rule(None, CLASSES)  # None: from the dataset (dict of heads for SIFT Flow)
+    weights: Union[str, None] = rule(None, _OPT_NAME)  # registered name or file (see create_model)
+    alignment: str = rule("caffe", text(ALIGNMENTS))  # caffe (pad 100) | same
+    learn_upsampling: bool = rule(False, flag())
+    fc_channels: Union[int, None] = rule(None, whole(1, 16384))  # None: the backbone's (4096)
+    width: Union[float, None] = rule(None, number(0, 4, lo_open=True))  # None: 1.0 (reduced nets for tests/demos)
+    dropout: Union[float, None] = rule(None, number(0, 1, hi_open=True))  # None: keep the backbone's dropout p
+    init_from: Union[str, dict, None] = rule(None, either(text(), mapping(text(), nonempty=True),
+                                                          what="must be a checkpoint path or a mapping of "
+                                                               "stream names to checkpoint paths"))
+    #                                           checkpoint whose matching tensors initialise the net
     #                                           (late fusion: also a dict stream name -> checkpoint)
-    in_channels: Union[int, None] = None      # None: 3; 4 = early fusion (RGB-D)
-    depth_init: Union[str, None] = None       # early fusion: extra conv1_1 filters from 3-channel weights:
-    #                                           mean (None; of the RGB filters, the reference's surgery) | zero
-    streams: Union[dict, None] = None         # late fusion: stream name -> input channels, e.g. {color: 3, hha: 3}
-    fusion: Union[str, None] = None           # late fusion: average (None; the reference's 0.5/0.5) | sum
-    preprocessing: Union[dict, None] = None   # override the weights' input preprocessing after they load:
-    #   {bgr, scale, mean, std, name} (keys left out keep the weights' values); late fusion: the same
+    in_channels: Union[int, None] = rule(None, whole(1, 64))  # None: 3; 4 = early fusion (RGB-D)
+    depth_init: Union[str, None] = rule(None, text(("mean", "zero")))  # early fusion: extra conv1_1 filters from
+    #                                           3-channel weights: mean (None; of the RGB filters, the reference's
+    #                                           surgery) | zero
+    streams: Union[dict, None] = rule(None, mapping(whole(1, 64), nonempty=True))  # late fusion: stream name ->
+    #                                           input channels, e.g. {color: 3, hha: 3}
+    fusion: Union[str, None] = rule(None, text(("average", "sum")))  # late fusion: average (None; the
+    #                                           reference's 0.5/0.5) | sum
+    preprocessing: Union[dict, None] = rule(None, mapping())  # override the weights' input preprocessing after they
+    #   load: {bgr, scale, mean, std, name} (keys left out keep the weights' values); late fusion: the same
     #   dict for every stream, or a dict per stream name
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "voc"
-    root: Union[str, None] = None
-    train_split: str = "train"
-    val_split: Union[str, None] = "val"       # None: no validation
-    val_dataset: Union[str, None] = None      # score on another dataset (SBD train → VOC seg11valid)
-    val_root: Union[str, None] = None
-    options: dict = field(default_factory=dict)  # extra build_dataset options (e.g. task: semantic)
-    resize: Union[float, None] = None         # downscale factor: 2 halves each side (train and val)
-    scale_range: Union[list, None] = None     # preset; [lo, hi] random rescale
-    crop: Union[int, list, None] = None       # preset; random crop size (0: none)
-    flip: Union[bool, None] = None            # preset; random horizontal flip
-    jitter: Union[float, None] = None         # preset; colour jitter strength (0: none)
-    batch_size: Union[int, None] = None       # preset; GLOBAL images per optimizer step
-    workers: int = 0
-    skip_bad: bool = False
-    max_items: Union[int, None] = None        # use the first N items of each split
+    dataset: str = rule("voc", _NAME)
+    root: Union[str, None] = rule(None, _OPT_NAME)
+    train_split: str = rule("train", _NAME)
+    val_split: Union[str, None] = rule("val", _OPT_NAME)  # None: no validation
+    val_dataset: Union[str, None] = rule(None, _OPT_NAME)  # score on another dataset (SBD train → VOC seg11valid)
+    val_root: Union[str, None] = rule(None, _OPT_NAME)
+    options: dict = rule(None, mapping(), factory=dict)  # extra build_dataset options (e.g. task: semantic)
+    resize: Union[float, None] = rule(None, number(1, note=" (a downscale factor: 2 halves each side)"))
+    #                                           downscale factor: 2 halves each side (train and val)
+    scale_range: Union[list, None] = rule(None, number_list(2, 0, lo_open=True, ordered=True))  # preset; [lo, hi]
+    #                                           random rescale
+    crop: Union[int, list, None] = rule(None, either(whole(0), size_pair(), what="must be a whole number >= 0 "
+                                                     "(0: no crop) or [height, width] of whole numbers >= 1"))
+    #                                           preset; random crop size (0: none)
+    flip: Union[bool, None] = rule(None, flag())  # preset; random horizontal flip
+    jitter: Union[float, None] = rule(None, number(0, 1))  # preset; colour jitter strength (0: none)
+    batch_size: Union[int, None] = rule(None, whole(1, 65536))  # preset; GLOBAL images per optimizer step
+    workers: int = rule(0, whole(0, 1024))
+    skip_bad: bool = rule(False, flag())
+    max_items: Union[int, None] = rule(None, whole(1))  # use the first N items of each split
+
+
+_STEPS = whole(1)
 
 
 @dataclass
 class TrainConfig:
-    preset: str = "none"                      # caffe|modern|none
-    optimizer: Union[str, None] = None        # preset; sgd|adamw
-    lr: Union[float, None] = None             # preset
-    momentum: Union[float, None] = None       # preset
-    weight_decay: Union[float, None] = None   # preset
-    bias_lr_mult: Union[float, None] = None   # preset; the reference's 2x bias learning rate
-    backbone_lr_mult: float = 1.0             # lr multiplier of the (pretrained) trunk
-    backbone_bias_lr_mult: Union[float, None] = None  # preset; trunk biases' lr mult (None: bias_lr_mult)
-    backbone_bias_decay_mult: Union[float, None] = None  # preset; trunk biases' decay mult (0: none; 1: Caffe default)
-    schedule: Union[str, None] = None         # preset; constant|step|poly
-    step_size: Union[int, None] = None        # step schedule: iterations per decay
-    gamma: float = 0.1
-    poly_power: float = 0.9
-    warmup_iters: int = 0                     # linear warm-up iterations
-    iterations: Union[int, None] = None       # preset; total optimizer steps (or give epochs)
-    epochs: Union[int, None] = None
-    accumulate: Union[int, None] = None       # preset; micro-batches per step (Caffe iter_size)
-    loss_reduction: Union[str, None] = None   # preset; sum (per image, Caffe normalize:false) | mean |
-    #                                           image-mean (each image's per-pixel mean, averaged: normalize:true)
-    class_weights: Union[str, list, None] = None  # None | "median-frequency" | list of floats
-    patch_p: float = 1.0                      # keep each stride-32 loss cell with probability p
-    amp: Union[str, bool] = "auto"            # auto (CUDA: bf16 if supported else fp16) | bf16 | fp16 | off
-    channels_last: bool = False
-    seed: int = 1337
-    deterministic: bool = False
-    device: str = "auto"                      # auto|cpu|cuda|cuda:N
-    checkpoint_every: int = 4000
-    eval_every: int = 4000                    # 0: only at the end
-    eval_batch_size: int = 1
-    eval_flip: bool = False                   # score with test-time flip averaging
-    log_every: int = 20
-    freeze_backbone: bool = False
-    cache_features: bool = False
-    sync_bn: bool = False
-    nonfinite: str = "stop"                   # stop|skip
-    tensorboard: bool = False
-    progress: bool = True
-    resume: Union[str, None] = None           # checkpoint path, or "auto" (out/last.pt if present)
+    preset: str = rule("none", text(PRESETS))  # caffe|modern|none
+    optimizer: Union[str, None] = rule(None, text(("sgd", "adamw")))  # preset; sgd|adamw
+    lr: Union[float, None] = rule(None, number(0, lo_open=True))  # preset
+    momentum: Union[float, None] = rule(None, number(0, 1, hi_open=True))  # preset
+    weight_decay: Union[float, None] = rule(None, number(0))  # preset
+    bias_lr_mult: Union[float, None] = rule(None, number(0))  # preset; the reference's 2x bias learning rate
+    backbone_lr_mult: float = rule(1.0, number(0))  # lr multiplier of the (pretrained) trunk
+    backbone_bias_lr_mult: Union[float, None] = rule(None, number(0))  # preset; trunk biases' lr mult (None:
+    #                                           bias_lr_mult)
+    backbone_bias_decay_mult: Union[float, None] = rule(None, number(0))  # preset; trunk biases' decay mult (0:
+    #                                           none; 1: Caffe default)
+    schedule: Union[str, None] = rule(None, text(("constant", "step", "poly")))  # preset; constant|step|poly
+    step_size: Union[int, None] = rule(None, _STEPS)  # step schedule: iterations per decay
+    gamma: float = rule(0.1, number(0, 1, lo_open=True))  # step schedule: lr factor per decay
+    poly_power: float = rule(0.9, number(0, lo_open=True))  # poly schedule: (1 - it/total) ** power
+    warmup_iters: int = rule(0, whole(0))  # linear warm-up iterations
+    iterations: Union[int, None] = rule(None, _STEPS)  # preset; total optimizer steps (or give epochs)
+    epochs: Union[int, None] = rule(None, _STEPS)
+    accumulate: Union[int, None] = rule(None, whole(1, 4096))  # preset; micro-batches per step (Caffe iter_size)
+    loss_reduction: Union[str, None] = rule(None, text(("sum", "mean", "image-mean")))  # preset; sum (per image,
+    #                                           Caffe normalize:false) | mean | image-mean (each image's per-pixel
+    #                                           mean, averaged: normalize:true)
+    class_weights: Union[str, list, None] = rule(None, either(text(("median-frequency",)), number_list(),
+                                                              what="must be null, 'median-frequency' or a list "
+                                                                   "of finite numbers >= 0 (one per class)"))
+    patch_p: float = rule(1.0, number(0, 1, lo_open=True))  # keep each stride-32 loss cell with probability p
+    amp: Union[str, bool] = rule("auto", either(text(("auto", "bf16", "fp16", "off")), flag(),
+                                                what="must be auto, bf16, fp16 or off"))
+    #                                           auto (CUDA: bf16 if supported else fp16) | bf16 | fp16 | off
+    channels_last: bool = rule(False, flag())
+    seed: int = rule(1337, whole(0, 2**63, hi_open=True,
+                                          what="must be a whole number from 0 to 2**63 - 1 (what the RNGs take)"))
+    deterministic: bool = rule(False, flag())
+    device: str = rule("auto", _NAME)         # auto|cpu|cuda|cuda:N
+    checkpoint_every: int = rule(4000, _STEPS)
+    eval_every: int = rule(4000, whole(0))  # 0: only at the end
+    eval_batch_size: int = rule(1, whole(1, 65536))
+    eval_flip: bool = rule(False, flag())   # score with test-time flip averaging
+    log_every: int = rule(20, _STEPS)
+    freeze_backbone: bool = rule(False, flag())
+    cache_features: bool = rule(False, flag())
+    sync_bn: bool = rule(False, flag())
+    nonfinite: str = rule("stop", text(("stop", "skip")))  # stop|skip
+    tensorboard: bool = rule(False, flag())
+    progress: bool = rule(True, flag())
+    resume: Union[str, None] = rule(None, _OPT_NAME)  # checkpoint path, or "auto" (out/last.pt if present)
 
 
 @dataclass
@@ -114,7 +333,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    out: str = "runs/fcn"
+    out: str = rule("runs/fcn", text())  # the run folder ("" would train into the current folder)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -175,8 +394,7 @@ def _preset_values(cfg: RunConfig) -> dict[str, dict[str, Any]]:
 
 def apply_preset(cfg: RunConfig) -> RunConfig:
     """Fill every ``None`` preset field from ``cfg.train.preset`` (in place; returns ``cfg``)."""
-    if cfg.train.preset not in PRESETS:
-        raise ConfigError(f"train.preset must be one of {PRESETS}, got {cfg.train.preset!r}")
+    _check_all_fields(cfg)  # types first: the preset tables read model.name and train.optimizer
     values = _preset_values(cfg)
     explicit_length = cfg.train.iterations is not None or cfg.train.epochs is not None
     for section, vals in values.items():
@@ -193,56 +411,32 @@ def apply_preset(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-_CHOICES = {("train", "optimizer"): ("sgd", "adamw"), ("train", "schedule"): ("constant", "step", "poly"),
-            ("train", "loss_reduction"): ("sum", "mean", "image-mean"), ("train", "nonfinite"): ("stop", "skip"),
-            ("model", "alignment"): ("caffe", "same"), ("model", "depth_init"): ("mean", "zero", None),
-            ("model", "fusion"): ("average", "sum", None)}
+def check_fields(obj: Any, prefix: str = "") -> None:
+    """Check every field of a config dataclass against its :class:`Rule` (one-line ConfigError naming the key)."""
+    for name, (r, nullable) in field_rules(type(obj)).items():
+        bad = r.error(f"{prefix}{name}", getattr(obj, name), nullable)
+        if bad is not None:
+            raise ConfigError(str(bad))
+
+
+def _check_all_fields(cfg: RunConfig) -> None:
+    for section in _SECTIONS:
+        check_fields(getattr(cfg, section), f"{section}.")
+    check_fields(cfg)
 
 
 def validate(cfg: RunConfig) -> None:
-    """Check value ranges and choices once presets are applied (one-line ConfigError)."""
-    for (sec, key), choices in _CHOICES.items():
-        v = getattr(getattr(cfg, sec), key)
-        if v not in choices:
-            raise ConfigError(f"{sec}.{key} must be one of {choices}, got {v!r}")
+    """Check every field's type and range, then the rules between fields, once presets are applied."""
+    _check_all_fields(cfg)
     t, d = cfg.train, cfg.data
-    amp = {True: "auto", False: "off"}.get(t.amp, t.amp) if isinstance(t.amp, bool) else t.amp
-    if amp not in ("auto", "bf16", "fp16", "off"):
-        raise ConfigError(f"train.amp must be auto, bf16, fp16 or off, got {t.amp!r}")
-    t.amp = amp
-    positive = [("data.batch_size", d.batch_size), ("train.accumulate", t.accumulate),
-                ("train.iterations", t.iterations), ("train.epochs", t.epochs), ("train.lr", t.lr),
-                ("train.step_size", t.step_size), ("data.resize", d.resize), ("data.max_items", d.max_items),
-                ("train.checkpoint_every", t.checkpoint_every), ("train.log_every", t.log_every),
-                ("train.eval_batch_size", t.eval_batch_size)]
-    m = cfg.model
-    positive += [("model.width", m.width), ("model.fc_channels", m.fc_channels)]
-    if isinstance(m.num_classes, int):
-        positive.append(("model.num_classes", m.num_classes))
-    for key, v in positive:
-        if v is not None and not (v > 0 and math.isfinite(v)):
-            raise ConfigError(f"{key} must be a finite number > 0, got {v}")
-    for key, v in [("train.eval_every", t.eval_every), ("data.workers", d.workers),
-                   ("train.warmup_iters", t.warmup_iters), ("train.weight_decay", t.weight_decay),
-                   ("train.momentum", t.momentum), ("data.jitter", d.jitter)]:
-        if v is not None and v < 0:
-            raise ConfigError(f"{key} must be >= 0, got {v}")
+    if isinstance(t.amp, bool):
+        t.amp = "auto" if t.amp else "off"
     if t.iterations is None and t.epochs is None:
         raise ConfigError("set train.iterations or train.epochs")
     if t.iterations is not None and t.epochs is not None:
         raise ConfigError("set only one of train.iterations and train.epochs")
-    if not 0 < t.patch_p <= 1:
-        raise ConfigError(f"train.patch_p must be in (0, 1], got {t.patch_p}")
     if t.schedule == "step" and t.step_size is None:
         raise ConfigError("train.schedule=step needs train.step_size")
-    if d.resize is not None and d.resize < 1:
-        raise ConfigError(f"data.resize is a downscale factor >= 1 (2 halves each side), got {d.resize}")
-    if d.scale_range is not None and (len(d.scale_range) != 2 or not 0 < d.scale_range[0] <= d.scale_range[1]):
-        raise ConfigError(f"data.scale_range must be [lo, hi] with 0 < lo <= hi, got {d.scale_range}")
-    if isinstance(d.crop, list) and (len(d.crop) != 2 or min(d.crop) <= 0):
-        raise ConfigError(f"data.crop must be a size or [height, width], got {d.crop}")
-    if isinstance(t.class_weights, str) and t.class_weights != "median-frequency":
-        raise ConfigError(f"train.class_weights must be null, 'median-frequency' or a list, got {t.class_weights!r}")
     if d.batch_size is not None and t.accumulate and d.batch_size % t.accumulate:
         raise ConfigError(f"data.batch_size {d.batch_size} is not divisible by train.accumulate {t.accumulate}")
     _check_model(cfg.model)
@@ -253,14 +447,8 @@ _PRE_KEYS = ("bgr", "scale", "mean", "std", "name")
 
 def _check_model(m: ModelConfig) -> None:
     """Fusion fields and the preprocessing override (shape only; values are used by build_model)."""
-    if m.in_channels is not None and m.in_channels < 1:
-        raise ConfigError(f"model.in_channels must be >= 1, got {m.in_channels}")
-    if m.streams is not None:
-        if not m.streams or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0
-                                    for c in m.streams.values()):
-            raise ConfigError(f"model.streams must map stream names to input channels, got {m.streams}")
-        if m.in_channels is not None:
-            raise ConfigError("set model.streams (late fusion) or model.in_channels (early fusion), not both")
+    if m.streams is not None and m.in_channels is not None:
+        raise ConfigError("set model.streams (late fusion) or model.in_channels (early fusion), not both")
     if isinstance(m.init_from, dict):
         unknown = sorted(set(m.init_from) - set(m.streams or {}))
         if unknown:
@@ -387,3 +575,21 @@ def _coerce(value: Any, hint: Any, path: str, source: str) -> Any:
             pass
     names = " or ".join(getattr(t, "__name__", str(t)) for t in options if t is not type(None))
     raise ConfigError(f"{source}: '{path}' expects {names}, got {reprlib.repr(value)}")
+
+
+def int_argument(r: Rule) -> Callable[[str], int]:
+    """An argparse ``type`` reading a whole number checked by ``r`` (the option is named by argparse)."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        try:
+            r.check(value)
+        except Bad as e:
+            raise argparse.ArgumentTypeError(f"{e}, got {value}") from None
+        return value
+    parse.__name__ = "whole number"
+    return parse

@@ -128,3 +128,77 @@ def test_fusion_and_depth_init_choices():
     for key in ("model.fusion", "model.depth_init", "train.loss_reduction"):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_config(None, [f"{key}=max"])
+
+
+# --- the schema: every field has a rule, and each rule rejects its examples at load ----------------
+from dataclasses import fields  # noqa: E402
+
+from fcnseg.config import (DataConfig, ModelConfig, TrainConfig, field_rules,  # noqa: E402
+                           validate)
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def _schema_examples():
+    for section, cls in [*_SECTIONS.items(), ("", RunConfig)]:
+        for name, (rule, _) in field_rules(cls).items():
+            key = f"{section}.{name}" if section else name
+            for kind, value in rule.examples:
+                yield pytest.param(section, name, kind, value, id=f"{key}-{kind}")
+
+
+def test_every_config_field_has_a_rule():
+    for cls in [*_SECTIONS.values(), RunConfig]:
+        assert set(field_rules(cls)) == {f.name for f in fields(cls)} - set(_SECTIONS), cls.__name__
+
+
+@pytest.mark.parametrize("section,name,kind,value", list(_schema_examples()))
+def test_schema_rejects_each_fields_bad_values(section, name, kind, value):
+    """Generated from the schema: a wrong-type and an out-of-range value of every field, key named."""
+    cfg = load_config()
+    setattr(getattr(cfg, section) if section else cfg, name, value)
+    key = f"{section}.{name}" if section else name
+    with pytest.raises(ConfigError, match=rf"^{key.replace('.', '[.]')}: .*, got ") as e:
+        validate(cfg)
+    assert "\n" not in str(e.value)
+    rule, nullable = field_rules(type(getattr(cfg, section)) if section else RunConfig)[name]
+    assert rule.error(key, value, nullable).kind == kind
+
+
+@pytest.mark.parametrize("override,key,cause", [
+    ("data.scale_range=[a,b]", "data.scale_range", "finite numbers"),
+    ("data.crop=-5", "data.crop", ">= 0"),
+    ("data.crop=[8, 0]", "data.crop", "[height, width]"),
+    (f"train.seed={2**70}", "train.seed", "2**63"),
+    ("train.seed=-1", "train.seed", "from 0"),
+    ("model.num_classes={}", "model.num_classes", "non-empty mapping"),
+    ("model.num_classes=0", "model.num_classes", "from 2 to 1000"),
+    ("model.num_classes=1", "model.num_classes", "one class would label every pixel the same"),
+    ("model.num_classes=3000", "model.num_classes", "from 2 to 1000"),
+    ("model.num_classes={sem: 33, geo: 1}", "model.num_classes", "from 2"),
+    ("model.num_classes=true", "model.num_classes", "int"),
+    ("train.poly_power=-1", "train.poly_power", "> 0"),
+    ("train.poly_power=0", "train.poly_power", "> 0"),
+    ("train.gamma=0", "train.gamma", "> 0"),
+    ("train.momentum=1", "train.momentum", "< 1"),
+    ("train.weight_decay=-1e-4", "train.weight_decay", ">= 0"),
+    ("train.warmup_iters=-1", "train.warmup_iters", ">= 0"),
+    ("train.lr=.inf", "train.lr", "finite"),
+    ("data.workers=-1", "data.workers", ">= 0"),
+    ("train.patch_p=1.5", "train.patch_p", "<= 1"),
+    ("data.jitter=-0.5", "data.jitter", ">= 0"),
+    ("model.dropout=1", "model.dropout", "< 1"),
+    ('out=""', "out", "non-empty"),
+    ("train.class_weights=[1, -2]", "train.class_weights", ">= 0"),
+])
+def test_bad_values_rejected_at_load_with_key_and_reason(override, key, cause):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert key in str(e.value) and cause in str(e.value), str(e.value)
+
+
+def test_good_edge_values_load():
+    cfg = load_config(None, ["model.num_classes={sem: 33, geo: 3}", "model.num_classes=2", "train.seed=0",
+                             f"train.seed={2**63 - 1}", "data.crop=0", "data.crop=[8, 16]", "train.momentum=0",
+                             "data.workers=0", "train.patch_p=1", "model.dropout=0"])
+    assert cfg.model.num_classes == 2 and cfg.train.seed == 2**63 - 1 and cfg.data.crop == [8, 16]

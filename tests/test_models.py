@@ -147,6 +147,57 @@ def test_unknown_names_give_clear_errors():
         fcnseg.create_model("fcn8s", 3, alignment="valid")
 
 
+_HOSTILE_CALLS = [  # (arguments, expected exception, the argument the message must name, words of the reason)
+    ((5, 21), {}, TypeError, "name", "model name"),
+    (("fcn99s", 21), {}, ValueError, "name", "fcn8s@resnet50"),
+    (("fcn8s", None), {}, TypeError, "num_classes", "from 2"),
+    (("fcn8s", True), {}, TypeError, "num_classes", "from 2"),
+    (("fcn8s", 21.0), {}, TypeError, "num_classes", "from 2"),
+    (("fcn8s", 1), {}, ValueError, "num_classes", "every pixel the same"),
+    (("fcn8s", 0), {}, ValueError, "num_classes", "from 2"),
+    (("fcn8s", 3000), {}, ValueError, "num_classes", "1000"),
+    (("fcn8s", {}), {}, ValueError, "num_classes", "non-empty"),
+    (("fcn8s", {"sem": 0}), {}, ValueError, "num_classes", "from 2"),
+    (("fcn8s", {"sem": "x"}), {}, TypeError, "num_classes", "from 2"),
+    (("fcn8s", 21), {"width": 0}, ValueError, "width", "> 0"),
+    (("fcn8s", 21), {"width": float("nan")}, ValueError, "width", "finite"),
+    (("fcn8s", 21), {"width": "1"}, TypeError, "width", "number"),
+    (("fcn8s", 21), {"width": None}, TypeError, "width", "number"),
+    (("fcn8s", 21), {"fc_channels": 0}, ValueError, "fc_channels", ">= 1"),
+    (("fcn8s", 21), {"fc_channels": 2.5}, TypeError, "fc_channels", "whole number"),
+    (("fcn8s", 21), {"dropout": 0.5}, TypeError, "dropout", "not an argument"),
+    (("fcn8s", 21), {"alignment": "left"}, ValueError, "alignment", "caffe, same"),
+    (("fcn8s", 21), {"alignment": 1}, TypeError, "alignment", "caffe, same"),
+    (("fcn8s", 21), {"in_channels": 0}, ValueError, "in_channels", ">= 1"),
+    (("fcn8s", 21), {"in_channels": True}, TypeError, "in_channels", "whole number"),
+    (("fcn8s", 21), {"streams": {"color": 0}}, ValueError, "streams", ">= 1"),
+    (("fcn8s", 21), {"streams": {}}, ValueError, "streams", "non-empty"),
+    (("fcn8s", 21), {"streams": [3, 3]}, TypeError, "streams", "mapping"),
+    (("fcn8s", 21), {"weights": 5}, TypeError, "weights", "string"),
+    (("fcn8s", 21), {"weights": ""}, ValueError, "weights", "non-empty"),
+    (("fcn8s", 21), {"backbone": "vgg99"}, ValueError, "backbone", "resnet50"),
+    (("fcn8s", 21), {"backbone": 16}, TypeError, "backbone", "string"),  # None: the default (vgg16)
+    (("fcn8s", 21), {"learn_upsampling": "yes"}, TypeError, "learn_upsampling", "true or false"),
+    (("fcn8s", 21), {"input_pad": -1}, ValueError, "input_pad", ">= 0"),
+]
+
+
+@pytest.mark.parametrize("args,kwargs,error,arg,cause", _HOSTILE_CALLS,
+                         ids=[f"{c[3]}-{i}" for i, c in enumerate(_HOSTILE_CALLS)])
+def test_create_model_rejects_hostile_arguments(args, kwargs, error, arg, cause):
+    """Bad arguments: TypeError (wrong kind) or ValueError (out of range) naming the argument, before any build."""
+    with torch.device("meta"), pytest.raises(error) as e:
+        fcnseg.create_model(*args, **kwargs)
+    assert type(e.value) is error and str(e.value).startswith(arg) and cause in str(e.value), str(e.value)
+
+
+def test_create_model_accepts_numpy_numbers_and_stores_python_ones():
+    import numpy as np
+    with torch.device("meta"):
+        m = fcnseg.create_model("fcn32s", np.int64(5), width=np.float32(0.0625))
+    assert type(m.config["num_classes"]) is int and type(m.config["width"]) is float
+
+
 def test_predict_applies_the_weights_preprocessing():
     model = fcnseg.create_model("fcn32s", 3, **SMALL).eval()
     with torch.no_grad():

@@ -143,7 +143,7 @@ def test_release_arguments_fill_in_and_refuse_contradictions():
             create_model(kwargs.pop("name", "fcn8s"), weights="voc-fcn8s", **kwargs)
     with pytest.raises(ValueError, match="pass num_classes"):
         create_model("fcn32s", weights="imagenet")
-    with pytest.raises(ValueError, match="needs num_classes"):
+    with pytest.raises(TypeError, match="num_classes: .*released model"):
         create_model("fcn32s")
 
 

@@ -5,16 +5,19 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
+from ..config import int_argument, whole
+from ..errors import ConfigError
 from .common import resolve_config
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=5")
-    p.add_argument("--predict", type=int, default=4, help="held-out images to predict (default 4)")
+    p.add_argument("--predict", type=int_argument(whole(0)), default=4, help="held-out images to predict (default 4)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,12 +31,21 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.visualize import plot_confusion, plot_curves
 
     t0 = time.perf_counter()
-    out = Path(args.out)
     root = sample_root("camvid")
-    cfg = load_config(resolve_config("demo-camvid"), [f"data.root={root}", f"out={out}", *args.overrides])
+    # JSON strings are YAML scalars: any path survives, and "" reaches the schema (not Path("") == ".")
+    cfg = load_config(resolve_config("demo-camvid"),
+                      [f"data.root={json.dumps(str(root))}", f"out={json.dumps(args.out)}", *args.overrides])
+    out = Path(cfg.out)
+    if not cfg.data.val_split:
+        raise ConfigError("data.val_split: the demo scores and reports on the sample's val split; "
+                          "it cannot be null (use fcnseg train for a run without validation)")
     print(f"demo: training {cfg.model.name} ({cfg.model.backbone}, {cfg.model.weights}) on the bundled CamVid "
           f"sample at {root}", flush=True)
     result = train(cfg, overwrite=True)  # `make demo` reruns into runs/demo
+    if result.get("interrupted"):  # SIGINT/SIGTERM: train saved last.pt and said so; no scoring, no report
+        print(f"fcnseg: error: demo stopped at iteration {result.get('iterations')}/{result.get('total_iterations')}"
+              f" before scoring; checkpoint kept at {result['last_checkpoint']}", file=sys.stderr)
+        return 130
     # the final model is what is reported (no choice of checkpoint on the val split it is scored on)
     model, _ = model_from_checkpoint(result["last_checkpoint"])
     val = build_dataset("camvid", root, "val")

@@ -1,10 +1,13 @@
 """Model names → (backbone, head spec); ``create_model`` builds any of them."""
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
+from ..config import ModelConfig, Rule, field_rules, whole
 from .backbones import BACKBONES
 from .fcn import FCN, HeadSpec
 from .fusion import LateFusion
@@ -33,6 +36,32 @@ _OFFERED: dict[str, tuple[str, ...]] = {
     "resnet101": ("fcn32s", "fcn16s", "fcn8s"),
 }
 
+_PAD = whole(0, 1024)
+_REQUIRED = ("num_classes", "width", "in_channels")  # None in a config means "the default"; here it is no value
+_EXTRA_RULES: dict[str, tuple[Rule, bool]] = {"input_pad": (_PAD, True), "fc6_pad": (_PAD, True)}
+
+
+def _check_arguments(args: dict[str, Any], hint: str = "") -> None:
+    """Check create_model's arguments with the ModelConfig rules of the same names (TypeError/ValueError)."""
+    rules = {**field_rules(ModelConfig), **_EXTRA_RULES}
+    for arg, value in args.items():
+        if arg not in rules:
+            continue
+        rule, nullable = rules[arg]
+        bad = rule.error(arg, value, nullable and arg not in _REQUIRED)
+        if bad is not None:
+            raise (TypeError if bad.kind == "type" else ValueError)(str(bad) + hint)
+
+
+def _check_backbone_kwargs(backbone: str, kwargs: dict[str, Any]) -> None:
+    accepted = [n for n, p in inspect.signature(BACKBONES[backbone]).parameters.items()
+                if p.kind is p.KEYWORD_ONLY and n != "alignment"]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise TypeError(f"{', '.join(unknown)}: not an argument of the {backbone} backbone "
+                        f"(it takes {', '.join(accepted)})")
+
+
 def list_models() -> list[str]:
     """``name`` or ``name@backbone`` for every offered combination (vgg16 is the default)."""
     return [m if b == "vgg16" else f"{m}@{b}" for b, ms in _OFFERED.items() for m in ms]
@@ -58,16 +87,28 @@ def create_model(name: str, num_classes: int | dict[str, int] | None = None, *, 
     ``fcnseg.models.weights.hub.RELEASES``) is downloaded on first use and fills in ``num_classes``,
     ``streams`` and the backbone; arguments that contradict it are a ValueError, ``backbone_kwargs``
     (e.g. ``width``) override the release's net arguments.
+    Bad arguments raise ``TypeError`` / ``ValueError`` naming the argument.
     """
+    if not isinstance(name, str):
+        raise TypeError(f"name: must be a model name string, got {type(name).__name__}; choose from {list_models()}")
+    if isinstance(weights, os.PathLike):
+        weights = os.fspath(weights)
     from .weights.hub import release_arguments, resolve
     release = resolve(weights, backbone or (name.split("@", 1)[1] if "@" in name else None))
     if release is not None:
         name, num_classes, backbone, streams, backbone_kwargs = release_arguments(
             release, name, num_classes, backbone, streams, backbone_kwargs)
         weights = release.name
-    if num_classes is None:
-        raise ValueError("create_model needs num_classes (or weights= naming a released model)")
     backbone = backbone or "vgg16"
+    if num_classes is None:  # the one argument a released model can fill in
+        _check_arguments({"num_classes": None}, hint=" (or give weights= naming a released model)")
+    _check_arguments({"num_classes": num_classes, "backbone": backbone, "weights": weights, "alignment": alignment,
+                      "learn_upsampling": learn_upsampling, "streams": streams, "fusion": fusion,
+                      "depth_init": depth_init, **backbone_kwargs})
+    # numpy counts pass the checks; the config saved in checkpoints holds plain Python numbers
+    num_classes = {k: int(v) for k, v in num_classes.items()} if isinstance(num_classes, dict) else int(num_classes)
+    if "width" in backbone_kwargs:
+        backbone_kwargs["width"] = float(backbone_kwargs["width"])
     if streams:
         config = {"name": name, "backbone": backbone, "alignment": alignment, "learn_upsampling": learn_upsampling,
                   "num_classes": num_classes, "streams": dict(streams), "fusion": fusion, **backbone_kwargs}
@@ -87,11 +128,12 @@ def create_model(name: str, num_classes: int | dict[str, int] | None = None, *, 
     if "@" in name:
         name, backbone = name.split("@", 1)
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
+        raise ValueError(f"name: unknown model {name!r}; choose from {list_models()}")
     if backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {backbone!r}; choose from {sorted(BACKBONES)}")
+        raise ValueError(f"backbone: unknown backbone {backbone!r}; choose from {sorted(BACKBONES)}")
     if name not in _OFFERED[backbone]:
-        raise ValueError(f"{name} is not offered on {backbone}; offered: {_OFFERED[backbone]}")
+        raise ValueError(f"name: {name} is not offered on {backbone}; offered: {_OFFERED[backbone]}")
+    _check_backbone_kwargs(backbone, backbone_kwargs)
     trunk = BACKBONES[backbone](alignment=alignment, **backbone_kwargs)
     model = FCN(trunk, num_classes, MODELS[name], learn_upsampling=learn_upsampling)
     model.config = {"name": name, "backbone": backbone, "alignment": alignment,
