@@ -133,6 +133,17 @@ def _check_only(proto: dict, protocol: str, only: list[str] | None) -> None:
                           f"{protocol} (runs: {', '.join(names)})")
 
 
+def _check_prerequisites(proto: dict, out: Path, only: list[str] | None) -> None:
+    """Before any training: every ``@run`` a selected run refers to is selected too, or finished already."""
+    chosen = [r for r in proto["runs"] if not only or r["name"] in only]
+    for spec in chosen:
+        refs = [v[1:] for v in [spec.get("score"), *spec.get("set", {}).values()] if isinstance(v, str) and v[:1] == "@"]
+        for ref in refs:
+            if ref not in [r["name"] for r in chosen] and not (out / f"{ref}.json").is_file():
+                raise ConfigError(f"run {spec['name']} needs run {ref} first: {out / f'{ref}.json'} does not exist "
+                                  f"(add {ref} to --only)")
+
+
 def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None = None,
               only: list[str] | None = None, overrides: list[str] | None = None) -> Path:
     """Train and score every run of the protocol; return the path of RESULTS.md."""
@@ -143,6 +154,7 @@ def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None 
     proto = load_protocol(dataset, protocol)
     _check_only(proto, protocol, only)
     out = Path(out)
+    _check_prerequisites(proto, out, only)
     out.mkdir(parents=True, exist_ok=True)
     base = proto["base"]
     if root:
