@@ -103,6 +103,11 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17, d
     ``trim``: export :class:`fcnseg.engine.trim.TrimmedFCN` (exact, skips the image-independent
     pad-100 border); its plan depends on the size, so it needs ``dynamic=False`` (one ``example_size``).
     """
+    from .argcheck import module_arg, path_arg, size_arg
+
+    model, path, example_size = module_arg(model), path_arg(path, "path"), size_arg(example_size, "example_size")
+    if not atol >= 0:
+        raise ValueError(f"atol must be >= 0, got {atol!r}")
     low, high = supported_opsets()
     if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
         raise ValueError(f"opset must be a whole number in {low}..{high} (torch {torch.__version__}), got {opset!r}")
@@ -249,7 +254,9 @@ def export_torch(model: nn.Module, path: str | os.PathLike, *, dynamic: bool = T
     ceil-mode pooling and the crop/``min`` in the head produce, which hold for every size but which
     the symbolic solver cannot prove. On older torch pass ``dynamic=False`` (one fixed size).
     """
-    path = Path(path)
+    from .argcheck import module_arg, path_arg, size_arg
+
+    model, path, example_size = module_arg(model), path_arg(path, "path"), size_arg(example_size, "example_size")
     if path.suffix.lower() != ".pt2":
         raise ExportError(f"torch.export path {path} must end in .pt2")
     model = _cpu_fp32(model)
