@@ -37,9 +37,9 @@ def _reason(e: BaseException) -> str:
 
 def write_error(path: str | os.PathLike, e: BaseException) -> WriteError:
     """The one-line error for a failed write of ``path``."""
-    err = WriteError(f"cannot write {path}: {_reason(e)}")
-    err.filename = None  # the message already names it
-    return err
+    # one argument, no filename: str(err) is the message (assigning err.filename, even None, would make
+    # str() print "[Errno None] None: None")
+    return WriteError(f"cannot write {path}: {_reason(e)}")
 
 
 @contextmanager

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_write, write_bytes
-from .errors import FcnsegError
+from .errors import ConfigError, FcnsegError
 
 __all__ = ["ExportError", "export_onnx", "export_torch", "read_onnx_metadata", "quantize_onnx",
            "verify_onnx", "add_export_arguments", "main_export", "model_from_args"]
@@ -106,6 +106,14 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17, d
     pad-100 border); its plan depends on the size, so it needs ``dynamic=False`` (one ``example_size``).
     ``metadata``: extra ``fcnseg.*`` entries (JSON-encoded), e.g. the engine cache's model key.
     """
+    from .argcheck import module_arg, path_arg, size_arg
+
+    model, path, example_size = module_arg(model), path_arg(path, "path"), size_arg(example_size, "example_size")
+    if not atol >= 0:
+        raise ValueError(f"atol must be >= 0, got {atol!r}")
+    low, high = supported_opsets()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
+        raise ValueError(f"opset must be a whole number in {low}..{high} (torch {torch.__version__}), got {opset!r}")
     onnx = _require_onnx()
     if trim:
         from .engine.trim import TrimmedFCN
@@ -118,7 +126,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17, d
     path = Path(path)
     if path.suffix.lower() != ".onnx":
         raise ExportError(f"export path {path} must end in .onnx")
-    path.parent.mkdir(parents=True, exist_ok=True)
     heads = list(_heads(model))
     names = ["scores"] if heads == ["out"] else heads
     model = _cpu_fp32(model)
@@ -131,12 +138,13 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17, d
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         kwargs["dynamo"] = False  # the TorchScript exporter: needs no onnxscript, keeps shapes symbolic
     buf = io.BytesIO()
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
+    try:  # the exporter prints the graph IR on some failures: keep it off the user's stdout
+        with warnings.catch_warnings(), torch.no_grad(), _stdout_discarded():
             warnings.simplefilter("ignore")
             torch.onnx.export(wrapped, (x,), buf, **kwargs)
     except Exception as e:
-        raise ExportError(f"ONNX export of {type(model).__name__} failed: {str(e).splitlines()[0]}") from None
+        raise ExportError(f"ONNX export of {type(model).__name__} at opset {opset} failed: {_exporter_reason(e)}") \
+            from None
     proto = onnx.load_from_string(buf.getvalue())
     del buf
     meta = _metadata(model)
@@ -154,6 +162,34 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17, d
     elif verify:
         verify_onnx(model, path, [example_size], atol=atol)
     return path
+
+
+@contextlib.contextmanager
+def _stdout_discarded():
+    """Discard what C++ code writes to file descriptor 1 (the exporter's IR dump) inside the block."""
+    import sys
+
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):  # no real stdout: nothing to protect
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _exporter_reason(e: BaseException) -> str:
+    """The exporter's reason in one short line: no IR dump (``[Caused by ...``), no issue-tracker plea."""
+    from .errors import first_line
+
+    text = first_line(e, limit=10**6).split("[Caused by")[0].split(" Please feel free")[0].strip()
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def verify_onnx(model: nn.Module, path: str | os.PathLike, sizes: Iterable[tuple[int, int]], *,
@@ -222,7 +258,9 @@ def export_torch(model: nn.Module, path: str | os.PathLike, *, dynamic: bool = T
     ceil-mode pooling and the crop/``min`` in the head produce, which hold for every size but which
     the symbolic solver cannot prove. On older torch pass ``dynamic=False`` (one fixed size).
     """
-    path = Path(path)
+    from .argcheck import module_arg, path_arg, size_arg
+
+    model, path, example_size = module_arg(model), path_arg(path, "path"), size_arg(example_size, "example_size")
     if path.suffix.lower() != ".pt2":
         raise ExportError(f"torch.export path {path} must end in .pt2")
     model = _cpu_fp32(model)
@@ -357,25 +395,48 @@ def _set_metadata(path: Path, props: dict[str, str], dst: Path | None = None) ->
 
 # ---------------------------------------------------------------- CLI pieces (wired by fcnseg.cli)
 
+def supported_opsets() -> tuple[int, int]:
+    """The ONNX opsets the installed torch (TorchScript exporter) and onnx can both write."""
+    try:
+        from torch.onnx import _constants as c
+
+        low = int(c.ONNX_MIN_OPSET)
+        high = int(getattr(c, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", c.ONNX_MAX_OPSET))
+    except (ImportError, AttributeError):
+        low, high = 7, 17
+    try:
+        import onnx.defs
+
+        high = min(high, int(onnx.defs.onnx_opset_version()))
+    except ImportError:
+        pass
+    return max(low, 10), high  # ceil-mode max pooling needs opset 10+
+
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``fcnseg export``."""
+    from .cli.common import add_size, int_range, positive_int
+    from .models.backbones import BACKBONES
+    from .models.registry import MODELS
+
     src = p.add_argument_group("model (a checkpoint, or a model built by name)")
     src.add_argument("--checkpoint", help="a checkpoint written by fcnseg train")
-    src.add_argument("--model", default="fcn8s", help="model name when no --checkpoint (default fcn8s)")
-    src.add_argument("--backbone", default="vgg16")
-    src.add_argument("--num-classes", type=int, default=21)
+    src.add_argument("--model", default="fcn8s", choices=sorted(MODELS),
+                     help="model name when no --checkpoint (default fcn8s)")
+    src.add_argument("--backbone", default="vgg16", choices=sorted(BACKBONES))
+    src.add_argument("--num-classes", type=positive_int, default=21)
     src.add_argument("--alignment", choices=("caffe", "same"), default="caffe")
     src.add_argument("--weights", help="trunk weights (registered name or file) when no --checkpoint")
     p.add_argument("--output", "-o", required=True, help="output file: .onnx, or .pt2 for torch.export")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    low, high = supported_opsets()
+    p.add_argument("--opset", type=int_range(low, high, "opset"), default=min(17, high),
+                   help=f"ONNX opset, {low}..{high} here (default 17)")
     p.add_argument("--static", action="store_true", help="fixed input size (--size) instead of dynamic N/H/W")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=(96, 112),
-                   help="example input size used for tracing (default 96 112)")
+    add_size(p, (96, 112), "example input size used for tracing (default 96 112)")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     p.add_argument("--int8", choices=("static", "dynamic"),
                    help="also write an int8 copy (<output>.int8.onnx); static calibrates on --calibration")
     p.add_argument("--calibration", help="folder of images for --int8 static calibration (a few are enough)")
-    p.add_argument("--calibration-count", type=int, default=8, help="images used for calibration (default 8)")
+    p.add_argument("--calibration-count", type=positive_int, default=8, help="images used for calibration (default 8)")
     p.add_argument("--calibrate", choices=("percentile", "minmax", "entropy"), default="percentile",
                    help="activation range estimate for --int8 static (default percentile)")
 
@@ -388,8 +449,13 @@ def model_from_args(args: argparse.Namespace) -> nn.Module:
         return model_from_checkpoint(args.checkpoint, map_location="cpu")[0]
     from .models import create_model
 
-    return create_model(args.model, args.num_classes, backbone=args.backbone, alignment=args.alignment,
-                        weights=getattr(args, "weights", None))
+    try:
+        return create_model(args.model, args.num_classes, backbone=args.backbone, alignment=args.alignment,
+                            weights=getattr(args, "weights", None))
+    except (ValueError, TypeError) as e:
+        if isinstance(e, FcnsegError):
+            raise
+        raise ConfigError(f"--model {args.model} --backbone {args.backbone}: {e}") from None
 
 
 def _calibration_images(folder: str, count: int) -> list[torch.Tensor]:
@@ -403,8 +469,16 @@ def _calibration_images(folder: str, count: int) -> list[torch.Tensor]:
 
 def main_export(args: argparse.Namespace) -> int:
     """Run ``fcnseg export``; prints what was written."""
-    model = model_from_args(args)
     out = Path(args.output)
+    if out.suffix.lower() not in (".onnx", ".pt2"):
+        raise ConfigError(f"--output {out}: must end in .onnx (ONNX) or .pt2 (torch.export)")
+    if out.is_dir():
+        raise ConfigError(f"--output {out}: is a folder, not a file")
+    if args.int8 == "static" and not args.calibration:
+        raise ConfigError("--int8 static needs --calibration FOLDER (or use --int8 dynamic)")
+    if args.int8 and out.suffix.lower() != ".onnx":
+        raise ConfigError(f"--int8: quantizes ONNX only, not {out}")
+    model = model_from_args(args)
     if out.suffix.lower() == ".pt2":
         export_torch(model, out, dynamic=not args.static, example_size=tuple(args.size))
         print(f"wrote {out} (torch.export, {'static' if args.static else 'dynamic'} shapes)")
@@ -414,8 +488,6 @@ def main_export(args: argparse.Namespace) -> int:
     print(f"wrote {out} (ONNX opset {args.opset}, {'static' if args.static else 'dynamic N/H/W'}"
           f"{'' if args.no_verify else ', verified against PyTorch on 3 sizes'})")
     if args.int8:
-        if args.int8 == "static" and not args.calibration:
-            raise ExportError("--int8 static needs --calibration FOLDER (or use --int8 dynamic)")
         calib = _calibration_images(args.calibration, args.calibration_count) if args.int8 == "static" else None
         q = quantize_onnx(out, out.with_suffix(".int8.onnx"), calib, mode=args.int8, calibrate=args.calibrate)
         print(f"wrote {q} (int8 {args.int8}; lossy: check mean IU with scripts/bench_quant_miou.py)")

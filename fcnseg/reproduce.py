@@ -19,6 +19,7 @@ e.g. ``train.eval_flip: true``), so one change of evaluation is measured on the 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from .atomic import write_bytes, write_json, write_text
 from .errors import ConfigError
 from .provenance import commit, loadavg, machine
 
@@ -99,6 +101,49 @@ def _curve(run_dir: Path) -> list[dict[str, float]]:
     return points
 
 
+RECORD_FIELDS = ("run", "config", "machine", "commit", "wall_time_s", "iterations", "checkpoint", "metrics",
+                 "per_class_iu")
+METRICS = ("pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu")
+
+
+def read_record(path: Path) -> dict:
+    """A finished run's JSON; a file that does not parse or lacks a finished run's fields is a ConfigError
+    naming it (records are written atomically, so such a file was damaged or written by something else)."""
+    name = path.stem
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        reason = "empty file" if not path.read_bytes().strip() else f"not JSON: {e}"
+        raise ConfigError(f"{path}: not a finished run record ({reason}); delete it to rerun {name}") from None
+    missing = [k for k in RECORD_FIELDS if not isinstance(record, dict) or k not in record]
+    if not missing:
+        missing = [f"metrics.{k}" for k in METRICS if not isinstance(record["metrics"], dict)
+                   or not isinstance(record["metrics"].get(k), (int, float))]
+    if missing:
+        raise ConfigError(f"{path}: not a finished run record (missing {', '.join(missing)}); "
+                          f"delete it to rerun {name}")
+    return record
+
+
+def _check_only(proto: dict, protocol: str, only: list[str] | None) -> None:
+    names = [r["name"] for r in proto["runs"]]
+    unknown = [n for n in only or [] if n not in names]
+    if unknown:
+        raise ConfigError(f"--only: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not in protocol "
+                          f"{protocol} (runs: {', '.join(names)})")
+
+
+def _check_prerequisites(proto: dict, out: Path, only: list[str] | None) -> None:
+    """Before any training: every ``@run`` a selected run refers to is selected too, or finished already."""
+    chosen = [r for r in proto["runs"] if not only or r["name"] in only]
+    for spec in chosen:
+        refs = [v[1:] for v in [spec.get("score"), *spec.get("set", {}).values()] if isinstance(v, str) and v[:1] == "@"]
+        for ref in refs:
+            if ref not in [r["name"] for r in chosen] and not (out / f"{ref}.json").is_file():
+                raise ConfigError(f"run {spec['name']} needs run {ref} first: {out / f'{ref}.json'} does not exist "
+                                  f"(add {ref} to --only)")
+
+
 def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None = None,
               only: list[str] | None = None, overrides: list[str] | None = None) -> Path:
     """Train and score every run of the protocol; return the path of RESULTS.md."""
@@ -107,7 +152,9 @@ def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None 
     from .engine.train import score, train
 
     proto = load_protocol(dataset, protocol)
+    _check_only(proto, protocol, only)
     out = Path(out)
+    _check_prerequisites(proto, out, only)
     out.mkdir(parents=True, exist_ok=True)
     base = proto["base"]
     if root:
@@ -119,6 +166,7 @@ def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None 
             continue
         result_json = out / f"{name}.json"
         if result_json.is_file():
+            read_record(result_json)
             print(f"[reproduce] {name}: done already ({result_json})")
             continue
         source = _source_spec(proto, spec)
@@ -127,8 +175,11 @@ def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None 
             sets["model.init_from"] = spec["score"]
         for k, v in list(sets.items()):
             if isinstance(v, str) and v.startswith("@"):
-                prev = json.loads((out / f"{v[1:]}.json").read_text())
-                sets[k] = prev["checkpoint"]
+                prev_json = out / f"{v[1:]}.json"
+                if not prev_json.is_file():
+                    raise ConfigError(f"run {name} needs run {v[1:]} first: {prev_json} does not exist "
+                                      f"(add {v[1:]} to --only)")
+                sets[k] = read_record(prev_json)["checkpoint"]
         run_dir = out / "runs" / name
         cfg = load_config(None, _flatten(base) + [f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
                                                   for k, v in sets.items()] + [f"out={run_dir}"] + list(overrides or []))
@@ -152,7 +203,7 @@ def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None 
             "per_class_iu": dict(zip(dataset_info(cfg.data.dataset).classes, metrics["per_class_iu"])),
             "curve": _curve(run_dir),
         }
-        result_json.write_text(json.dumps(record, indent=1, default=float) + "\n")
+        write_json(result_json, record, indent=1, default=float)
         print(f"[reproduce] {name}: mean IU {100 * metrics['mean_iu']:.1f}% in {wall / 60:.1f} min", flush=True)
     return write_results(proto, out, time.perf_counter() - study_t0)
 
@@ -179,7 +230,7 @@ def write_results(proto: dict, out: Path, seconds: float | None = None) -> Path:
     for spec in proto["runs"]:
         p = out / f"{spec['name']}.json"
         if p.is_file():
-            records[spec["name"]] = json.loads(p.read_text())
+            records[spec["name"]] = read_record(p)
     if not records:
         raise ConfigError(f"{out}: no finished runs to report")
     any_rec = next(iter(records.values()))
@@ -217,9 +268,7 @@ def write_results(proto: dict, out: Path, seconds: float | None = None) -> Path:
     if fig:
         lines += ["", "## RQ4 curves", "", "![mean IU against wall time and iterations](rq4.png)"]
     lines += ["", f"Generated by `fcnseg reproduce` from the JSON files beside this page."]
-    path = out / "RESULTS.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_text(out / "RESULTS.md", "\n".join(lines) + "\n")
 
 
 def _plot_curves(records: list[dict], path: Path) -> Path | None:
@@ -241,6 +290,7 @@ def _plot_curves(records: list[dict], path: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    return path
+    return write_bytes(path, buf.getvalue())

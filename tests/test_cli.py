@@ -72,3 +72,47 @@ def test_predict_with_the_fast_engine_matches_torch(tmp_path, monkeypatch, capsy
                      str(tmp_path / engine), "--engine", engine, "--overlay", "none"]) == 0
     a, b = (np.array(Image.open(next((tmp_path / e).glob("*_label.png")))) for e in ("torch", "auto"))
     assert (a == b).mean() > 0.999 and len(np.unique(a)) > 1
+
+
+def _disk_full(monkeypatch):
+    """Every atomic write fails as on a full disk (at the fsync, after the data went to the temporary file)."""
+    import errno
+    import os
+
+    import fcnseg.atomic
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(fcnseg.atomic.os, "fsync", full)
+
+
+@pytest.mark.slow
+def test_export_on_a_full_disk_names_the_output(tmp_path, monkeypatch, capsys):
+    import torch
+
+    import fcnseg
+    from fcnseg.engine.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    ck = save_checkpoint(tmp_path / "c.pt", fcnseg.create_model("fcn8s", 3, width=1 / 16, fc_channels=16))
+    _disk_full(monkeypatch)
+    out = tmp_path / "net.onnx"
+    assert main(["export", "--checkpoint", str(ck), "--output", str(out), "--no-verify"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {out}: no space left on device" in err, err
+    assert not out.exists() and not list(tmp_path.glob(".net.onnx.*"))
+
+
+@pytest.mark.slow
+def test_bench_report_on_a_full_disk_names_the_path(tmp_path, monkeypatch, capsys):
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from faults_cli import TINY_BENCH
+
+    _disk_full(monkeypatch)
+    out = tmp_path / "bench.json"
+    assert main(["bench", *TINY_BENCH, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {out}: no space left on device" in err, err
+    assert not out.exists()

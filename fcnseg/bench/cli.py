@@ -11,14 +11,18 @@ __all__ = ["add_bench_arguments", "main_bench", "bench_script"]
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``fcnseg bench``."""
-    p.add_argument("--model", default="fcn8s", help="model name (default fcn8s; the peer needs fcn8s)")
-    p.add_argument("--backbone", default="vgg16")
-    p.add_argument("--num-classes", type=int, default=21)
+    from ..cli.common import add_size, non_negative_int, positive_float, positive_int
+    from ..models.backbones import BACKBONES
+    from ..models.registry import MODELS
+
+    p.add_argument("--model", default="fcn8s", choices=sorted(MODELS),
+                   help="model name (default fcn8s; the peer needs fcn8s)")
+    p.add_argument("--backbone", default="vgg16", choices=sorted(BACKBONES))
+    p.add_argument("--num-classes", type=positive_int, default=21)
     p.add_argument("--checkpoint", help="measure a trained checkpoint's weights instead of seeded random ones")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=(500, 500),
-                   help="input size (default 500 500, the paper's PASCAL scale)")
-    p.add_argument("--batch", type=int, default=1, help="latency batch (default 1)")
-    p.add_argument("--throughput-batch", type=int, default=4, help="throughput batch; 0 skips (default 4)")
+    add_size(p, (500, 500), "input size (default 500 500, the paper's PASCAL scale)")
+    p.add_argument("--batch", type=positive_int, default=1, help="latency batch (default 1)")
+    p.add_argument("--throughput-batch", type=non_negative_int, default=4, help="throughput batch; 0 skips (default 4)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--engines", help="comma-separated engine names (default for cpu: "
                    + ",".join(DEFAULT_ENGINES["cpu"]) + ")")
@@ -26,17 +30,17 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="only the default engines of this precision (and the peer)")
     p.add_argument("--alignment", choices=("caffe", "same"), default="caffe",
                    help="alignment for engine names without @caffe/@same (default caffe)")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=5, help="timed batch-1 runs per engine (default 5)")
-    p.add_argument("--throughput-repeats", type=int, default=2)
-    p.add_argument("--threads", type=int, help="intra-op threads for every engine (default: torch's)")
+    p.add_argument("--warmup", type=non_negative_int, default=1)
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed batch-1 runs per engine (default 5)")
+    p.add_argument("--throughput-repeats", type=positive_int, default=2)
+    p.add_argument("--threads", type=positive_int, help="intra-op threads for every engine (default: torch's)")
     p.add_argument("--no-peer", action="store_true", help="skip torchfcn")
     p.add_argument("--no-train-step", action="store_true", help="skip the training-step timing")
     p.add_argument("--eval-split", action="store_true",
                    help="also time evaluate() on the bundled CamVid sample (data / model / metrics split)")
-    p.add_argument("--sgemm-n", type=int, default=4096, help="matmul size for the machine's sgemm rate; 0 skips")
-    p.add_argument("--width", type=float, default=1.0, help="channel width multiplier (tests: 1/16)")
-    p.add_argument("--fc-channels", type=int, help="fc6/fc7 channels (default the backbone's)")
+    p.add_argument("--sgemm-n", type=non_negative_int, default=4096, help="matmul size for the machine's sgemm rate; 0 skips")
+    p.add_argument("--width", type=positive_float, default=1.0, help="channel width multiplier (tests: 1/16)")
+    p.add_argument("--fc-channels", type=positive_int, help="fc6/fc7 channels (default the backbone's)")
     p.add_argument("--out", help="JSON report path (a .md beside it gets the tables)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
 

@@ -1,6 +1,7 @@
 """``run_bench``: every engine in its own process, side by side with the peer, one JSON out."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..atomic import write_error, write_text
 from ..errors import ConfigError, FcnsegError
 from .measure import count_flops, machine_info, sgemm_gflops, stats
 
@@ -272,6 +274,9 @@ def run_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classes: int
     process for the whole run and each engine's timed runs alternate with the peer's, so speed-ups
     compare runs taken under the same load (the machine may be shared).
     """
+    for path in (out_json, out_md):
+        if path:
+            _check_writable(path)
     t_start = time.time()
     log = (lambda msg: print(f"[bench {time.time() - t_start:5.0f}s] {msg}", file=sys.stderr, flush=True)) \
         if progress else (lambda msg: None)
@@ -408,16 +413,26 @@ def run_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classes: int
     report["machine"]["loadavg_end"] = list(os.getloadavg())
     report["wall_seconds"] = time.time() - t_start
     if out_json:
-        p = Path(out_json)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(report, indent=1) + "\n")
+        write_text(out_json, json.dumps(report, indent=1) + "\n")
     if out_md:
         from .report import bench_markdown
 
-        p = Path(out_md)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(bench_markdown(report))
+        write_text(out_md, bench_markdown(report))
     return report
+
+
+def _check_writable(path: str | os.PathLike) -> None:
+    """Fail before measuring when the report ``path`` cannot be written: its folder cannot be made or
+    written, or it names a folder."""
+    p = Path(path)
+    if p.is_dir():
+        raise write_error(p, IsADirectoryError(errno.EISDIR, "is a folder, not a file"))
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(p, e) from e
+    if not os.access(p.parent, os.W_OK):
+        raise write_error(p, PermissionError(errno.EACCES, "permission denied"))
 
 
 def _exports(specs: list[EngineSpec], models: dict, size: tuple[int, int], tmp: Path, calib_count: int, seed: int,

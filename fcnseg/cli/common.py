@@ -29,20 +29,72 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1."""
+def _whole(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+
+
+def _at_least(low: int):
+    def check(text: str) -> int:
+        value = _whole(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    return check
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    return _at_least(1)(text)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0 (0 usually skips the step)."""
+    return _at_least(0)(text)
+
+
+def int_range(low: int, high: int, what: str = "value"):
+    """argparse type factory: a whole number in ``[low, high]``."""
+    def check(text: str) -> int:
+        value = _whole(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} must be in {low}..{high}, got {value}")
+        return value
+    return check
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
+
+
+def probability(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def add_size(p: argparse.ArgumentParser, default: tuple[int, int], help_text: str) -> None:
+    """``--size H W``: two whole numbers >= 1."""
+    p.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"), default=default, help=help_text)
 
 
 def tile_size(text: str) -> int:
     """argparse type of ``--tile``: a whole number of at least 32 pixels."""
-    value = positive_int(text)
+    value = _whole(text)
     if value < 32:
         raise argparse.ArgumentTypeError(f"must be at least 32 pixels, got {value}")
     return value

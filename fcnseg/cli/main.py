@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import traceback
 import warnings
 from typing import Callable, Sequence
 
-from ..errors import ConfigError, FcnsegError
+from ..errors import _ANSI, ConfigError, FcnsegError
 from .common import printable
 
 # sub-command name → module under fcnseg.cli exposing ``add_arguments(parser)`` and ``run(args)``
@@ -95,9 +96,19 @@ def _run(args: argparse.Namespace) -> int:
         return _error(f"{type(e).__name__}: {_one_line(e)} (rerun with --debug for the traceback)", 1)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(text: str) -> str:
+    """``text`` on one line: newlines and other control characters (e.g. inside a file name) escaped."""
+    return _CONTROL.sub(lambda m: _ESCAPES.get(m.group(), f"\\x{ord(m.group()):02x}"), text)
+
+
 def _one_line(e: BaseException, limit: int = 1000) -> str:
-    text = str(e).strip() or type(e).__name__
+    """The whole message of ``e`` on one line (control characters escaped, not cut), at most ``limit`` long."""
+    text = _ANSI.sub("", str(e)).strip() or type(e).__name__
     if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
         text = f"{e.filename}: {text}"
-    text = text.splitlines()[0]
-    return text if len(text) <= limit else text[: limit - 5] + " ..."
+    text = _escape(text)
+    return text if len(text) <= limit else text[: limit - 4] + " ..."

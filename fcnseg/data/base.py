@@ -217,8 +217,15 @@ def _lookup(name: str) -> tuple[type[SegDataset], DatasetInfo]:
     return _REGISTRY[key]
 
 
-def build_dataset(name: str, root: str | Path, split: str, **opts: Any) -> SegDataset:
+def build_dataset(name: str, root: str | Path, split: str | None, **opts: Any) -> SegDataset:
     """Build registered dataset ``name`` (see :func:`list_datasets`) on ``root`` for ``split``."""
+    from ..argcheck import path_arg
+
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a dataset name (str), got {type(name).__name__}; known: {list_datasets()}")
+    root = path_arg(root, "root")
+    if split is not None and not isinstance(split, str):
+        raise TypeError(f"split must be a str (or None where the dataset allows it), got {type(split).__name__} {split!r:.60}")
     cls, _ = _lookup(name)
     return cls(root, split, **opts)
 

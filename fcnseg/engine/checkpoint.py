@@ -38,7 +38,9 @@ def save_checkpoint(path: str | os.PathLike, model: FCN, **extra: Any) -> Path:
     ``extra`` holds only tensors, numbers, strings, lists and dicts (optimizer state, step,
     RNG states, train config), so it loads with ``weights_only=True``.
     """
-    path = Path(path)
+    from ..argcheck import module_arg, path_arg
+
+    path, model = path_arg(path, "path"), module_arg(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "model": state, "config": dict(model.config),
@@ -50,7 +52,9 @@ def save_checkpoint(path: str | os.PathLike, model: FCN, **extra: Any) -> Path:
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and verify a checkpoint; any defect is a one-line ``CheckpointError`` naming the file."""
-    path = Path(path)
+    from ..argcheck import path_arg
+
+    path = path_arg(path, "path")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a file" if path.exists() else f"checkpoint not found: {path}")
     try:

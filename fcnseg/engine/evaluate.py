@@ -103,7 +103,12 @@ def evaluate(model: nn.Module, dataset: Dataset, *, device: str | torch.device =
     multi-head model one such dict per head name — plus ``images`` and ``timing`` (seconds spent waiting
     for data, in the model incl. preprocessing and argmax, and accumulating metrics; ``total``).
     """
-    if batch_size < 1:
+    from ..argcheck import module_arg, whole_number
+
+    module_arg(model)
+    if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")) or isinstance(dataset, (str, bytes)):
+        raise TypeError(f"dataset must be a map-style dataset of (image, label) items, got {type(dataset).__name__}")
+    if whole_number(batch_size, "batch_size") < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device)
     model = _unwrap(model)

@@ -32,7 +32,9 @@ class ConfusionMatrix:
     """
 
     def __init__(self, num_classes: int, device: str | torch.device = "cpu", ignore_index: int = 255) -> None:
-        if num_classes < 1:
+        from ..argcheck import whole_number
+
+        if whole_number(num_classes, "num_classes") < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = int(num_classes)
         self.ignore_index = ignore_index
@@ -44,6 +46,11 @@ class ConfusionMatrix:
 
     def update(self, pred: torch.Tensor, label: torch.Tensor) -> None:
         """Add predicted labels ``pred`` against ground truth ``label`` (same shape, any batch)."""
+        for name, t in (("pred", pred), ("label", label)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(t).__name__}")
+            if t.is_floating_point() or t.is_complex():
+                raise TypeError(f"{name} must hold integer class indices, got dtype {t.dtype}")
         if pred.shape != label.shape:
             raise ValueError(f"prediction shape {tuple(pred.shape)} != label shape {tuple(label.shape)}")
         k = self.num_classes
@@ -92,10 +99,18 @@ def compute_metrics(matrix: torch.Tensor | np.ndarray, exclude: Iterable[int] | 
     ``per_class_accuracy`` (lists, NaN where undefined), ``class_pixels`` (labelled pixels per class),
     ``pixels`` (counted pixels), ``num_classes``, ``excluded`` and ``confusion`` (the matrix as lists).
     """
-    hist = np.asarray(matrix.detach().cpu() if isinstance(matrix, torch.Tensor) else matrix, dtype=np.int64)
+    try:
+        hist = np.asarray(matrix.detach().cpu() if isinstance(matrix, torch.Tensor) else matrix, dtype=np.int64)
+    except (TypeError, ValueError):
+        raise TypeError(f"matrix must be a K×K array of counts, got {type(matrix).__name__}") from None
+    if hist.size and hist.min() < 0:
+        raise ValueError(f"matrix holds negative counts (min {int(hist.min())})")
     if hist.ndim != 2 or hist.shape[0] != hist.shape[1]:
         raise ValueError(f"confusion matrix must be square, got shape {hist.shape}")
     k = hist.shape[0]
+    if isinstance(exclude, (str, bytes)) or (exclude is not None and not all(
+            isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in exclude)):
+        raise TypeError(f"exclude must be class indices (ints), got {exclude!r:.60}")
     excluded = sorted({int(c) for c in (exclude or ())})
     if any(c < 0 or c >= k for c in excluded):
         raise ValueError(f"exclude lists classes outside [0, {k}): {excluded}")

@@ -66,6 +66,8 @@ def torch_load_failure(e: BaseException) -> str:
                 "unpickling other objects can run arbitrary code")
     if isinstance(e, EOFError):
         return "empty or truncated file"
+    if isinstance(e, KeyError):  # the legacy reader's magic-number lookup: not a torch.save file at all
+        return "not a torch.save file (unrecognised content)"
     if "PytorchStreamReader" in text or "inline_container" in text:
         return "truncated or corrupt (not a complete torch.save zip archive)"
     if "Weights only load failed" in text:
