@@ -132,7 +132,7 @@ def test_preprocessing_override_single_and_per_stream():
     (["model.preprocessing={mean: 3}"], "mean must be a list of numbers"),
     (["model.streams={color: 3, hha: 3}", "model.preprocessing={depth: {mean: [1]}}"], r"names streams \['depth'\]"),
     (["model.streams={color: 3}", "model.in_channels=4"], "not both"),
-    (["model.streams={color: 0}"], "model.streams must map stream names to input channels"),
+    (["model.streams={color: 0}"], "model.streams: .color.: must be a whole number >= 1"),
     (["model.init_from={color: a.pt}"], r"model.init_from names streams \['color'\]"),
 ])
 def test_fusion_and_preprocessing_config_errors(overrides, message):
