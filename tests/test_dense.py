@@ -96,3 +96,58 @@ def test_full_width_vgg16_fcn32s_at_64px(alignment):
             cs = dense(model, f, "shift-and-stitch").coarse(x)
             cr = dense(model, f, "rarefaction").coarse(x)
             assert _close(cs, cr), f
+
+
+def _checkpoint(tmp_path):
+    from fcnseg.engine.checkpoint import save_checkpoint
+
+    model = _net("fcn32s", "same")
+    save_checkpoint(tmp_path / "c.pt", model)
+    return model, tmp_path / "c.pt"
+
+
+def test_predict_dense_option_writes_the_dense_labels(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from fcnseg.cli.main import main
+
+    model, ckpt = _checkpoint(tmp_path)
+    rgb = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    assert main(["predict", str(tmp_path / "a.png"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
+                 "--dense", "4:shift-and-stitch", "--overlay", "none"]) == 0
+    got = np.array(Image.open(next((tmp_path / "o").glob("*_label.png"))))
+    want = dense(model, 4, "rarefaction").predict(torch.from_numpy(rgb).permute(2, 0, 1))
+    assert got.shape == (40, 56) and (got == want.numpy()).all()
+
+
+@pytest.mark.parametrize("value,cause", [("3", "divide the output stride"), ("2:nearest", "F:METHOD"),
+                                         ("x", "F:METHOD")])
+def test_predict_dense_bad_value_is_one_line(tmp_path, capsys, value, cause):
+    from fcnseg.cli.main import main
+
+    _, ckpt = _checkpoint(tmp_path)
+    (tmp_path / "a.png").write_bytes(b"")
+    assert main(["predict", str(tmp_path / "a.png"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
+                 "--dense", value]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("fcnseg: error:")]
+    assert len(err) == 1 and "dense" in err[0] and cause in err[0]
+
+
+@pytest.mark.slow
+def test_dense_protocol_at_toy_scale(tmp_path):
+    import json
+
+    from fcnseg.cli.main import main
+    from fcnseg.data import sample_root
+
+    out = tmp_path / "study"
+    args = ["reproduce", "camvid", f"data.root={sample_root()}", "data.max_items=4", "--protocol", "dense",
+            "--out", str(out), "train.epochs=1", "data.resize=4", "model.fc_channels=16",
+            "--only", "fcn32s", "fcn32s-rare-2", "fcn32s-sas-2"]
+    assert main(args) == 0
+    runs = {n: json.loads((out / f"{n}.json").read_text()) for n in ("fcn32s", "fcn32s-rare-2", "fcn32s-sas-2")}
+    assert runs["fcn32s-rare-2"]["metrics"] == pytest.approx(runs["fcn32s-sas-2"]["metrics"], abs=1e-6)
+    assert runs["fcn32s-rare-2"]["cost"]["flops"] > runs["fcn32s"]["cost"]["flops"]
+    assert "GFLOPs" in (out / "RESULTS.md").read_text()

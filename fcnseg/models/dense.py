@@ -35,7 +35,7 @@ from torch import nn
 from .fcn import FCN, _scaled
 from .geometry import _single
 
-__all__ = ["dense", "DenseFCN", "METHODS", "bilinear"]
+__all__ = ["dense", "DenseFCN", "METHODS", "bilinear", "parse_dense"]
 
 METHODS = ("shift-and-stitch", "rarefaction")
 _LAYERS = (nn.Conv2d, nn.MaxPool2d)
@@ -222,6 +222,18 @@ class DenseFCN(nn.Module):
         self.step = Fraction(stride, factor)
         self.origin = self.net.backbone.coord_maps()[self.tap].offset
 
+    @property
+    def backbone(self):
+        return self.net.backbone
+
+    @property
+    def heads(self) -> dict[str, int]:
+        return self.net.heads
+
+    @property
+    def preprocessing(self):
+        return self.net.preprocessing
+
     def _install(self, plan: list[tuple[nn.Module, int]]) -> list[int]:
         """Replace the planned layers (and, for rarefaction, every later conv/pool) in ``self.net``."""
         bb = self.net.backbone
@@ -315,6 +327,16 @@ def bilinear(y: torch.Tensor, size: tuple[int, int], origin: Fraction, step: Fra
     """Bilinear interpolation of a map whose index J lands at ``origin + J·step`` onto the input's
     pixels 0…H−1 × 0…W−1 (values beyond the map's first/last sample are held: edge clamping)."""
     return _axis(_axis(y, 2, size[0], origin, step), 3, size[1], origin, step)
+
+
+def parse_dense(text: str) -> tuple[int, str]:
+    """``"F"`` or ``"F:METHOD"`` (a run's ``dense``, ``predict --dense``) → (factor, method)."""
+    factor, _, method = str(text).partition(":")
+    method = method or "rarefaction"
+    if not factor.isdigit() or int(factor) < 1 or method not in METHODS:
+        raise ValueError(f"dense {text!r} must be F or F:METHOD with F a positive integer and METHOD one of "
+                         f"{', '.join(METHODS)}")
+    return int(factor), method
 
 
 def dense(model: FCN, factor: int, method: str = "rarefaction") -> DenseFCN:
