@@ -222,6 +222,8 @@ class DenseFCN(nn.Module):
         self.step = Fraction(stride, factor)
         self.origin = self.net.backbone.coord_maps()[self.tap].offset
 
+    predict = FCN.predict  # label maps for RGB 0–255 images, as the wrapped net's
+
     @property
     def backbone(self):
         return self.net.backbone
