@@ -68,6 +68,11 @@ def test_rarefaction_is_one_dilated_pass_and_stitching_f_squared_passes():
         r.coarse(torch.randn(1, 3, 40, 40))
         assert calls.count(2) == 1
     assert sum(isinstance(m, _Shifted) for m in s.modules()) == 2  # pool4 and pool5 shift
+    prefix = []
+    s.net.backbone.stages["pool3"].register_forward_hook(lambda *a: prefix.append(1))
+    with torch.no_grad():
+        s.coarse(torch.randn(1, 3, 40, 40))
+    assert prefix == [1]  # the layers before pool4 run once for the 16 copies
     # the original model is untouched and shares its weights with the dense one
     assert not any(isinstance(m, (_Rarefied, _Shifted)) for m in model.modules())
     assert r.net.score["out"]["fc7"].weight is model.score["out"]["fc7"].weight

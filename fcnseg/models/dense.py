@@ -4,12 +4,13 @@
 computed at stride s/f: index ``J`` of the dense map lands at input coordinate ``c + J·s/f`` where the
 coarse map's index ``i`` lands at ``c + i·s``. Both methods compute exactly that map:
 
-- **shift-and-stitch** runs the net (strides unchanged) f² times and interlaces the f² coarse maps.
+- **shift-and-stitch** runs the net (strides unchanged) f² times and interlaces the f² coarse maps;
+  the layers before the first decimating one see the same input in every copy and run once.
   The shift is applied where the decimation happens: the last strided layers, whose strides multiply
   to f, each read their (already padded) input shifted by whole input cells. A shift of the *image*
   would move the zero padding of every padded layer before them, so a copy would differ from the
   dense map in a border band; shifting after padding makes the copies exact, borders included.
-  Cost: the layers after the first decimating one run f² times on maps the size of the coarse net's.
+  Cost: the prefix once, the layers after it f² times on maps the size of the coarse net's.
 - **rarefaction** (the *à trous* algorithm) sets those layers' strides to 1 (or lowers one partially)
   and dilates every later conv/pool by the removed factor, padding by pad·dilation: one pass whose
   output is the same map. Cost: the same f²× of the tail (the tail now runs on f²-times larger maps).
@@ -216,7 +217,9 @@ class DenseFCN(nn.Module):
         shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
         self.net: FCN = copy.deepcopy(model, memo=shared)
         self.shifts: dict[int, tuple[int, int]] = {}
-        self.groups = self._install(_plan(self.net, factor))
+        plan = _plan(self.net, factor)
+        self.groups = self._install(plan)
+        self._entry = self._locate(plan[0][0]) if plan else None
         stride = self.net.backbone.tap(self.tap).stride
         # dense index J lands at input coordinate origin + J * step
         self.step = Fraction(stride, factor)
@@ -268,6 +271,43 @@ class DenseFCN(nn.Module):
         _rewrite(bb, replace)
         return [g for _, g in plan]
 
+    def _locate(self, first: nn.Module) -> tuple[int, list[tuple[nn.Sequential, int]]]:
+        """Where the first changed layer sits: its stage's index and the (Sequential, child index) path
+        down to the outermost non-Sequential module holding it (the copies' common prefix ends there)."""
+        stages = list(self.net.backbone.stages.values())
+        inside = lambda mod: any(m is first or getattr(m, "layer", None) is first for m in mod.modules())  # noqa: E731
+        si = next(i for i, st in enumerate(stages) if inside(st))
+        path, node = [], stages[si]
+        while isinstance(node, nn.Sequential):
+            idx = next(i for i, c in enumerate(node) if inside(c))
+            path.append((node, idx))
+            node = node[idx]
+        return si, path
+
+    def _prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything before the first changed layer: the same for every shifted copy, run once."""
+        si, path = self._entry
+        for st in list(self.net.backbone.stages.values())[:si]:
+            x = st(x)
+        for seq, idx in path:
+            for child in list(seq)[:idx]:
+                x = child(x)
+        return x
+
+    def _tail(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """From the first changed layer to the scores (one shifted copy)."""
+        si, path = self._entry
+        seq, idx = path[-1]
+        x = seq[idx](z)
+        for seq, idx in reversed(path):
+            for child in list(seq)[idx + 1:]:
+                x = child(x)
+        names = list(self.net.backbone.stages.keys())
+        for name in names[si + 1:names.index(self.tap) + 1]:
+            x = self.net.backbone.stages[name](x)
+        x = _scaled(x, self.net.tap_scales[self.tap])
+        return {h: self.net.score[h][self.tap](x) for h in self.net.heads}
+
     def coarse(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         """The dense score map(s) before upsampling (N×K×h×w at stride s/factor)."""
         out = self._coarse_all(x)
@@ -290,10 +330,11 @@ class DenseFCN(nn.Module):
         phases = list(itertools.product(*(range(g) for g in gains)))
         place = [sum(q * math.prod(gains[:i]) for i, q in enumerate(p)) for p in phases]
         copies = {}
+        z = self._prefix(x)
         for (py, qy), (px, qx) in itertools.product(zip(place, phases), repeat=2):
             for group in range(len(gains)):
                 self.shifts[group] = (qy[group], qx[group])
-            copies[py, px] = self._scores(x)
+            copies[py, px] = self._tail(z)
         for group in range(len(gains)):
             self.shifts[group] = (0, 0)
         out = {}
