@@ -173,7 +173,8 @@ def _dense_args(text: str) -> tuple[int, str]:
 
 def _score_dense(cfg, text: str) -> dict:
     """Score the run's net (``model.init_from``) with its coarse map densified (``models.dense``),
-    on its validation images (no feature cache: the densified layers are inside the trunk)."""
+    on its validation images (a frozen trunk's cached features serve the stages before the first
+    changed layer)."""
     from .config import apply_preset
     from .engine import distributed as D
     from .engine.train import _Run
@@ -181,7 +182,6 @@ def _score_dense(cfg, text: str) -> dict:
 
     factor, method = _dense_args(text)
     cfg = apply_preset(cfg)
-    cfg.train.cache_features = False
     ctx = D.setup(cfg.train.device)
     ok = False
     try:

@@ -51,7 +51,6 @@ def test_dense_map_interlaces_the_coarse_map_and_is_denser(alignment):
     # phase (0, 0) of the dense map is the net's own coarse map; there are 4x as many samples per axis
     assert _close(d[..., ::4, ::4], coarse)
     assert d.shape[-2] >= 4 * coarse.shape[-2] - 3 and d.shape[-1] >= 4 * coarse.shape[-1] - 3
-    assert not _close(d[..., 1::4, ::4][..., :coarse.shape[-2] - 1, :], coarse[..., :-1, :])
 
 
 def test_rarefaction_is_one_dilated_pass_and_stitching_f_squared_passes():
@@ -76,6 +75,20 @@ def test_rarefaction_is_one_dilated_pass_and_stitching_f_squared_passes():
     # the original model is untouched and shares its weights with the dense one
     assert not any(isinstance(m, (_Rarefied, _Shifted)) for m in model.modules())
     assert r.net.score["out"]["fc7"].weight is model.score["out"]["fc7"].weight
+    assert r.net.backbone.stages["fc7"].fc6.weight is model.backbone.stages["fc7"].fc6.weight
+    assert r.state_dict().keys() == {f"net.{k}" for k in model.state_dict()}  # same names
+
+
+@pytest.mark.parametrize("method", ["rarefaction", "shift-and-stitch"])
+@pytest.mark.parametrize("f,cached", [(2, "pool4"), (4, "pool3")])
+def test_resumes_from_cached_trunk_features(method, f, cached):
+    model = _net("fcn32s", "same")
+    d = dense(model, f, method)
+    x = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        feats = model.backbone(x, {"pool3", "pool4", "pool5"})
+        assert d.tap_names == [cached]
+        assert _close(d(x, features=feats), d(x))
 
 
 def test_refuses_what_it_cannot_make_exact():

@@ -67,16 +67,27 @@ class _Geometry:
         return min(n + 2 * self.pad - k + self.stride - 1, n + self.pad - 1)  # PyTorch's ceil rule
 
 
-def _window(m: nn.Module, x: torch.Tensor, pads: tuple[int, int, int, int], stride: int, dilation: int,
-            out: tuple[int, int]) -> torch.Tensor:
-    """``m``'s op on ``x`` padded explicitly (left, right, top, bottom), unpadded, then cut to ``out``."""
-    fill = -math.inf if isinstance(m, nn.MaxPool2d) else 0.0
-    x = F.pad(x, pads, value=fill)
-    if isinstance(m, nn.MaxPool2d):
-        y = F.max_pool2d(x, _single(m.kernel_size), stride, 0, dilation)
-    else:
-        y = F.conv2d(x, m.weight, m.bias, stride, 0, dilation, m.groups)
-    return y[..., :out[0], :out[1]]
+class _Layer(nn.Module):
+    """A conv/max-pool layer re-run with other strides and dilations. It holds the original's own
+    parameters under the original's names (state_dict keys unchanged, weights shared)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.geo, self.source = _Geometry.of(layer), id(layer)
+        self.pool = isinstance(layer, nn.MaxPool2d)
+        self.groups = getattr(layer, "groups", 1)
+        self.weight = getattr(layer, "weight", None)
+        self.bias = getattr(layer, "bias", None)
+
+    def _window(self, x: torch.Tensor, pads: tuple[int, int, int, int], stride: int, dilation: int,
+                out: tuple[int, int]) -> torch.Tensor:
+        """The op on ``x`` padded explicitly (left, right, top, bottom), unpadded, cut to ``out``."""
+        x = F.pad(x, pads, value=-math.inf if self.pool else 0.0)
+        if self.pool:
+            y = F.max_pool2d(x, self.geo.kernel, stride, 0, dilation)
+        else:
+            y = F.conv2d(x, self.weight, self.bias, stride, 0, dilation, self.groups)
+        return y[..., :out[0], :out[1]]
 
 
 def _pads(n: int, count: int, pad: int, stride: int, k_eff: int, crop: int = 0) -> tuple[int, int]:
@@ -85,13 +96,13 @@ def _pads(n: int, count: int, pad: int, stride: int, k_eff: int, crop: int = 0) 
     return pad, max(0, need - n - pad)
 
 
-class _Shifted(nn.Module):
+class _Shifted(_Layer):
     """A decimating layer of a shift-and-stitch copy: pads as the layer does, then reads its input
     shifted by ``shift`` cells (set per copy), strides unchanged."""
 
     def __init__(self, layer: nn.Module, group: int, step: int, shifts: dict) -> None:
-        super().__init__()
-        self.layer, self.geo, self.group, self.step, self.shifts = layer, _Geometry.of(layer), group, step, shifts
+        super().__init__(layer)
+        self.group, self.step, self.shifts = group, step, shifts
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.geo
@@ -104,18 +115,18 @@ class _Shifted(nn.Module):
                 raise ValueError(f"input too small for a shifted copy ({n} cells, shift {m})")
             pads.append(_pads(n, count, g.pad, g.stride, k_eff, m))
             counts.append(count)
-        x = F.pad(x, (*pads[0], *pads[1]), value=-math.inf if isinstance(self.layer, nn.MaxPool2d) else 0.0)
+        x = F.pad(x, (*pads[0], *pads[1]), value=-math.inf if self.pool else 0.0)
         my, mx = (self.shifts[self.group][i] * self.step for i in (0, 1))
-        return _window(self.layer, x[..., my:, mx:], (0, 0, 0, 0), g.stride, g.dilation, (counts[1], counts[0]))
+        return self._window(x[..., my:, mx:], (0, 0, 0, 0), g.stride, g.dilation, (counts[1], counts[0]))
 
 
-class _Rarefied(nn.Module):
+class _Rarefied(_Layer):
     """A layer of the rarefied net: stride lowered by ``factor`` (1 = unchanged), every window
     dilated by ``dilation`` (the factor removed before it), padding pad·dilation."""
 
     def __init__(self, layer: nn.Module, factor: int, dilation: int) -> None:
-        super().__init__()
-        self.layer, self.geo, self.factor, self.dilation = layer, _Geometry.of(layer), factor, dilation
+        super().__init__(layer)
+        self.factor, self.dilation = factor, dilation
         if self.geo.stride // factor > 1 and dilation > 1:
             raise ValueError("a partly rarefied layer must be the first one changed")
 
@@ -134,7 +145,7 @@ class _Rarefied(nn.Module):
                 raise ValueError(f"input too small for the rarefied net ({n} cells)")
             pads.append(_pads(n, count, g.pad * d, stride, k_eff))
             counts.append(count)
-        return _window(self.layer, x, (*pads[0], *pads[1]), stride, dil, (counts[1], counts[0]))
+        return self._window(x, (*pads[0], *pads[1]), stride, dil, (counts[1], counts[0]))
 
 
 def _leaves(module: nn.Module) -> list[nn.Module]:
@@ -217,13 +228,17 @@ class DenseFCN(nn.Module):
         shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
         self.net: FCN = copy.deepcopy(model, memo=shared)
         self.shifts: dict[int, tuple[int, int]] = {}
+        self.origin = self.net.backbone.coord_maps()[self.tap].offset
         plan = _plan(self.net, factor)
         self.groups = self._install(plan)
         self._entry = self._locate(plan[0][0]) if plan else None
+        names = [t.name for t in self.net.backbone.taps]
+        # the deepest tap before the first changed stage: a frozen trunk's cached features resume there
+        before = names[:self._entry[0]] if self._entry else names[:names.index(self.tap)]
+        self.tap_names = before[-1:] or [self.tap]
         stride = self.net.backbone.tap(self.tap).stride
         # dense index J lands at input coordinate origin + J * step
         self.step = Fraction(stride, factor)
-        self.origin = self.net.backbone.coord_maps()[self.tap].offset
 
     predict = FCN.predict  # label maps for RGB 0–255 images, as the wrapped net's
 
@@ -275,7 +290,7 @@ class DenseFCN(nn.Module):
         """Where the first changed layer sits: its stage's index and the (Sequential, child index) path
         down to the outermost non-Sequential module holding it (the copies' common prefix ends there)."""
         stages = list(self.net.backbone.stages.values())
-        inside = lambda mod: any(m is first or getattr(m, "layer", None) is first for m in mod.modules())  # noqa: E731
+        inside = lambda mod: any(getattr(m, "source", None) == id(first) for m in mod.modules())  # noqa: E731
         si = next(i for i, st in enumerate(stages) if inside(st))
         path, node = [], stages[si]
         while isinstance(node, nn.Sequential):
@@ -284,10 +299,24 @@ class DenseFCN(nn.Module):
             node = node[idx]
         return si, path
 
-    def _prefix(self, x: torch.Tensor) -> torch.Tensor:
+    def _start(self, features: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+        """Of cached backbone taps, the one the dense net may resume from (before any changed stage)."""
+        if not features:
+            return None
+        if self.tap_names[0] not in features:
+            raise ValueError(f"dense net resumes from cached {self.tap_names[0]!r}, got {sorted(features)}")
+        return {self.tap_names[0]: features[self.tap_names[0]]}
+
+    def _prefix(self, x: torch.Tensor | None, start: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Everything before the first changed layer: the same for every shifted copy, run once."""
         si, path = self._entry
-        for st in list(self.net.backbone.stages.values())[:si]:
+        stages = list(self.net.backbone.stages.values())
+        names = list(self.net.backbone.stages.keys())
+        begin = 0
+        if start:
+            (name, x), = start.items()
+            begin = names.index(name) + 1
+        for st in stages[begin:si]:
             x = st(x)
         for seq, idx in path:
             for child in list(seq)[:idx]:
@@ -313,24 +342,24 @@ class DenseFCN(nn.Module):
         out = self._coarse_all(x)
         return out["out"] if list(out) == ["out"] else out
 
-    def _scores(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        feats = self.net.backbone(x, {self.tap})[self.tap]
+    def _scores(self, x: torch.Tensor | None, start: dict | None = None) -> dict[str, torch.Tensor]:
+        feats = self.net.backbone(x, {self.tap}, start=start)[self.tap]
         feats = _scaled(feats, self.net.tap_scales[self.tap])
         return {h: self.net.score[h][self.tap](feats) for h in self.net.heads}
 
-    def _coarse_all(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _coarse_all(self, x: torch.Tensor | None, start: dict | None = None) -> dict[str, torch.Tensor]:
         if self.method == "rarefaction" or not self.groups:
-            return self._scores(x)
-        return self._stitch(x)
+            return self._scores(x, start)
+        return self._stitch(x, start)
 
-    def _stitch(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _stitch(self, x: torch.Tensor | None, start: dict | None = None) -> dict[str, torch.Tensor]:
         """Run the f² copies and interlace them: copy (qy, qx) fills rows P(qy) + f·i, columns P(qx) + f·j,
         P(q) = q₁ + g₁·(q₂ + g₂·(…)) over the decimating layers' shifts q_l < g_l."""
         f, gains = self.factor, self.groups
         phases = list(itertools.product(*(range(g) for g in gains)))
         place = [sum(q * math.prod(gains[:i]) for i, q in enumerate(p)) for p in phases]
         copies = {}
-        z = self._prefix(x)
+        z = self._prefix(x, start)
         for (py, qy), (px, qx) in itertools.product(zip(place, phases), repeat=2):
             for group in range(len(gains)):
                 self.shifts[group] = (qy[group], qx[group])
@@ -348,9 +377,14 @@ class DenseFCN(nn.Module):
             out[h] = y
         return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, features: dict[str, torch.Tensor] | None = None
+                ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Scores at the input's H×W. ``features``: cached taps of an unchanged (frozen) prefix to resume
+        from, as ``FCN.forward`` takes them; ``x`` then only gives the size."""
         h, w = x.shape[-2:]
-        out = {k: bilinear(v, (h, w), self.origin, self.step) for k, v in self._coarse_all(x).items()}
+        start = self._start(features)
+        coarse = self._coarse_all(None if start else x, start)
+        out = {k: bilinear(v, (h, w), self.origin, self.step) for k, v in coarse.items()}
         return out["out"] if list(out) == ["out"] else out
 
 
