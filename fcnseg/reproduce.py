@@ -186,6 +186,9 @@ def _score_dense(cfg, text: str) -> dict:
     ok = False
     try:
         run = _Run(cfg, ctx, None, None)
+        if cfg.train.cache_features:  # cache (memoised) the *unchanged* trunk's taps before swapping the net
+            from .engine.train_data import build_transform
+            run._val_cached(build_transform(cfg.data, run.pre, train=False))
         run.model = dense(run.model.eval(), factor, method)
         metrics = run._evaluate()
         ok = True
