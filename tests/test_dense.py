@@ -161,7 +161,7 @@ def test_dense_protocol_at_toy_scale(tmp_path):
     from fcnseg.data import sample_root
 
     out = tmp_path / "study"
-    args = ["reproduce", "camvid", f"data.root={sample_root()}", "data.max_items=4", "--protocol", "dense",
+    args = ["reproduce", "camvid", f"data.root={sample_root()}", "data.max_items=4", "data.batch_size=2", "--protocol", "dense",
             "--out", str(out), "train.epochs=1", "data.resize=4", "model.fc_channels=16",
             "--only", "fcn32s", "fcn32s-rare-2", "fcn32s-sas-2"]
     assert main(args) == 0
