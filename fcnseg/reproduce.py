@@ -219,8 +219,8 @@ def measure_cost(checkpoint: str, dense_text: str | None, size: list[int], repea
             model(x)
             cpu.append(time.process_time() - c0)
             wall.append(time.perf_counter() - w0)
-    return {"size": list(size), "flops": flops, "cpu_s": min(cpu), "wall_s": min(wall), "threads": torch.get_num_threads(),
-            "loadavg": loadavg()}
+    return {"size": list(size), "flops": flops, "cpu_s": min(cpu), "wall_s": min(wall),
+            "threads": torch.get_num_threads(), "loadavg": loadavg()}
 
 
 def _source_spec(proto: dict, spec: dict) -> dict | None:

@@ -161,8 +161,8 @@ def test_dense_protocol_at_toy_scale(tmp_path):
     from fcnseg.data import sample_root
 
     out = tmp_path / "study"
-    args = ["reproduce", "camvid", f"data.root={sample_root()}", "data.max_items=4", "data.batch_size=2", "--protocol", "dense",
-            "--out", str(out), "train.epochs=1", "data.resize=4", "model.fc_channels=16",
+    args = ["reproduce", "camvid", f"data.root={sample_root()}", "data.max_items=4", "data.batch_size=2",
+            "--protocol", "dense", "--out", str(out), "train.epochs=1", "data.resize=4", "model.fc_channels=16",
             "--only", "fcn32s", "fcn32s-rare-2", "fcn32s-sas-2"]
     assert main(args) == 0
     runs = {n: json.loads((out / f"{n}.json").read_text()) for n in ("fcn32s", "fcn32s-rare-2", "fcn32s-sas-2")}

@@ -19,7 +19,8 @@ Then the same final upsampling for both: bilinear interpolation (factor s/f) ont
 placed by the coordinate map and holding the edge values (a fixed transposed conv of factor s/f would
 not reach the image borders once the map is denser than the deconvolution's reach). Only single-tap
 FCNs (FCN-32s, FCN-32s-fixed, pool*-only) are densified: with skips, the deeper taps of the f² copies
-lie on a non-uniform grid (shifts of s/f are fractions of a deeper tap's cell), which no dilated single pass reproduces — ``dense`` refuses them.
+lie on a non-uniform grid (shifts of s/f are fractions of a deeper tap's cell), which no dilated
+single pass reproduces — ``dense`` refuses them.
 The input must be large enough that every shifted copy still fits the later kernels (under 'caffe'
 fc6 is an unpadded 7×7): large f on tiny images can fail where f = 1 works.
 """
