@@ -155,11 +155,21 @@ def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None 
             "per_class_iu": dict(zip(dataset_info(cfg.data.dataset).classes, metrics["per_class_iu"])),
             "curve": _curve(run_dir),
         }
-        if proto.get("cost"):
-            record["cost"] = measure_cost(result["last_checkpoint"], spec.get("dense"), proto["cost"])
         result_json.write_text(json.dumps(record, indent=1, default=float) + "\n")
         print(f"[reproduce] {name}: mean IU {100 * metrics['mean_iu']:.1f}% in {wall / 60:.1f} min", flush=True)
+    if proto.get("cost"):
+        _measure_costs(proto, out)
     return write_results(proto, out, time.perf_counter() - study_t0)
+
+
+def _measure_costs(proto: dict, out: Path) -> None:
+    """Each finished run's cost (``measure_cost``), measured back to back so the load is alike."""
+    for spec in proto["runs"]:
+        path = out / f"{spec['name']}.json"
+        if path.is_file():
+            record = json.loads(path.read_text())
+            record["cost"] = measure_cost(record["checkpoint"], spec.get("dense"), proto["cost"])
+            path.write_text(json.dumps(record, indent=1, default=float) + "\n")
 
 
 def _dense_args(text: str) -> tuple[int, str]:
@@ -197,7 +207,7 @@ def _score_dense(cfg, text: str) -> dict:
         D.cleanup(ctx, ok)
 
 
-def measure_cost(checkpoint: str, dense_text: str | None, size: list[int], repeats: int = 3) -> dict:
+def measure_cost(checkpoint: str, dense_text: str | None, size: list[int], repeats: int = 5) -> dict:
     """FLOPs (``torch.utils.flop_counter``, conv/matmul) and time of one forward on a ``size`` (H, W)
     image: process CPU seconds and wall seconds, best of ``repeats``, with the load average."""
     import torch
