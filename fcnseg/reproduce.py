@@ -187,6 +187,9 @@ def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None 
         load_start, t0 = loadavg(), time.perf_counter()
         if source is None:
             result = train(cfg, overwrite=True)  # no <run>.json: the run did not finish; train it again
+        elif spec.get("dense"):
+            result = {"metrics": _score_dense(cfg, spec["dense"]), "iterations": 0,
+                      "last_checkpoint": cfg.model.init_from}
         else:
             result = {"metrics": score(cfg), "iterations": 0, "last_checkpoint": cfg.model.init_from}
         wall = time.perf_counter() - t0
@@ -205,7 +208,80 @@ def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None 
         }
         write_json(result_json, record, indent=1, default=float)
         print(f"[reproduce] {name}: mean IU {100 * metrics['mean_iu']:.1f}% in {wall / 60:.1f} min", flush=True)
+    if proto.get("cost"):
+        _measure_costs(proto, out)
     return write_results(proto, out, time.perf_counter() - study_t0)
+
+
+def _measure_costs(proto: dict, out: Path) -> None:
+    """Each finished run's cost (``measure_cost``), measured back to back so the load is alike."""
+    for spec in proto["runs"]:
+        path = out / f"{spec['name']}.json"
+        if path.is_file():
+            record = json.loads(path.read_text())
+            record["cost"] = measure_cost(record["checkpoint"], spec.get("dense"), proto["cost"])
+            write_json(path, record, indent=1, default=float)
+
+
+def _dense_args(text: str) -> tuple[int, str]:
+    from .models.dense import parse_dense
+
+    try:
+        return parse_dense(text)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _score_dense(cfg, text: str) -> dict:
+    """Score the run's net (``model.init_from``) with its coarse map densified (``models.dense``),
+    on its validation images (a frozen trunk's cached features serve the stages before the first
+    changed layer)."""
+    from .config import apply_preset
+    from .engine import distributed as D
+    from .engine.train import _Run
+    from .models.dense import dense
+
+    factor, method = _dense_args(text)
+    cfg = apply_preset(cfg)
+    ctx = D.setup(cfg.train.device)
+    ok = False
+    try:
+        run = _Run(cfg, ctx, None, None)
+        if cfg.train.cache_features:  # cache (memoised) the *unchanged* trunk's taps before swapping the net
+            from .engine.train_data import build_transform
+            run._val_cached(build_transform(cfg.data, run.pre, train=False))
+        run.model = dense(run.model.eval(), factor, method)
+        metrics = run._evaluate()
+        ok = True
+        return metrics
+    finally:
+        D.cleanup(ctx, ok)
+
+
+def measure_cost(checkpoint: str, dense_text: str | None, size: list[int], repeats: int = 5) -> dict:
+    """FLOPs (``torch.utils.flop_counter``, conv/matmul) and time of one forward on a ``size`` (H, W)
+    image: process CPU seconds and wall seconds, best of ``repeats``, with the load average."""
+    import torch
+
+    from .bench.measure import count_flops
+    from .engine.checkpoint import model_from_checkpoint
+    from .models.dense import dense
+
+    model = model_from_checkpoint(checkpoint, map_location="cpu")[0].eval()
+    if dense_text:
+        model = dense(model, *_dense_args(dense_text))
+    x = torch.randn(1, 3, *size)
+    flops = count_flops(model, x)["total"]
+    cpu, wall = [], []
+    with torch.inference_mode():
+        model(x)
+        for _ in range(repeats):
+            c0, w0 = time.process_time(), time.perf_counter()
+            model(x)
+            cpu.append(time.process_time() - c0)
+            wall.append(time.perf_counter() - w0)
+    return {"size": list(size), "flops": flops, "cpu_s": min(cpu), "wall_s": min(wall),
+            "threads": torch.get_num_threads(), "loadavg": loadavg()}
 
 
 def _source_spec(proto: dict, spec: dict) -> dict | None:
@@ -257,6 +333,18 @@ def write_results(proto: dict, out: Path, seconds: float | None = None) -> Path:
             if a in records and b in records:
                 d = 100 * (records[b]["metrics"]["mean_iu"] - records[a]["metrics"]["mean_iu"])
                 lines.append(f"- {b} vs {a}: {d:+.1f} mean IU points")
+        lines.append("")
+    costed = [r for r in records.values() if r.get("cost")]
+    if costed:
+        ref = costed[0]["cost"]
+        size = "×".join(str(v) for v in ref["size"])
+        lines += [f"## Cost of one {size} image (CPU, {ref['threads']} threads)", "",
+                  "| run | mean IU | GFLOPs | × first | CPU s | wall s | load avg |", "|---|---|---|---|---|---|---|"]
+        for r in costed:
+            c = r["cost"]
+            lines.append(f"| {r['run']} | {100 * r['metrics']['mean_iu']:.1f} | {c['flops'] / 1e9:.1f} | "
+                         f"{c['flops'] / ref['flops']:.2f} | {c['cpu_s']:.2f} | {c['wall_s']:.2f} | "
+                         f"{c['loadavg'][0]:.1f} |")
         lines.append("")
     classes = list(any_rec["per_class_iu"])
     lines += ["## Per-class IU (%)", "", "| run | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]

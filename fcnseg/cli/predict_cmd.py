@@ -17,6 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto (default): the fastest exact engine for the device — on CPU with onnxruntime, "
                         "ONNX Runtime fp32 (Caffe-aligned VGG nets: border-trimmed, exported once per input "
                         "size into the cache); see docs/PERFORMANCE.md. torch: the PyTorch model as trained")
+    p.add_argument("--dense", metavar="F[:METHOD]",
+                   help="densify the coarse score map F× (FCN-32s-like nets) by rarefaction (default) or "
+                        "shift-and-stitch, then upsample bilinearly; implies --engine torch")
     add_device(p)
 
 
@@ -39,6 +42,17 @@ def _palette(ckpt: dict, path: str, classes: int):
     return pal.astype(np.uint8)
 
 
+def _densified(model, text: str):
+    """``--dense F[:METHOD]``: the model with its coarse map densified (``fcnseg.models.dense``)."""
+    from ..errors import ConfigError
+    from ..models.dense import dense, parse_dense
+
+    try:
+        return dense(model.eval(), *parse_dense(text))
+    except ValueError as e:
+        raise ConfigError(f"--dense {text}: {e}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from ..engine.checkpoint import model_from_checkpoint
     from ..data.io import shown
@@ -51,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
         classes = None  # names are only for the summary lines
     palette = _palette(ckpt, args.checkpoint, max(model.heads.values()))
     del ckpt
-    if args.engine == "auto":
+    if args.dense:
+        model = _densified(model, args.dense)
+    elif args.engine == "auto":
         import sys
 
         from ..engine.runtime import choose_engine

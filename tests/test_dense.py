@@ -1,0 +1,171 @@
+"""Shift-and-stitch and filter rarefaction (paper §3.2): the same dense map, one pass vs f² passes."""
+import pytest
+import torch
+from torch import nn
+
+import fcnseg
+from fcnseg.models import dense
+from fcnseg.models.dense import _Rarefied, _Shifted
+
+SMALL = dict(width=1 / 16, fc_channels=16)
+
+
+def _net(name, alignment, seed=0):
+    torch.manual_seed(seed)
+    m = fcnseg.create_model(name, 3, alignment=alignment, **SMALL).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.2)  # non-zero score layers, biases that make padding matter
+    return m
+
+
+def _close(a, b):
+    scale = max(a.abs().max().item(), 1e-6)
+    return a.shape == b.shape and (a - b).abs().max().item() <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("alignment", ["caffe", "same"])
+@pytest.mark.parametrize("name,factors", [("fcn32s", (2, 4)), ("fcn32s@alexnet", (2, 4)),
+                                          ("fcn32s@googlenet", (2, 4)), ("fcn32s@resnet50", (2, 4)),
+                                          ("pool4-only", (2, 4))])
+def test_both_methods_give_the_same_dense_map(name, factors, alignment):
+    model = _net(name, alignment)
+    for f in factors:
+        for hw in [(37, 45), (20, 33)][:3 - f // 2]:
+            x = torch.randn(1, 3, *hw)
+            with torch.no_grad():
+                s, r = dense(model, f, "shift-and-stitch"), dense(model, f, "rarefaction")
+                cs, cr = s.coarse(x), r.coarse(x)
+                assert _close(cs, cr), (f, hw)
+                assert s(x).shape == (1, 3, *hw) and _close(s(x), r(x))
+
+
+@pytest.mark.parametrize("alignment", ["caffe", "same"])
+def test_dense_map_interlaces_the_coarse_map_and_is_denser(alignment):
+    model = _net("fcn32s", alignment)
+    x = torch.randn(1, 3, 70, 52)
+    with torch.no_grad():
+        feats = model.backbone(x, {"fc7"})["fc7"]
+        coarse = model.score["out"]["fc7"](feats)
+        d = dense(model, 4, "rarefaction").coarse(x)
+    # phase (0, 0) of the dense map is the net's own coarse map; there are 4x as many samples per axis
+    assert _close(d[..., ::4, ::4], coarse)
+    assert d.shape[-2] >= 4 * coarse.shape[-2] - 3 and d.shape[-1] >= 4 * coarse.shape[-1] - 3
+
+
+def test_rarefaction_is_one_dilated_pass_and_stitching_f_squared_passes():
+    model = _net("fcn32s", "caffe")
+    r, s = dense(model, 4, "rarefaction"), dense(model, 4, "shift-and-stitch")
+    rare = [m for m in r.modules() if isinstance(m, _Rarefied)]
+    assert {m.dilation for m in rare} == {1, 2, 4} and all(m.geo.stride // m.factor == 1 for m in rare)
+    calls = []
+    s.net.backbone.stages["fc7"].register_forward_hook(lambda *a: calls.append(1))
+    r.net.backbone.stages["fc7"].register_forward_hook(lambda *a: calls.append(2))
+    with torch.no_grad():
+        s.coarse(torch.randn(1, 3, 40, 40))
+        assert calls.count(1) == 16
+        r.coarse(torch.randn(1, 3, 40, 40))
+        assert calls.count(2) == 1
+    assert sum(isinstance(m, _Shifted) for m in s.modules()) == 2  # pool4 and pool5 shift
+    prefix = []
+    s.net.backbone.stages["pool3"].register_forward_hook(lambda *a: prefix.append(1))
+    with torch.no_grad():
+        s.coarse(torch.randn(1, 3, 40, 40))
+    assert prefix == [1]  # the layers before pool4 run once for the 16 copies
+    # the original model is untouched and shares its weights with the dense one
+    assert not any(isinstance(m, (_Rarefied, _Shifted)) for m in model.modules())
+    assert r.net.score["out"]["fc7"].weight is model.score["out"]["fc7"].weight
+    assert r.net.backbone.stages["fc7"].fc6.weight is model.backbone.stages["fc7"].fc6.weight
+    assert r.state_dict().keys() == {f"net.{k}" for k in model.state_dict()}  # same names
+
+
+@pytest.mark.parametrize("method", ["rarefaction", "shift-and-stitch"])
+@pytest.mark.parametrize("f,cached", [(2, "pool4"), (4, "pool3")])
+def test_resumes_from_cached_trunk_features(method, f, cached):
+    model = _net("fcn32s", "same")
+    d = dense(model, f, method)
+    x = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        feats = model.backbone(x, {"pool3", "pool4", "pool5"})
+        assert d.tap_names == [cached]
+        assert _close(d(x, features=feats), d(x))
+
+
+def test_refuses_what_it_cannot_make_exact():
+    model = _net("fcn32s", "same")
+    with pytest.raises(ValueError, match="divide the output stride 32"):
+        dense(model, 3)
+    with pytest.raises(ValueError, match="method"):
+        dense(model, 2, "nearest")
+    with pytest.raises(ValueError, match="single-tap"):
+        dense(_net("fcn8s", "same"), 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("alignment", ["caffe", "same"])
+def test_full_width_vgg16_fcn32s_at_64px(alignment):
+    torch.manual_seed(0)
+    model = fcnseg.create_model("fcn32s", 4, alignment=alignment).eval()
+    with torch.no_grad():
+        for p in model.score.parameters():
+            p.normal_(0, 0.01)
+        x = torch.randn(1, 3, 64, 64) * 50
+        for f in (2, 4):
+            cs = dense(model, f, "shift-and-stitch").coarse(x)
+            cr = dense(model, f, "rarefaction").coarse(x)
+            assert _close(cs, cr), f
+
+
+def _checkpoint(tmp_path):
+    from fcnseg.engine.checkpoint import save_checkpoint
+
+    model = _net("fcn32s", "same")
+    save_checkpoint(tmp_path / "c.pt", model)
+    return model, tmp_path / "c.pt"
+
+
+def test_predict_dense_option_writes_the_dense_labels(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from fcnseg.cli.main import main
+
+    model, ckpt = _checkpoint(tmp_path)
+    rgb = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    assert main(["predict", str(tmp_path / "a.png"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
+                 "--dense", "4:shift-and-stitch", "--overlay", "none"]) == 0
+    got = np.array(Image.open(next((tmp_path / "o").glob("*_label.png"))))
+    want = dense(model, 4, "rarefaction").predict(torch.from_numpy(rgb).permute(2, 0, 1))
+    assert got.shape == (40, 56) and (got == want.numpy()).all()
+
+
+@pytest.mark.parametrize("value,cause", [("3", "divide the output stride"), ("2:nearest", "F:METHOD"),
+                                         ("x", "F:METHOD")])
+def test_predict_dense_bad_value_is_one_line(tmp_path, capsys, value, cause):
+    from fcnseg.cli.main import main
+
+    _, ckpt = _checkpoint(tmp_path)
+    (tmp_path / "a.png").write_bytes(b"")
+    assert main(["predict", str(tmp_path / "a.png"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
+                 "--dense", value]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("fcnseg: error:")]
+    assert len(err) == 1 and "dense" in err[0] and cause in err[0]
+
+
+@pytest.mark.slow
+def test_dense_protocol_at_toy_scale(tmp_path):
+    import json
+
+    from fcnseg.cli.main import main
+    from fcnseg.data import sample_root
+
+    out = tmp_path / "study"
+    args = ["reproduce", "camvid", f"data.root={sample_root()}", "data.max_items=4", "data.batch_size=2",
+            "--protocol", "dense", "--out", str(out), "train.epochs=1", "data.resize=4", "model.fc_channels=16",
+            "--only", "fcn32s", "fcn32s-rare-2", "fcn32s-sas-2"]
+    assert main(args) == 0
+    runs = {n: json.loads((out / f"{n}.json").read_text()) for n in ("fcn32s", "fcn32s-rare-2", "fcn32s-sas-2")}
+    assert runs["fcn32s-rare-2"]["metrics"] == pytest.approx(runs["fcn32s-sas-2"]["metrics"], abs=1e-6)
+    assert runs["fcn32s-rare-2"]["cost"]["flops"] > runs["fcn32s"]["cost"]["flops"]
+    assert "GFLOPs" in (out / "RESULTS.md").read_text()
