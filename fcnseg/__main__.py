@@ -1,4 +1,4 @@
 """``python -m fcnseg`` (also what torchrun launches)."""
-from .cli.main import main
+from fcnseg.cli.main import main
 
 raise SystemExit(main())

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from .errors import FcnsegError
+from fcnseg.errors import FcnsegError
 
 __all__ = ["atomic_write", "write_bytes", "write_text", "write_json", "remove_stale_temporaries", "WriteError",
            "TMP_SUFFIX"]

@@ -20,7 +20,7 @@ from typing import Any, Callable, Union
 
 import yaml
 
-from .errors import ConfigError
+from fcnseg.errors import ConfigError
 
 __all__ = ["ModelConfig", "DataConfig", "TrainConfig", "RunConfig", "load_config", "apply_preset", "validate",
            "PRESETS", "CAFFE_LR", "CAFFE_LR_BY_DATASET", "ALIGNMENTS", "CLASSES", "MAX_CLASSES", "Rule", "Bad",

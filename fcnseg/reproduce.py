@@ -27,9 +27,9 @@ from typing import Any
 
 import yaml
 
-from .atomic import write_bytes, write_json, write_text
-from .errors import ConfigError
-from .provenance import commit, loadavg, machine
+from fcnseg.atomic import write_bytes, write_json, write_text
+from fcnseg.errors import ConfigError
+from fcnseg.provenance import commit, loadavg, machine
 
 __all__ = ["load_protocol", "list_protocols", "run_study", "write_results"]
 
@@ -147,9 +147,9 @@ def _check_prerequisites(proto: dict, out: Path, only: list[str] | None) -> None
 def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None = None,
               only: list[str] | None = None, overrides: list[str] | None = None) -> Path:
     """Train and score every run of the protocol; return the path of RESULTS.md."""
-    from .config import load_config
-    from .data import dataset_info
-    from .engine.train import score, train
+    from fcnseg.config import load_config
+    from fcnseg.data import dataset_info
+    from fcnseg.train.loop import score, train
 
     proto = load_protocol(dataset, protocol)
     _check_only(proto, protocol, only)
@@ -224,7 +224,7 @@ def _measure_costs(proto: dict, out: Path) -> None:
 
 
 def _dense_args(text: str) -> tuple[int, str]:
-    from .models.dense import parse_dense
+    from fcnseg.models.dense import parse_dense
 
     try:
         return parse_dense(text)
@@ -236,10 +236,10 @@ def _score_dense(cfg, text: str) -> dict:
     """Score the run's net (``model.init_from``) with its coarse map densified (``models.dense``),
     on its validation images (a frozen trunk's cached features serve the stages before the first
     changed layer)."""
-    from .config import apply_preset
-    from .engine import distributed as D
-    from .engine.train import _Run
-    from .models.dense import dense
+    from fcnseg.config import apply_preset
+    from fcnseg import distributed as D
+    from fcnseg.train.loop import _Run
+    from fcnseg.models.dense import dense
 
     factor, method = _dense_args(text)
     cfg = apply_preset(cfg)
@@ -248,7 +248,7 @@ def _score_dense(cfg, text: str) -> dict:
     try:
         run = _Run(cfg, ctx, None, None)
         if cfg.train.cache_features:  # cache (memoised) the *unchanged* trunk's taps before swapping the net
-            from .engine.train_data import build_transform
+            from fcnseg.train.data import build_transform
             run._val_cached(build_transform(cfg.data, run.pre, train=False))
         run.model = dense(run.model.eval(), factor, method)
         metrics = run._evaluate()
@@ -263,9 +263,9 @@ def measure_cost(checkpoint: str, dense_text: str | None, size: list[int], repea
     image: process CPU seconds and wall seconds, best of ``repeats``, with the load average."""
     import torch
 
-    from .bench.measure import count_flops
-    from .engine.checkpoint import model_from_checkpoint
-    from .models.dense import dense
+    from fcnseg.bench.measure import count_flops
+    from fcnseg.models.checkpoint import model_from_checkpoint
+    from fcnseg.models.dense import dense
 
     model = model_from_checkpoint(checkpoint, map_location="cpu")[0].eval()
     if dense_text:

@@ -5,7 +5,7 @@
         [--dataset camvid --root fcnseg/data/sample/camvid --split val] [--out docs/bench/quant_miou.json]
 
 Scores the checkpoint's exact fp32 model and each lossy engine (int8 static QDQ and int8 dynamic
-through ONNX Runtime, full and border-trimmed; bf16 autocast) with ``fcnseg.engine.evaluate.evaluate``
+through ONNX Runtime, full and border-trimmed; bf16 autocast) with ``fcnseg.evaluate.scoring.evaluate``
 on the same split, and reports per engine: mean IU, its difference from fp32 in points, the label
 agreement with fp32 and the max |Δ| of the scores. Int8 static calibrates on ``--calib-count`` images
 of the checkpoint's *train* split (never the scored split). Defaults: the bundled CamVid sample, val.
@@ -28,8 +28,8 @@ ENGINES = ("torch-fp32", "ort-fp32", "ort-int8", "ort-int8-dynamic", "ort-int8-t
 
 
 def _engine(name: str, model, tmp: Path, size: tuple[int, int] | None, calib: list[torch.Tensor]):
-    from fcnseg.engine.runtime import OrtEngine, TorchEngine
-    from fcnseg.export import export_onnx, quantize_onnx
+    from fcnseg.infer.engines import OrtEngine, TorchEngine
+    from fcnseg.infer.export import export_onnx, quantize_onnx
 
     if name.startswith("torch"):
         return TorchEngine(model, dtype="bf16" if "bf16" in name else "fp32", trim="trim" in name)
@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from fcnseg.data import build_dataset, sample_root
-    from fcnseg.engine.checkpoint import model_from_checkpoint
-    from fcnseg.engine.evaluate import evaluate
+    from fcnseg.models.checkpoint import model_from_checkpoint
+    from fcnseg.evaluate.scoring import evaluate
 
     model, ckpt = model_from_checkpoint(args.checkpoint)
     model.eval()

@@ -60,7 +60,7 @@ PATHS = """\
 **Trimming the border (exact).** With Caffe alignment conv1_1 pads the image by 100 px, so blocks
 1–4 of VGG16 run on (H+198)×(W+198) maps. Outside the image's receptive-field cone a feature is
 either the per-channel constant a zero input produces or, near the map's outer rim, a value fixed by
-the convolutions' own zero padding — neither depends on the image. `fcnseg.engine.trim.TrimmedFCN`
+the convolutions' own zero padding — neither depends on the image. `fcnseg.models.trimmed.TrimmedFCN`
 runs the early stages on the active window only, in "delta" form (`D = F − c`, so that plain zero
 padding stands for the background: `conv(F) = conv(D) + (b + W·c)`, `maxpool(F) = maxpool(D) + c`),
 and at the deepest tap where the active window and the rim never meet (pool4 for FCN-8s-VGG16) it
@@ -92,12 +92,12 @@ memory is above the RSS target.
 EXPORT = """\
 ## Export
 
-`fcnseg export --checkpoint C -o model.onnx` (`fcnseg.export.export_onnx`) writes ONNX opset 17
+`fcnseg export --checkpoint C -o model.onnx` (`fcnseg.infer.export.export_onnx`) writes ONNX opset 17
 with symbolic batch/height/width: the crop offsets (5, 9, 31 for FCN-8s) are constants and the
 slice ends follow the input's symbolic shape; every export is checked against PyTorch with ONNX
 Runtime on three sizes (64×80, 97×51, 130×113). The preprocessing (`Preprocessing.to_dict`),
 heads and model config travel in the file's `metadata_props` (`fcnseg.*`), which
-`fcnseg.engine.runtime.OrtEngine` applies. `--int8 static --calibration DIR` also writes an int8
+`fcnseg.infer.engines.OrtEngine` applies. `--int8 static --calibration DIR` also writes an int8
 copy. `-o model.pt2` uses `torch.export` with `Dim.AUTO` for N/H/W (torch >= 2.6): with strict
 `Dim` ranges torch.export fails, because ceil-mode pooling and the head's crop/`min` produce
 guards (e.g. `2*((197+H)//2) < 198+H`) that hold for every size but that its solver cannot prove.
@@ -166,7 +166,7 @@ GPU_PENDING = """\
 ## GPU
 
 Not measured yet: no GPU has been available to this project's runs. The GPU path is
-`fcnseg.engine.runtime.TorchEngine` on CUDA (what `fcnseg predict --device cuda` uses): bf16 or
+`fcnseg.infer.engines.TorchEngine` on CUDA (what `fcnseg predict --device cuda` uses): bf16 or
 fp16 autocast, channels_last, optional `torch.compile`, and CUDA graphs captured per input shape
 for fixed sizes; training uses bf16 autocast on CUDA (`train.amp: auto`). On a machine with a GPU,
 `bash scripts/gpu_session.sh` runs the CUDA tests (`tests/test_cuda.py`: CUDA against CPU scores,

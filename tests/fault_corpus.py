@@ -82,7 +82,7 @@ class Shared:
         key = f"ckpt{k}"
         if key not in self._cache:
             from fcnseg.data.camvid import CAMVID_CLASSES, CAMVID_PALETTE
-            from fcnseg.engine.checkpoint import save_checkpoint
+            from fcnseg.models.checkpoint import save_checkpoint
 
             extra = {"classes": CAMVID_CLASSES, "palette": CAMVID_PALETTE.tolist()} if k == 11 else {}
             self._cache[key] = save_checkpoint(self.base / f"fcn8s-k{k}.pt", self.model(k), **extra)
@@ -581,7 +581,7 @@ def _predict_options() -> Iterator[Case]:
 # --- checkpoints (predict and eval) ------------------------------------------------------------------
 def _ckpt_faults() -> dict[str, Callable[[Ctx, Path], None]]:
     """name → function(ctx, path) writing a bad checkpoint at ``path``."""
-    from fcnseg.engine.checkpoint import state_checksum
+    from fcnseg.models.checkpoint import state_checksum
 
     def raw(data: Callable[[Ctx], bytes]):
         def make(ctx: Ctx, path: Path):
@@ -1408,7 +1408,7 @@ def _train_files() -> Iterator[Case]:
         return Plan(_train(ctx, f"train.resume={ck}"), [str(ck)])
 
     def init_from_mismatch(ctx: Ctx) -> Plan:
-        from fcnseg.engine.checkpoint import save_checkpoint
+        from fcnseg.models.checkpoint import save_checkpoint
         from fcnseg import create_model
         ck = save_checkpoint(ctx.tmp / "alex.pt", create_model("fcn32s", 3, backbone="alexnet", width=1 / 16,
                                                                fc_channels=24))

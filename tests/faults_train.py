@@ -21,7 +21,7 @@ def trained(ctx: Ctx) -> Path:
     if base not in _TRAINED:
         from fcnseg.config import RunConfig
         from fcnseg.data.fixtures import write_camvid
-        from fcnseg.engine.train import train
+        from fcnseg.train.loop import train
 
         cfg = base_config(ctx, write_camvid(base / "train-camvid", {"train": 2, "val": 2}, size=(16, 16)))
         cfg["out"] = str(base / "trained-run")
@@ -32,7 +32,7 @@ def trained(ctx: Ctx) -> Path:
 
 def _run_with(ctx: Ctx, mutate: Callable[[dict], None] | None = None) -> Path:
     """``ctx.tmp/run`` holding the trained checkpoint as last.pt, ``mutate``d (weights re-checksummed)."""
-    from fcnseg.engine.checkpoint import state_checksum
+    from fcnseg.models.checkpoint import state_checksum
 
     out = ctx.tmp / "run"
     out.mkdir(parents=True, exist_ok=True)
@@ -145,7 +145,7 @@ def cases() -> Iterator[Case]:
     yield Case("train-run-overwrite-replaces-run", "train/run-folder", "ok", overwrite)
 
     def locked(ctx: Ctx) -> Plan:
-        from fcnseg.engine.runlog import RunLock
+        from fcnseg.train.runlog import RunLock
 
         lock = RunLock(ctx.tmp / "run").__enter__()  # another run holds the folder while main() runs
         return Plan(_train(ctx), [str(ctx.tmp / "run")], cause=["in use", str(os.getpid())],
@@ -201,7 +201,7 @@ def cases() -> Iterator[Case]:
                 return Plan(_train(ctx, cfg=cfg), [str(root / "classes.txt")], cause=["duplicate class name 'cat'"])
 
             def check() -> None:  # the BOM is not part of the first name
-                from fcnseg.engine.checkpoint import load_checkpoint
+                from fcnseg.models.checkpoint import load_checkpoint
                 assert load_checkpoint(ctx.tmp / "run" / "last.pt")["classes"] == ["bg", "cat", "dog"]
             return Plan(_train(ctx, cfg=cfg), check=check)
         return run

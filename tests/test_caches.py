@@ -12,7 +12,7 @@ from PIL import Image
 
 import fcnseg
 from fcnseg.cli.main import main
-from fcnseg.engine.checkpoint import save_checkpoint
+from fcnseg.models.checkpoint import save_checkpoint
 from fcnseg.models.weights.hed import cache_dir
 
 

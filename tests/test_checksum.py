@@ -1,7 +1,7 @@
 """The checkpoint checksum covers names, bytes and dtypes (tests/fault_corpus.py runs the same through the CLI)."""
 import torch
 
-from fcnseg.engine.checkpoint import state_checksum
+from fcnseg.models.checkpoint import state_checksum
 
 
 def test_checksum_sees_a_dtype_change_with_the_same_bytes():

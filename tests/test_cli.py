@@ -57,7 +57,7 @@ def test_predict_with_the_fast_engine_matches_torch(tmp_path, monkeypatch, capsy
     from PIL import Image
 
     import fcnseg
-    from fcnseg.engine.checkpoint import save_checkpoint
+    from fcnseg.models.checkpoint import save_checkpoint
 
     monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)
@@ -91,7 +91,7 @@ def test_export_on_a_full_disk_names_the_output(tmp_path, monkeypatch, capsys):
     import torch
 
     import fcnseg
-    from fcnseg.engine.checkpoint import save_checkpoint
+    from fcnseg.models.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     ck = save_checkpoint(tmp_path / "c.pt", fcnseg.create_model("fcn8s", 3, width=1 / 16, fc_channels=16))

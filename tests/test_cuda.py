@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_runtime import _img, _tiny  # noqa: E402
 from test_runtime import _ref as _cpu_scores  # noqa: E402
 
-from fcnseg.engine.runtime import TorchEngine, choose_engine  # noqa: E402
+from fcnseg.infer.engines import TorchEngine, choose_engine  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -71,7 +71,7 @@ def test_choose_engine_on_cuda():
 
 def test_evaluate_on_cuda_equals_cpu():
     from fcnseg.data import build_dataset, sample_root
-    from fcnseg.engine.evaluate import evaluate
+    from fcnseg.evaluate.scoring import evaluate
 
     ds = torch.utils.data.Subset(build_dataset("camvid", sample_root(), "val"), range(3))
     m = _tiny(classes=11)
@@ -82,8 +82,8 @@ def test_evaluate_on_cuda_equals_cpu():
 
 def test_training_steps_on_cuda_with_bf16_autocast(tmp_path):
     from fcnseg.config import load_config
-    from fcnseg.engine.checkpoint import load_checkpoint
-    from fcnseg.engine.train import train
+    from fcnseg.models.checkpoint import load_checkpoint
+    from fcnseg.train.loop import train
 
     from fcnseg.data import sample_root
 

@@ -5,7 +5,7 @@ import signal
 import pytest
 
 from fcnseg.cli.main import main
-from fcnseg.engine import runlog
+from fcnseg.train import runlog
 
 TINY = ["model.weights=null", "model.width=0.0625", "model.fc_channels=16", "data.max_items=2",
         "data.batch_size=1", "train.epochs=1", "train.progress=false", "train.cache_features=false"]

@@ -117,7 +117,7 @@ def test_full_width_vgg16_fcn32s_at_64px(alignment):
 
 
 def _checkpoint(tmp_path):
-    from fcnseg.engine.checkpoint import save_checkpoint
+    from fcnseg.models.checkpoint import save_checkpoint
 
     model = _net("fcn32s", "same")
     save_checkpoint(tmp_path / "c.pt", model)

@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import fcnseg
-from fcnseg.engine.evaluate import evaluate, format_table, save_metrics
+from fcnseg.evaluate.scoring import evaluate, format_table, save_metrics
 from fcnseg.errors import ConfigError
 from fcnseg.models.preprocessing import Preprocessing
 
@@ -171,7 +171,7 @@ def test_bundled_camvid_sample():
 def test_plots(tmp_path):
     from PIL import Image
 
-    from fcnseg.engine.visualize import plot_confusion, plot_curves
+    from fcnseg.visualize import plot_confusion, plot_curves
 
     p = plot_confusion([[5, 1, 0], [2, 3, 0], [0, 0, 0]], ["a", "b", "c"], tmp_path / "cm.png")
     assert Image.open(p).size[0] > 100

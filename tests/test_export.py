@@ -3,11 +3,11 @@ import pytest
 import torch
 
 import fcnseg
-from fcnseg.export import ExportError, export_onnx, export_torch, quantize_onnx, read_onnx_metadata
+from fcnseg.infer.export import ExportError, export_onnx, export_torch, quantize_onnx, read_onnx_metadata
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
-from fcnseg.engine.runtime import OrtEngine  # noqa: E402
+from fcnseg.infer.engines import OrtEngine  # noqa: E402
 
 SIZES = [(50, 70), (97, 51), (130, 33)]
 
@@ -131,7 +131,7 @@ def _disk_full(monkeypatch):
 
 def test_export_writes_are_atomic_and_name_the_path(tmp_path, monkeypatch):
     from fcnseg.atomic import WriteError
-    from fcnseg.export import _set_metadata
+    from fcnseg.infer.export import _set_metadata
 
     m = _tiny()
     src = export_onnx(m, tmp_path / "m.onnx", verify=False)

@@ -2,7 +2,7 @@
 import torch
 
 import fcnseg
-from fcnseg.engine.checkpoint import model_from_checkpoint, save_checkpoint
+from fcnseg.models.checkpoint import model_from_checkpoint, save_checkpoint
 from fcnseg.models.fusion import LateFusion
 from fcnseg.models.preprocessing import CAFFE_VGG, Preprocessing
 
@@ -80,7 +80,7 @@ def test_early_fusion_depth_filters_start_as_the_mean_of_the_rgb_filters(tmp_pat
 
 def test_fusion_and_depth_init_config_keys_and_old_checkpoints(tmp_path):
     from fcnseg.config import ModelConfig
-    from fcnseg.engine.train_model import build_model
+    from fcnseg.train.model import build_model
     m = build_model(ModelConfig(name="fcn32s", streams={"color": 3, "hha": 3}, width=1 / 16, fc_channels=32,
                                 fusion="sum"), 5)
     assert m.fusion == "sum" and build_model(ModelConfig(name="fcn32s", streams={"color": 3, "hha": 3},

@@ -6,7 +6,7 @@ from PIL import Image
 from fcnseg.data.camvid import CamVid
 from fcnseg.data.fixtures import write_camvid
 from fcnseg.data.io import DatasetError, read_rgb
-from fcnseg.engine.predict import ImageTooLargeError, read_rgb_uint8
+from fcnseg.infer.predict import ImageTooLargeError, read_rgb_uint8
 
 VALUES = np.array([[0, 255, 256, 1000], [32896, 40000, 65280, 65535]], dtype=np.uint16)
 
@@ -55,7 +55,7 @@ def test_size_guard_counts_the_networks_padded_compute(tmp_path):
 
     import fcnseg
     from fcnseg.data.io import DEFAULT_MAX_PIXELS, padded_pixels
-    from fcnseg.engine.predict import input_padding, predict_paths
+    from fcnseg.infer.predict import input_padding, predict_paths
 
     torch.manual_seed(0)
     caffe = fcnseg.create_model("fcn8s", 3, width=1 / 16, fc_channels=16).eval()

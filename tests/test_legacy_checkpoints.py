@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fcnseg.engine.checkpoint import model_from_checkpoint
+from fcnseg.models.checkpoint import model_from_checkpoint
 
 LEGACY = Path(__file__).resolve().parent / "data" / "legacy"
 STEMS = ["fcn8s-k5", "fcn16s-two-heads", "fcn32s-late-fusion"]

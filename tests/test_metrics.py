@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fcnseg.engine.metrics import ConfusionMatrix, compute_metrics
+from fcnseg.evaluate.metrics import ConfusionMatrix, compute_metrics
 
 # rows: ground truth, columns: prediction. Class 2 is absent from labels and predictions (IU NaN,
 # left out of the means); class 3 is predicted once but never labelled (IU 0, counted; accuracy NaN).

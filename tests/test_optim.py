@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fcnseg import create_model
-from fcnseg.engine.optim import build_optimizer, build_scheduler, lr_factor, param_groups
+from fcnseg.train.optim import build_optimizer, build_scheduler, lr_factor, param_groups
 from fcnseg.errors import ConfigError
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 import fcnseg
 from fcnseg.data import voc_colormap
-from fcnseg.engine.predict import (ImageReadError, ImageTooLargeError, _starts, format_summary, load_image,
+from fcnseg.infer.predict import (ImageReadError, ImageTooLargeError, _starts, format_summary, load_image,
                                    predict_labels, predict_paths)
 from fcnseg.errors import FcnsegError
 from fcnseg.models.preprocessing import Preprocessing
@@ -195,7 +195,7 @@ def test_tiled_matches_whole_for_real_fcn_with_enough_overlap(monkeypatch):
     assert len(np.unique(whole)) > 1
     for tile in (672, 680):
         assert (predict_labels(model, rgb, tile=tile, overlap=64) != whole).mean() <= 1e-3
-    import fcnseg.engine.predict as predict_mod
+    import fcnseg.infer.predict as predict_mod
 
     monkeypatch.setattr(predict_mod, "_output_stride", lambda m: 1)
     assert _starts(800, 680, 64, 1)[1][0] == 120
@@ -230,7 +230,7 @@ def test_memory_flat_over_200_images(tmp_path):
 
 
 def test_colorize_and_overlay(tmp_path):
-    from fcnseg.engine.visualize import colorize, overlay
+    from fcnseg.visualize import colorize, overlay
 
     pal = np.array([[10, 20, 30], [200, 100, 0]], np.uint8)
     label = torch.tensor([[0, 1], [255, 7]])

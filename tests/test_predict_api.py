@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 import fcnseg
-from fcnseg.engine.runtime import TorchEngine
+from fcnseg.infer.engines import TorchEngine
 
 
 @pytest.fixture(scope="module")

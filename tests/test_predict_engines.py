@@ -8,8 +8,8 @@ from PIL import Image
 
 import fcnseg
 from fcnseg.cli.main import main
-from fcnseg.engine.checkpoint import save_checkpoint
-from fcnseg.engine.runtime import ort_available
+from fcnseg.models.checkpoint import save_checkpoint
+from fcnseg.infer.engines import ort_available
 
 
 def _tiny(k=5):
@@ -75,7 +75,7 @@ def _other():
 
 @pytest.mark.skipif(not ort_available(), reason="onnxruntime not installed")
 def test_engine_cache_reexports_a_planted_other_model_or_garbage(tmp_path):
-    from fcnseg.engine.runtime import TrimmedOrtEngine
+    from fcnseg.infer.engines import TrimmedOrtEngine
 
     m, x = _tiny(), _x(40, 40)
     other = TrimmedOrtEngine(_other(), tmp_path / "other")
@@ -103,7 +103,7 @@ def test_engine_cache_reexports_a_planted_other_model_or_garbage(tmp_path):
 
 @pytest.mark.skipif(not ort_available(), reason="onnxruntime not installed")
 def test_engine_cache_that_cannot_be_written_falls_back_with_a_warning(tmp_path):
-    from fcnseg.engine.runtime import _ort_from_model, choose_engine
+    from fcnseg.infer.engines import _ort_from_model, choose_engine
 
     blocked = tmp_path / "cache"
     blocked.write_text("a file where the cache folder should be")
@@ -119,8 +119,8 @@ def test_engine_cache_that_cannot_be_written_falls_back_with_a_warning(tmp_path)
 
 @pytest.mark.skipif(not ort_available(), reason="onnxruntime not installed")
 def test_tiles_on_the_default_engine_are_stride_aligned_as_on_torch(tmp_path):
-    from fcnseg.engine.predict import output_stride, predict_labels
-    from fcnseg.engine.runtime import choose_engine
+    from fcnseg.infer.predict import output_stride, predict_labels
+    from fcnseg.infer.engines import choose_engine
 
     m = _tiny()
     engine = choose_engine(m, "cpu", cache_dir=tmp_path).as_module()
@@ -173,7 +173,7 @@ def test_disk_full_while_predicting_names_the_file(tmp_path, monkeypatch, capsys
 
 
 def test_eval_output_problems_name_the_path_before_the_work(tmp_path, monkeypatch, capsys):
-    import fcnseg.engine.evaluate as ev
+    import fcnseg.evaluate.scoring as ev
     from fcnseg.data.fixtures import write_camvid
 
     root = write_camvid(tmp_path / "camvid", {"val": 1}, size=(16, 16))
@@ -191,7 +191,7 @@ def test_eval_output_problems_name_the_path_before_the_work(tmp_path, monkeypatc
 
 
 def test_plots_are_written_atomically(tmp_path, monkeypatch):
-    from fcnseg.engine import visualize
+    from fcnseg import visualize
 
     calls = []
     real = visualize.atomic_write

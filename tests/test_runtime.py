@@ -7,8 +7,8 @@ from torch.utils._pytree import tree_flatten
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fcnseg
-from fcnseg.engine.runtime import EngineModule, TorchEngine, choose_engine, ort_available
-from fcnseg.engine.trim import TrimmedFCN, trim_supported
+from fcnseg.infer.engines import EngineModule, TorchEngine, choose_engine, ort_available
+from fcnseg.models.trimmed import TrimmedFCN, trim_supported
 from fcnseg.errors import ConfigError
 
 
@@ -97,7 +97,7 @@ class _OpLog(TorchDispatchMode):
 def test_trim_off_the_cpu_has_no_host_tensors_strips_or_matmul_convs(monkeypatch):
     """On a non-CPU device (``meta`` stands in for CUDA) the trimmed forward touches no CPU tensor
     (so a CUDA graph can capture it), runs no strips and keeps fc6/fc7 as convolutions."""
-    import fcnseg.engine.trim as trim
+    import fcnseg.models.trimmed as trim
 
     monkeypatch.setattr(trim, "_STRIP_BYTES", 4096)  # on the CPU this size would strip every stage
     monkeypatch.setattr(trim, "_MM_BYTES", 0)        # ... and run every later conv as a matmul
@@ -181,7 +181,7 @@ def test_choose_engine_cpu_is_exact_ort():
 
 @pytest.mark.skipif(not ort_available(), reason="onnxruntime not installed")
 def test_choose_engine_cpu_caffe_vgg_is_trimmed_ort_per_size(tmp_path):
-    from fcnseg.engine.runtime import TrimmedOrtEngine
+    from fcnseg.infer.engines import TrimmedOrtEngine
 
     m = _tiny()
     reloads = []
@@ -203,7 +203,7 @@ def test_choose_engine_cpu_caffe_vgg_is_trimmed_ort_per_size(tmp_path):
 
 @pytest.mark.skipif(not ort_available(), reason="onnxruntime not installed")
 def test_trimmed_ort_engine_reuses_and_prunes_its_exports(tmp_path):
-    from fcnseg.engine.runtime import TrimmedOrtEngine
+    from fcnseg.infer.engines import TrimmedOrtEngine
 
     m = _tiny()
     TrimmedOrtEngine(m, tmp_path, keep=2).predict_scores(_img(1, 40, 40))
@@ -232,7 +232,7 @@ def test_trimmed_ort_engine_reuses_and_prunes_its_exports(tmp_path):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_trim_matmul_convs_are_exact(monkeypatch, channels_last):
-    import fcnseg.engine.trim as trim
+    import fcnseg.models.trimmed as trim
 
     monkeypatch.setattr(trim, "_MM_BYTES", 0)  # every conv after the trimmed stages runs as a matmul
     m = _tiny()

@@ -16,9 +16,9 @@ from PIL import Image
 from fcnseg import create_model
 from fcnseg.config import load_config
 from fcnseg.data import build_dataset
-from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from fcnseg.engine.train import train
-from fcnseg.engine.train_model import init_from_checkpoint
+from fcnseg.models.checkpoint import load_checkpoint, model_from_checkpoint
+from fcnseg.train.loop import train
+from fcnseg.train.model import init_from_checkpoint
 from fcnseg.errors import FcnsegError
 
 H, W = 32, 40
@@ -106,7 +106,7 @@ def test_run_writes_log_checkpoints_and_evaluates(data_root, tmp_path):
 
 def test_best_checkpoint_keeps_the_highest_val_mean_iu(data_root, tmp_path, monkeypatch):
     """Val mean IU goes down, up, down again: best.pt is the iteration of the maximum, not of the minimum."""
-    from fcnseg.engine import evaluate as ev
+    from fcnseg.evaluate import scoring as ev
 
     script, real = iter([0.30, 0.10, 0.50, 0.20]), ev.evaluate
 
@@ -152,7 +152,7 @@ _CHILD = r"""
 import sys, time, torch
 from fcnseg.config import load_config
 from fcnseg.data import build_dataset
-from fcnseg.engine.train import train
+from fcnseg.train.loop import train
 
 class Slow(torch.utils.data.Dataset):
     def __init__(self, ds): self.ds = ds
@@ -248,7 +248,7 @@ def test_frozen_trunk_with_feature_cache_matches_uncached(data_root, tmp_path, c
 def test_validation_from_cached_features_scores_as_uncached(data_root, tmp_path, capsys, flip):
     """With a frozen trunk and train.cache_features the validation split is scored from its cached
     features (and their mirrors for train.eval_flip): the same metrics as scoring the images."""
-    from fcnseg.engine.train_data import FeatureCache
+    from fcnseg.train.data import FeatureCache
 
     common = ["train.freeze_backbone=true", "model.dropout=0", "train.lr=5e-2", "data.val_split=val",
               "train.iterations=12", "train.eval_every=6", f"train.eval_flip={str(flip).lower()}"]
@@ -266,8 +266,8 @@ def test_validation_from_cached_features_scores_as_uncached(data_root, tmp_path,
 def test_scoring_cached_items_equals_scoring_images(data_root, flip):
     """evaluate() on a FeatureCache's items (features, mirrors) gives the confusion matrix of
     evaluate() on the images, for a net whose predictions vary from pixel to pixel."""
-    from fcnseg.engine.evaluate import evaluate
-    from fcnseg.engine.train_data import FeatureCache
+    from fcnseg.evaluate.scoring import evaluate
+    from fcnseg.train.data import FeatureCache
 
     torch.manual_seed(0)
     model = create_model("fcn8s", 11, width=0.0625, fc_channels=64, alignment="same").eval()
@@ -294,7 +294,7 @@ def test_cache_needs_deterministic_transforms(data_root, tmp_path, capsys):
 def test_random_flip_with_feature_cache_matches_uncached(data_root, tmp_path, capsys):
     """The cache holds each image's and its mirror's features and flips exactly the items the
     uncached loader flips, so both runs train the same net."""
-    from fcnseg.engine.train_data import FeatureCache, flipped, item_seed
+    from fcnseg.train.data import FeatureCache, flipped, item_seed
 
     common = ["train.freeze_backbone=true", "model.dropout=0", "train.lr=1e-2", "data.flip=true",
               "train.iterations=6"]
@@ -344,7 +344,7 @@ def test_accumulation_and_global_normalisation(data_root, tmp_path):
 def test_mixed_precision_path_trains_like_fp32(data_root, tmp_path, monkeypatch, amp):
     """train.amp's autocast + grad-scaler path (CUDA's), run here under CPU autocast: finite losses,
     weights close to (not equal to) an fp32 run's, and with fp16 every step taken by the scaler."""
-    import fcnseg.engine.train as tr
+    import fcnseg.train.loop as tr
 
     train(cfg_for(data_root, tmp_path / "fp32"))
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
@@ -405,7 +405,7 @@ def test_feature_cache_is_reused_only_for_the_same_frozen_trunk_and_data():
     """A study training several heads on one frozen trunk computes the features once."""
     import fcnseg
     from fcnseg.data import Resize, build_dataset, sample_root
-    from fcnseg.engine.train_data import FeatureCache, First
+    from fcnseg.train.data import FeatureCache, First
 
     data = First(build_dataset("camvid", sample_root(), "val"), 2)
     small = dict(width=1 / 16, fc_channels=16)

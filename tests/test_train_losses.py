@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fcnseg.engine.losses import (apply_patch_sampling, check_labels, loss_denominator, patch_mask,
+from fcnseg.train.losses import (apply_patch_sampling, check_labels, loss_denominator, patch_mask,
                                   pixel_loss_sum, segmentation_loss)
 
 

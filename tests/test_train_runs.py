@@ -13,7 +13,7 @@ import yaml
 
 from fcnseg.cli.main import main
 from fcnseg.data.fixtures import write_camvid
-from fcnseg.engine.checkpoint import load_checkpoint
+from fcnseg.models.checkpoint import load_checkpoint
 from fcnseg.errors import FcnsegError
 
 
@@ -53,7 +53,7 @@ def test_disk_full_while_saving_a_checkpoint_names_it_and_keeps_the_old_one(tmp_
 
 
 def test_run_lock_is_exclusive_and_released(tmp_path):
-    from fcnseg.engine.runlog import RunLock
+    from fcnseg.train.runlog import RunLock
 
     with RunLock(tmp_path / "run") as held:
         assert held.path.read_text().strip() == str(os.getpid())
@@ -65,7 +65,7 @@ def test_run_lock_is_exclusive_and_released(tmp_path):
 
 def test_a_run_over_a_finished_run_is_refused_before_any_work(tmp_path):
     from fcnseg.config import load_config
-    from fcnseg.engine.train import train
+    from fcnseg.train.loop import train
 
     cfg = load_config(_config(tmp_path))
     train(cfg)
@@ -78,8 +78,8 @@ def test_a_run_over_a_finished_run_is_refused_before_any_work(tmp_path):
 
 def test_sigint_notice_comes_from_the_main_process_only(capfd):
     """A forked DataLoader worker inherits the handler; it must neither print nor set the flag."""
-    from fcnseg.engine.runlog import StopRequest
-    from fcnseg.engine.train import _worker_init
+    from fcnseg.train.runlog import StopRequest
+    from fcnseg.train.loop import _worker_init
 
     with StopRequest() as stop:
         pid = os.fork()
@@ -99,7 +99,7 @@ def test_sigint_notice_comes_from_the_main_process_only(capfd):
 
 def test_worker_errors_keep_their_own_message():
     from fcnseg.data.io import DatasetError
-    from fcnseg.engine.train_data import unwrap_worker_error
+    from fcnseg.train.data import unwrap_worker_error
 
     class Broken(torch.utils.data.Dataset):
         def __len__(self):
@@ -121,7 +121,7 @@ def test_worker_errors_keep_their_own_message():
 def test_evaluate_reports_a_worker_error_with_its_own_message():
     from fcnseg import create_model
     from fcnseg.data.io import DatasetError
-    from fcnseg.engine.evaluate import evaluate
+    from fcnseg.evaluate.scoring import evaluate
 
     class Broken(torch.utils.data.Dataset):
         def __len__(self):
@@ -138,7 +138,7 @@ def test_evaluate_reports_a_worker_error_with_its_own_message():
 
 def test_log_write_errors_name_the_file(tmp_path):
     from fcnseg.atomic import WriteError
-    from fcnseg.engine.runlog import CsvLog
+    from fcnseg.train.runlog import CsvLog
 
     log = CsvLog(tmp_path / "log.csv")
     log.path.unlink()
@@ -149,7 +149,7 @@ def test_log_write_errors_name_the_file(tmp_path):
 
 def test_all_void_split_warns_that_it_has_no_labelled_pixels():
     from fcnseg import create_model
-    from fcnseg.engine.evaluate import evaluate
+    from fcnseg.evaluate.scoring import evaluate
 
     class Void(torch.utils.data.Dataset):
         name = "voidset"

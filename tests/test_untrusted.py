@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fault_corpus import _Evil  # noqa: E402
 
 from fcnseg import create_model  # noqa: E402
-from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
-from fcnseg.engine.train_model import init_from_checkpoint  # noqa: E402
+from fcnseg.models.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from fcnseg.train.model import init_from_checkpoint  # noqa: E402
 from fcnseg.errors import FcnsegError  # noqa: E402
 from fcnseg.models.weights import load_weights  # noqa: E402
 
@@ -155,7 +155,7 @@ def test_malicious_pickle_refused(tmp_path, kind, loader):
 
 def test_safe_checkpoint_still_loads(tmp_path):
     """The guard is not 'refuse everything': a real checkpoint with plain extras loads."""
-    from fcnseg.engine.checkpoint import save_checkpoint
+    from fcnseg.models.checkpoint import save_checkpoint
 
     path = save_checkpoint(tmp_path / "ok.pt", create_model("fcn8s", 3, width=1 / 16, fc_channels=16),
                            classes=["a", "b", "c"], palette=[[0, 0, 0], [1, 2, 3], [4, 5, 6]], step=7,

@@ -151,7 +151,7 @@ def test_one_epoch_on_the_bundled_sample_beats_random_init(tmp_path):
     same head on the bundled CamVid sample, hed-vgg16 scores above a randomly initialised trunk."""
     from fcnseg.config import load_config
     from fcnseg.data import sample_root
-    from fcnseg.engine.train import train
+    from fcnseg.train.loop import train
 
     scores = {}
     for weights in ("hed-vgg16", "null"):

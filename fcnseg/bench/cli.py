@@ -4,16 +4,16 @@ from __future__ import annotations
 import argparse
 import json
 
-from .core import DEFAULT_ENGINES, run_bench
+from fcnseg.bench.core import DEFAULT_ENGINES, run_bench
 
 __all__ = ["add_bench_arguments", "main_bench", "bench_script"]
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``fcnseg bench``."""
-    from ..cli.common import add_size, non_negative_int, positive_float, positive_int
-    from ..models.backbones import BACKBONES
-    from ..models.registry import MODELS
+    from fcnseg.cli.common import add_size, non_negative_int, positive_float, positive_int
+    from fcnseg.models.backbones import BACKBONES
+    from fcnseg.models.registry import MODELS
 
     p.add_argument("--model", default="fcn8s", choices=sorted(MODELS),
                    help="model name (default fcn8s; the peer needs fcn8s)")
@@ -47,7 +47,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
 
 def main_bench(args: argparse.Namespace) -> int:
     """Run ``fcnseg bench``: print the markdown table, write JSON/markdown when ``--out`` is given."""
-    from .report import bench_markdown
+    from fcnseg.bench.report import bench_markdown
 
     out_md = None
     if args.out and not getattr(args, "no_md", False):
@@ -74,7 +74,7 @@ def bench_script(script: str, doc: str, defaults: dict, argv: list[str] | None =
     import sys
     from pathlib import Path
 
-    from ..errors import FcnsegError
+    from fcnseg.errors import FcnsegError
 
     root = Path(__file__).resolve().parents[2]
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -16,9 +16,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..atomic import write_error, write_text
-from ..errors import ConfigError, FcnsegError
-from .measure import count_flops, machine_info, sgemm_gflops, stats
+from fcnseg.atomic import write_error, write_text
+from fcnseg.errors import ConfigError, FcnsegError
+from fcnseg.bench.measure import count_flops, machine_info, sgemm_gflops, stats
 
 __all__ = ["run_bench", "EngineSpec", "parse_engine", "DEFAULT_ENGINES", "BenchError"]
 
@@ -97,7 +97,7 @@ def _models_config(model: str, backbone: str, num_classes: int, alignment: str, 
 
 
 def _build(cfg: dict, device: str | None = None):
-    from ..models import create_model
+    from fcnseg.models import create_model
 
     c = dict(cfg)
     name, classes = c.pop("name"), c.pop("num_classes")
@@ -113,7 +113,7 @@ def _flops(cfg: dict, size: tuple[int, int], in_channels: int, trim: bool) -> in
         model = _build(cfg, "meta").eval()
         x = torch.empty(1, in_channels, *size, device="meta")
         if trim:
-            from ..engine.trim import TrimmedFCN
+            from fcnseg.models.trimmed import TrimmedFCN
 
             model = TrimmedFCN(model)
             with torch.no_grad():
@@ -125,7 +125,7 @@ def _flops(cfg: dict, size: tuple[int, int], in_channels: int, trim: bool) -> in
 
 def _tvfcn_flops(num_classes: int, size: tuple[int, int]) -> int | None:
     """FLOPs of torchvision's FCN-ResNet50 (None without torchvision)."""
-    from .peer import PeerUnavailable, torchvision_fcn_resnet50
+    from fcnseg.bench.peer import PeerUnavailable, torchvision_fcn_resnet50
 
     try:
         with torch.device("meta"):
@@ -150,7 +150,7 @@ def _calibration(cfg_in_channels: int, size: tuple[int, int], count: int, seed: 
     """Calibration images for int8: the bundled CamVid sample's train split when present (real image
     statistics), else smooth random images."""
     try:
-        from ..data import build_dataset, sample_root
+        from fcnseg.data import build_dataset, sample_root
 
         ds = build_dataset("camvid", sample_root(), "train")
         imgs = [ds[i][0] for i in range(min(count, len(ds)))]
@@ -318,7 +318,7 @@ def run_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classes: int
         for al in sorted({s.alignment for s in specs} | {"caffe"} if any(s.runtime == "peer" for s in specs)
                          else {s.alignment for s in specs}):
             if checkpoint:
-                from ..engine.checkpoint import model_from_checkpoint
+                from fcnseg.models.checkpoint import model_from_checkpoint
 
                 m, _ = model_from_checkpoint(checkpoint)
                 cfg = dict(m.config)
@@ -415,7 +415,7 @@ def run_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classes: int
     if out_json:
         write_text(out_json, json.dumps(report, indent=1) + "\n")
     if out_md:
-        from .report import bench_markdown
+        from fcnseg.bench.report import bench_markdown
 
         write_text(out_md, bench_markdown(report))
     return report
@@ -438,7 +438,7 @@ def _check_writable(path: str | os.PathLike) -> None:
 def _exports(specs: list[EngineSpec], models: dict, size: tuple[int, int], tmp: Path, calib_count: int, seed: int,
              log) -> dict:
     """ONNX files the ORT engines need: fp32 dynamic, fp32 trimmed (fixed size), int8 of either."""
-    from ..export import export_onnx, quantize_onnx
+    from fcnseg.infer.export import export_onnx, quantize_onnx
 
     files: dict[tuple, Path] = {}
     wanted = {(s.dtype, s.trim, s.alignment) for s in specs if s.runtime == "ort"}
@@ -510,8 +510,8 @@ def _eval_split(model, device: str, log) -> dict | None:
     """``evaluate()``'s time split (data / model / metrics) on the bundled CamVid sample's val split,
     with this model's architecture (random weights: the split, not the scores, is the point)."""
     try:
-        from ..data import build_dataset, sample_root
-        from ..engine.evaluate import evaluate
+        from fcnseg.data import build_dataset, sample_root
+        from fcnseg.evaluate.scoring import evaluate
     except ImportError as e:
         log(f"eval split skipped: {e}")
         return None
@@ -524,7 +524,7 @@ def _eval_split(model, device: str, log) -> dict | None:
 
     m = copy.deepcopy(model)
     if getattr(m, "heads", {"out": 0}).get("out") != ds.num_classes:
-        from ..models import create_model
+        from fcnseg.models import create_model
 
         cfg = dict(m.config)
         name, _ = cfg.pop("name"), cfg.pop("num_classes")

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..provenance import commit, cpu_model
+from fcnseg.provenance import commit, cpu_model
 
 __all__ = ["stats", "time_calls", "rss_mb", "reset_peak_rss", "peak_rss_mb", "count_flops", "sgemm_gflops",
            "machine_info"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import FcnsegError
+from fcnseg.errors import FcnsegError
 
 __all__ = ["PeerUnavailable", "load_peer_models", "peer_fcn8s", "peer_state_dict", "torchvision_fcn_resnet50",
            "PEER", "LAYER_MAP"]
@@ -88,7 +88,7 @@ class _TorchvisionFCN(nn.Module):
 
     def __init__(self, net: nn.Module, num_classes: int) -> None:
         super().__init__()
-        from ..models.preprocessing import TORCHVISION
+        from fcnseg.models.preprocessing import TORCHVISION
 
         self.net, self.num_classes, self.preprocessing = net, num_classes, TORCHVISION
 

@@ -15,8 +15,8 @@ import time
 import numpy as np
 import torch
 
-from ..atomic import atomic_write
-from .measure import peak_rss_mb, reset_peak_rss, rss_mb, stats, time_calls
+from fcnseg.atomic import atomic_write
+from fcnseg.bench.measure import peak_rss_mb, reset_peak_rss, rss_mb, stats, time_calls
 
 
 class _PeerEngine:
@@ -41,23 +41,23 @@ def _load_state(path: str) -> dict:
 
 def _build(spec: dict, device: torch.device):
     """(engine, trainable module or None, preprocessing) for the spec."""
-    from ..models import create_model
-    from ..models.preprocessing import Preprocessing
+    from fcnseg.models import create_model
+    from fcnseg.models.preprocessing import Preprocessing
 
     runtime = spec["runtime"]
     if runtime == "ort":
-        from ..engine.runtime import OrtEngine
+        from fcnseg.infer.engines import OrtEngine
 
         return OrtEngine(spec["onnx"], threads=spec["threads"], low_memory=spec.get("low_memory", False)), None
     cfg = dict(spec["model_config"])
     name, classes = cfg.pop("name"), cfg.pop("num_classes")
     if runtime == "tvfcn":
-        from .peer import torchvision_fcn_resnet50
+        from fcnseg.bench.peer import torchvision_fcn_resnet50
 
         model = torchvision_fcn_resnet50(int(classes), int(spec.get("seed", 0)))
         return _torch_engine(model, spec, device), None
     if runtime == "peer":
-        from .peer import peer_fcn8s
+        from fcnseg.bench.peer import peer_fcn8s
 
         state = _load_state(spec["weights"])
         model = peer_fcn8s(int(classes), state)
@@ -73,7 +73,7 @@ def _build(spec: dict, device: torch.device):
 
 
 def _torch_engine(model: torch.nn.Module, spec: dict, device: torch.device):
-    from ..engine.runtime import TorchEngine
+    from fcnseg.infer.engines import TorchEngine
 
     return TorchEngine(model, device, channels_last=spec.get("channels_last", False),
                        dtype=spec.get("dtype", "fp32"), trim=spec.get("trim", False),

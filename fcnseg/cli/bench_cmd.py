@@ -1,2 +1,2 @@
 """``fcnseg bench``: see fcnseg.bench (latency, throughput, memory, FLOPs, side by side with torchfcn)."""
-from ..bench import add_bench_arguments as add_arguments, main_bench as run  # noqa: F401
+from fcnseg.bench import add_bench_arguments as add_arguments, main_bench as run  # noqa: F401

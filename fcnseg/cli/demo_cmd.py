@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from ..config import int_argument, whole
-from ..errors import ConfigError
-from .common import resolve_config
+from fcnseg.config import int_argument, whole
+from fcnseg.errors import ConfigError
+from fcnseg.cli.common import resolve_config
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,14 +21,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..atomic import write_json, write_text
-    from ..config import load_config
-    from ..data import build_dataset, sample_root
-    from ..engine.checkpoint import model_from_checkpoint
-    from ..engine.evaluate import format_table, save_metrics
-    from ..engine.predict import format_summary, predict_paths
-    from ..engine.train import train
-    from ..engine.visualize import plot_confusion, plot_curves
+    from fcnseg.atomic import write_json, write_text
+    from fcnseg.config import load_config
+    from fcnseg.data import build_dataset, sample_root
+    from fcnseg.models.checkpoint import model_from_checkpoint
+    from fcnseg.evaluate.scoring import format_table, save_metrics
+    from fcnseg.infer.predict import format_summary, predict_paths
+    from fcnseg.train.loop import train
+    from fcnseg.visualize import plot_confusion, plot_curves
 
     t0 = time.perf_counter()
     root = sample_root("camvid")
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     minutes = (time.perf_counter() - t0) / 60
     report = _report(cfg, result, metrics, table, shown, out, minutes)
     write_text(out / "report.md", report)
-    from ..provenance import machine
+    from fcnseg.provenance import machine
     summary = {"command": "make demo", "mean_iu": metrics["mean_iu"], "pixel_accuracy": metrics["pixel_accuracy"],
                "mean_accuracy": metrics["mean_accuracy"], "fw_iu": metrics["fw_iu"], "minutes": round(minutes, 1),
                "iterations": result.get("iterations"), "val_images": len(val), "machine": machine(),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_device, dataset_from_checkpoint, downscale, pick_device, positive_int
+from fcnseg.cli.common import add_device, dataset_from_checkpoint, downscale, pick_device, positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,11 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.checkpoint import model_from_checkpoint
-    from ..engine.evaluate import evaluate, format_table, save_metrics
-    from ..engine.predict import make_output_dir
-    from ..engine.visualize import plot_confusion
-    from ..errors import CheckpointError
+    from fcnseg.models.checkpoint import model_from_checkpoint
+    from fcnseg.evaluate.scoring import evaluate, format_table, save_metrics
+    from fcnseg.infer.predict import make_output_dir
+    from fcnseg.visualize import plot_confusion
+    from fcnseg.errors import CheckpointError
 
     device = pick_device(args.device)
     model, ckpt = model_from_checkpoint(args.checkpoint, map_location="cpu")

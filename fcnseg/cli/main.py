@@ -9,8 +9,8 @@ import traceback
 import warnings
 from typing import Callable, Sequence
 
-from ..errors import _ANSI, ConfigError, FcnsegError
-from .common import printable
+from fcnseg.errors import _ANSI, ConfigError, FcnsegError
+from fcnseg.cli.common import printable
 
 # sub-command name → module under fcnseg.cli exposing ``add_arguments(parser)`` and ``run(args)``
 COMMANDS: dict[str, str] = {

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import CLASS_COUNT, int_argument
+from fcnseg.config import CLASS_COUNT, int_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -15,10 +15,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..models import create_model, list_models
+    from fcnseg.models import create_model, list_models
 
     if args.weights:
-        from ..models.weights.hub import describe_releases
+        from fcnseg.models.weights.hub import describe_releases
         print(describe_releases())
         return 0
     print(f"{'model':28s} {'output stride':>13s} {'params (M)':>11s}")

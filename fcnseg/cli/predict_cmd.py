@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_device, pick_device, printable, tile_size
+from fcnseg.cli.common import add_device, pick_device, printable, tile_size
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,8 +27,8 @@ def _palette(ckpt: dict, path: str, classes: int):
     """The checkpoint's palette (one RGB triple per class at least), else the VOC colour map."""
     import numpy as np
 
-    from ..data import voc_colormap
-    from ..errors import CheckpointError
+    from fcnseg.data import voc_colormap
+    from fcnseg.errors import CheckpointError
 
     raw = ckpt.get("palette")
     if raw is None:
@@ -44,8 +44,8 @@ def _palette(ckpt: dict, path: str, classes: int):
 
 def _densified(model, text: str):
     """``--dense F[:METHOD]``: the model with its coarse map densified (``fcnseg.models.dense``)."""
-    from ..errors import ConfigError
-    from ..models.dense import dense, parse_dense
+    from fcnseg.errors import ConfigError
+    from fcnseg.models.dense import dense, parse_dense
 
     try:
         return dense(model.eval(), *parse_dense(text))
@@ -54,9 +54,9 @@ def _densified(model, text: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.checkpoint import model_from_checkpoint
-    from ..data.io import shown
-    from ..engine.predict import ImageReadError, format_summary, predict_paths
+    from fcnseg.models.checkpoint import model_from_checkpoint
+    from fcnseg.data.io import shown
+    from fcnseg.infer.predict import ImageReadError, format_summary, predict_paths
 
     device = pick_device(args.device)
     model, ckpt = model_from_checkpoint(args.checkpoint, map_location="cpu")
@@ -70,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.engine == "auto":
         import sys
 
-        from ..engine.runtime import choose_engine
-        from ..models.weights.hed import cache_dir
+        from fcnseg.infer.engines import choose_engine
+        from fcnseg.models.weights.hed import cache_dir
 
         def reload():
             return model_from_checkpoint(args.checkpoint, map_location="cpu")[0].eval()

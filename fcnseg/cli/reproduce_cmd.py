@@ -6,7 +6,7 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..reproduce import list_protocols
+    from fcnseg.reproduce import list_protocols
 
     p.add_argument("dataset", choices=["camvid"], help="dataset of the study")
     p.add_argument("--protocol", choices=list_protocols("camvid"), default="cpu",
@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..reproduce import load_protocol, run_study, write_results
+    from fcnseg.reproduce import load_protocol, run_study, write_results
 
     if args.report_only:
         path = write_results(load_protocol(args.dataset, args.protocol), Path(args.out))

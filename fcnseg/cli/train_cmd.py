@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import resolve_config
+from fcnseg.cli.common import resolve_config
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,8 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_config
-    from ..engine.train import train
+    from fcnseg.config import load_config
+    from fcnseg.train.loop import train
 
     overrides = list(args.overrides)
     if args.out:

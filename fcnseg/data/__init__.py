@@ -8,20 +8,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import camvid, context, folder, nyud, sbd, siftflow, voc  # noqa: F401  (each registers itself)
-from .base import IGNORE_INDEX, DatasetInfo, SegDataset, build_dataset, dataset_info, list_datasets, register
-from .camvid import MEDIAN_FREQUENCY_WEIGHTS, CamVid
-from .collate import collate_pad
-from .context import PascalContext
-from .folder import FolderDataset
-from .io import DatasetError
-from .nyud import NYUD, NYUD_LOG_DEPTH_MEAN, NYUD_MEANS, nyud_channel_means
-from .palette import colorize, voc_colormap
-from .sbd import SBD
-from .siftflow import SIFTFLOW_ABSENT_IN_TEST, SIFTFLOW_MEAN_BGR, SiftFlow
-from .transforms import ColorJitter, Compose, RandomCrop, RandomHorizontalFlip, RandomScale, Resize
-from .voc import VOC
-from .weights import median_frequency_weights
+from fcnseg.data import camvid, context, folder, nyud, sbd, siftflow, voc  # noqa: F401  (each registers itself)
+from fcnseg.data.base import IGNORE_INDEX, DatasetInfo, SegDataset, build_dataset, dataset_info, list_datasets, register
+from fcnseg.data.camvid import MEDIAN_FREQUENCY_WEIGHTS, CamVid
+from fcnseg.data.collate import collate_pad
+from fcnseg.data.context import PascalContext
+from fcnseg.data.folder import FolderDataset
+from fcnseg.data.io import DatasetError
+from fcnseg.data.nyud import NYUD, NYUD_LOG_DEPTH_MEAN, NYUD_MEANS, nyud_channel_means
+from fcnseg.data.palette import colorize, voc_colormap
+from fcnseg.data.sbd import SBD
+from fcnseg.data.siftflow import SIFTFLOW_ABSENT_IN_TEST, SIFTFLOW_MEAN_BGR, SiftFlow
+from fcnseg.data.transforms import ColorJitter, Compose, RandomCrop, RandomHorizontalFlip, RandomScale, Resize
+from fcnseg.data.voc import VOC
+from fcnseg.data.weights import median_frequency_weights
 
 __all__ = [
     "build_dataset", "list_datasets", "dataset_info", "register", "DatasetInfo", "SegDataset", "DatasetError",

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError
-from .io import DatasetError
+from fcnseg.errors import ConfigError
+from fcnseg.data.io import DatasetError
 
 __all__ = ["IGNORE_INDEX", "Sample", "SegDataset", "DatasetInfo", "register", "build_dataset",
            "list_datasets", "dataset_info"]
@@ -219,7 +219,7 @@ def _lookup(name: str) -> tuple[type[SegDataset], DatasetInfo]:
 
 def build_dataset(name: str, root: str | Path, split: str | None, **opts: Any) -> SegDataset:
     """Build registered dataset ``name`` (see :func:`list_datasets`) on ``root`` for ``split``."""
-    from ..argcheck import path_arg
+    from fcnseg.argcheck import path_arg
 
     if not isinstance(name, str):
         raise TypeError(f"name must be a dataset name (str), got {type(name).__name__}; known: {list_datasets()}")

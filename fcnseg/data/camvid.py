@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import DatasetInfo, Sample, SegDataset, register
-from .io import DatasetError, apply_lut, image_to_tensor, read_index_png, read_lines, read_rgb
-from .weights import median_frequency_weights
+from fcnseg.data.base import DatasetInfo, Sample, SegDataset, register
+from fcnseg.data.io import DatasetError, apply_lut, image_to_tensor, read_index_png, read_lines, read_rgb
+from fcnseg.data.weights import median_frequency_weights
 
 __all__ = ["CamVid", "CAMVID_CLASSES", "CAMVID_PALETTE", "MEDIAN_FREQUENCY_WEIGHTS", "median_frequency_weights"]
 

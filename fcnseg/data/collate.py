@@ -5,7 +5,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .base import IGNORE_INDEX
+from fcnseg.data.base import IGNORE_INDEX
 
 __all__ = ["collate_pad", "pad_to"]
 

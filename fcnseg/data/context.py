@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import DatasetInfo, Sample, SegDataset, register
-from .io import (DatasetError, apply_lut, image_to_tensor, lines_to_ids, package_list, read_indexed_names,
+from fcnseg.data.base import DatasetInfo, Sample, SegDataset, register
+from fcnseg.data.io import (DatasetError, apply_lut, image_to_tensor, lines_to_ids, package_list, read_indexed_names,
                  read_mat, read_rgb)
-from .palette import voc_colormap
-from .voc import find_voc_root
+from fcnseg.data.palette import voc_colormap
+from fcnseg.data.voc import find_voc_root
 
 __all__ = ["PascalContext", "CONTEXT_CLASSES", "CONTEXT_ALIASES", "context_lut", "find_context_dir"]
 

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from .palette import voc_colormap
+from fcnseg.data.palette import voc_colormap
 
 __all__ = ["write_camvid", "write_voc", "write_sbd", "write_siftflow", "write_nyud", "write_context",
            "write_folder", "rand_image", "rand_label"]

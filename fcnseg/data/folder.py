@@ -12,9 +12,9 @@ import warnings
 import numpy as np
 import torch
 
-from .base import DatasetInfo, Sample, SegDataset, register
-from .io import DatasetError, apply_lut, image_to_tensor, lines_to_ids, read_index_png, read_names, read_rgb
-from .palette import voc_colormap
+from fcnseg.data.base import DatasetInfo, Sample, SegDataset, register
+from fcnseg.data.io import DatasetError, apply_lut, image_to_tensor, lines_to_ids, read_index_png, read_names, read_rgb
+from fcnseg.data.palette import voc_colormap
 
 __all__ = ["FolderDataset"]
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ..errors import FcnsegError
+from fcnseg.errors import FcnsegError
 
 __all__ = ["DatasetError", "TooManyPixelsError", "DEFAULT_MAX_PIXELS", "DATASET_MAX_PIXELS", "padded_pixels", "shown",
            "as_image_batch", "load_image_file", "to_rgb_uint8", "read_rgb", "read_index_png", "read_gray16",

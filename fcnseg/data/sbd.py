@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import DatasetInfo, Sample, SegDataset, register
-from .io import apply_lut, image_to_tensor, lines_to_ids, read_mat, read_rgb
-from .voc import VOC_CLASSES, VOC_PALETTE
+from fcnseg.data.base import DatasetInfo, Sample, SegDataset, register
+from fcnseg.data.io import apply_lut, image_to_tensor, lines_to_ids, read_mat, read_rgb
+from fcnseg.data.voc import VOC_CLASSES, VOC_PALETTE
 
 __all__ = ["SBD"]
 

@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .base import IGNORE_INDEX
+from fcnseg.data.base import IGNORE_INDEX
 
 __all__ = ["Compose", "RandomScale", "RandomCrop", "RandomHorizontalFlip", "ColorJitter", "Resize",
            "resize_pair"]

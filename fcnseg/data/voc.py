@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import DatasetInfo, Sample, SegDataset, register
-from .io import apply_lut, image_to_tensor, lines_to_ids, package_list, read_index_png, read_names, read_rgb
-from .palette import voc_colormap
+from fcnseg.data.base import DatasetInfo, Sample, SegDataset, register
+from fcnseg.data.io import apply_lut, image_to_tensor, lines_to_ids, package_list, read_index_png, read_names, read_rgb
+from fcnseg.data.palette import voc_colormap
 
 __all__ = ["VOC", "VOC_CLASSES", "VOC_PALETTE", "voc_colormap", "find_voc_root"]
 

@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fcn import FCN, _scaled
-from .geometry import _single
+from fcnseg.models.fcn import FCN, _scaled
+from fcnseg.models.geometry import _single
 
 __all__ = ["dense", "DenseFCN", "METHODS", "bilinear", "parse_dense"]
 

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .backbones.base import Backbone
-from .geometry import CoordMap, crop_offset, layer_map
-from .preprocessing import Preprocessing
-from .upsample import Upsample
+from fcnseg.models.backbones.base import Backbone
+from fcnseg.models.geometry import CoordMap, crop_offset, layer_map
+from fcnseg.models.preprocessing import Preprocessing
+from fcnseg.models.upsample import Upsample
 
 __all__ = ["FCN", "HeadSpec"]
 
@@ -131,7 +131,7 @@ class FCN(nn.Module):
         """Label maps for RGB 0–255 images: a tensor N×C×H×W or C×H×W (uint8 or float), a PIL image or a
         numpy H×W×3 / H×W array (see :func:`fcnseg.data.io.as_image_batch`); applies the preprocessing.
         One image in, an H×W map out; else N×H×W (a dict of them for multi-head nets)."""
-        from ..data.io import as_image_batch
+        from fcnseg.data.io import as_image_batch
 
         x, single = as_image_batch(images, "images", _input_channels(self))
         device = next(self.parameters()).device

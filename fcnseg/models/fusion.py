@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .fcn import FCN
-from .preprocessing import Preprocessing
+from fcnseg.models.fcn import FCN
+from fcnseg.models.preprocessing import Preprocessing
 
 __all__ = ["LateFusion", "StreamPreprocessing", "FUSIONS"]
 

@@ -59,6 +59,6 @@ TORCHVISION = Preprocessing(bgr=False, scale=1 / 255, mean=(0.485, 0.456, 0.406)
 def preprocessing_from_dict(d: dict):
     """Rebuild a ``Preprocessing`` (or a late-fusion ``StreamPreprocessing``) from ``to_dict()``."""
     if "streams" in d:
-        from .fusion import StreamPreprocessing
+        from fcnseg.models.fusion import StreamPreprocessing
         return StreamPreprocessing.from_dict(d)
     return Preprocessing.from_dict(d)

@@ -7,11 +7,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig, Rule, field_rules, whole
-from .backbones import BACKBONES
-from .fcn import FCN, HeadSpec
-from .fusion import LateFusion
-from .surgery import widening
+from fcnseg.config import ModelConfig, Rule, field_rules, whole
+from fcnseg.models.backbones import BACKBONES
+from fcnseg.models.fcn import FCN, HeadSpec
+from fcnseg.models.fusion import LateFusion
+from fcnseg.models.surgery import widening
 
 __all__ = ["create_model", "list_models", "MODELS"]
 
@@ -93,7 +93,7 @@ def create_model(name: str, num_classes: int | dict[str, int] | None = None, *, 
         raise TypeError(f"name: must be a model name string, got {type(name).__name__}; choose from {list_models()}")
     if isinstance(weights, os.PathLike):
         weights = os.fspath(weights)
-    from .weights.hub import release_arguments, resolve
+    from fcnseg.models.weights.hub import release_arguments, resolve
     release = resolve(weights, backbone or (name.split("@", 1)[1] if "@" in name else None))
     if release is not None:
         name, num_classes, backbone, streams, backbone_kwargs = release_arguments(
@@ -120,7 +120,7 @@ def create_model(name: str, num_classes: int | dict[str, int] | None = None, *, 
                             for s, c in streams.items()}, fusion=fusion)
         fused.config = config
         if fused_file:  # one file holds every stream (a late-fusion caffemodel or release)
-            from .weights import load_weights
+            from fcnseg.models.weights import load_weights
             with widening(depth_init):
                 load_weights(fused, weights)  # warns about unused layers itself
             config["weights"] = str(weights)
@@ -139,7 +139,7 @@ def create_model(name: str, num_classes: int | dict[str, int] | None = None, *, 
     model.config = {"name": name, "backbone": backbone, "alignment": alignment,
                     "learn_upsampling": learn_upsampling, "num_classes": num_classes, **backbone_kwargs}
     if weights is not None:
-        from .weights import load_weights
+        from fcnseg.models.weights import load_weights
         with widening(depth_init):
             unused = load_weights(model, weights)
         if unused and not _is_caffemodel(weights):  # the Caffe loader warns itself
@@ -149,6 +149,6 @@ def create_model(name: str, num_classes: int | dict[str, int] | None = None, *, 
 
 
 def _is_caffemodel(weights: str | os.PathLike) -> bool:
-    from .weights import WEIGHTS, detect_format
+    from fcnseg.models.weights import WEIGHTS, detect_format
     return not (isinstance(weights, str) and weights in WEIGHTS) and Path(weights).is_file() \
         and detect_format(weights) == "caffe"

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..geometry import CoordMap, coord_map
-from ..preprocessing import Preprocessing
+from fcnseg.models.geometry import CoordMap, coord_map
+from fcnseg.models.preprocessing import Preprocessing
 
 __all__ = ["Tap", "Backbone", "scaled", "alignment_pads", "ALIGNMENTS"]
 

@@ -5,8 +5,8 @@ from collections import OrderedDict
 
 from torch import nn
 
-from ..preprocessing import CAFFE_VGG, Preprocessing
-from .base import Backbone, Tap, alignment_pads, scaled
+from fcnseg.models.preprocessing import CAFFE_VGG, Preprocessing
+from fcnseg.models.backbones.base import Backbone, Tap, alignment_pads, scaled
 
 __all__ = ["vgg16", "VGG16_BLOCKS"]
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..preprocessing import CAFFE_HED, Preprocessing, preprocessing_from_dict
-from .caffe import load_caffe, read_caffemodel
-from .common import WeightsError, backbone_name, set_preprocessing, torch_load_failure
-from .hed import HED_SHA256, HED_SOURCE, load_hed
-from .torchvision import load_torchvision
+from fcnseg.models.preprocessing import CAFFE_HED, Preprocessing, preprocessing_from_dict
+from fcnseg.models.weights.caffe import load_caffe, read_caffemodel
+from fcnseg.models.weights.common import WeightsError, backbone_name, set_preprocessing, torch_load_failure
+from fcnseg.models.weights.hed import HED_SHA256, HED_SOURCE, load_hed
+from fcnseg.models.weights.torchvision import load_torchvision
 
 __all__ = ["WeightsInfo", "WEIGHTS", "WeightsError", "WeightsNotFoundError", "detect_format", "load_weights"]
 
@@ -83,7 +83,7 @@ def load_weights(model: nn.Module, spec: str | os.PathLike) -> list[str]:
 
     Sets ``model.preprocessing`` to what the weights expect and records ``model.config["weights"]``.
     """
-    from . import hub
+    from fcnseg.models.weights import hub
 
     release = hub.resolve(spec, (getattr(model, "config", None) or {}).get("backbone"))
     if release is not None:
@@ -113,7 +113,7 @@ def load_weights(model: nn.Module, spec: str | os.PathLike) -> list[str]:
 def _load_file(model: nn.Module, path: Path) -> list[str]:
     fmt = detect_format(path)
     if fmt == "safetensors":
-        from .hub import is_caffe_layers, read_caffe_layers
+        from fcnseg.models.weights.hub import is_caffe_layers, read_caffe_layers
         if is_caffe_layers(path):  # a release's caffemodel, converted by the hub
             return load_caffe(model, read_caffe_layers(path), source=str(path))
     if fmt == "caffe":

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..preprocessing import CAFFE_VGG
-from .caffe_proto import V1_TYPES, caffe_messages
-from .common import WeightsError, fit, load_into, set_preprocessing, trunk_of
+from fcnseg.models.preprocessing import CAFFE_VGG
+from fcnseg.models.weights.caffe_proto import V1_TYPES, caffe_messages
+from fcnseg.models.weights.common import WeightsError, fit, load_into, set_preprocessing, trunk_of
 
 __all__ = ["CaffeLayer", "read_caffemodel", "parse_caffemodel", "write_caffemodel", "caffe_names", "load_caffe",
            "HEAD_SUFFIXES"]

@@ -7,10 +7,10 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ...errors import FcnsegError, first_line
-from ..backbones.base import Backbone
-from ..preprocessing import Preprocessing
-from ..surgery import fit_tensor
+from fcnseg.errors import FcnsegError, first_line
+from fcnseg.models.backbones.base import Backbone
+from fcnseg.models.preprocessing import Preprocessing
+from fcnseg.models.surgery import fit_tensor
 
 __all__ = ["WeightsError", "trunk_of", "backbone_name", "fit", "load_into", "set_preprocessing", "torch_load_failure"]
 

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...atomic import atomic_write
-from ..backbones.vgg import VGG16_BLOCKS
-from .common import WeightsError, fit, load_into, trunk_of
+from fcnseg.atomic import atomic_write
+from fcnseg.models.backbones.vgg import VGG16_BLOCKS
+from fcnseg.models.weights.common import WeightsError, fit, load_into, trunk_of
 
 __all__ = ["HED_SHA256", "HED_SOURCE", "cache_dir", "hed_state_dict", "load_hed"]
 

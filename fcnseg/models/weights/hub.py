@@ -33,12 +33,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...atomic import atomic_write, write_json
-from ..fusion import StreamPreprocessing
-from ..preprocessing import CAFFE_VGG, TORCHVISION, Preprocessing
-from .caffe import CaffeLayer, read_caffemodel
-from .common import WeightsError
-from .hed import _sha256_file, cache_dir
+from fcnseg.atomic import atomic_write, write_json
+from fcnseg.models.fusion import StreamPreprocessing
+from fcnseg.models.preprocessing import CAFFE_VGG, TORCHVISION, Preprocessing
+from fcnseg.models.weights.caffe import CaffeLayer, read_caffemodel
+from fcnseg.models.weights.common import WeightsError
+from fcnseg.models.weights.hed import _sha256_file, cache_dir
 
 __all__ = ["Release", "RELEASES", "DownloadError", "resolve", "release_arguments", "fetch", "load_release",
            "read_caffe_layers", "is_caffe_layers", "download"]
@@ -323,7 +323,7 @@ def _convert(release: Release, raw: Path, digest: str, target: Path, record: Pat
         meta.update(format=CAFFE_LAYERS_FORMAT,
                     layers=json.dumps([[layer.name, layer.type, len(layer.blobs)] for layer in layers]))
     else:
-        from . import _read_tensors
+        from fcnseg.models.weights import _read_tensors
         state = _read_tensors(raw, "torch")
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
@@ -374,7 +374,7 @@ def load_release(model: nn.Module, release: Release, *, progress: bool = True) -
     A Caffe release's every layer with blobs must find a place in the model: one left over
     means the net or the layer-name mapping is wrong, and is an error rather than silently random.
     """
-    from . import load_weights
+    from fcnseg.models.weights import load_weights
 
     path = fetch(release, progress=progress)
     unused = load_weights(model, path)

@@ -13,14 +13,14 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ..preprocessing import TORCHVISION, Preprocessing
-from .common import WeightsError, backbone_name, fit, load_into, set_preprocessing, trunk_of
+from fcnseg.models.preprocessing import TORCHVISION, Preprocessing
+from fcnseg.models.weights.common import WeightsError, backbone_name, fit, load_into, set_preprocessing, trunk_of
 
 __all__ = ["torchvision_names", "torchvision_preprocessing", "convert_torchvision", "load_torchvision"]
 
 
 def _backbone_module(backbone: str):
-    from ..backbones import BACKBONES
+    from fcnseg.models.backbones import BACKBONES
     if backbone not in BACKBONES:
         raise WeightsError(f"unknown backbone {backbone!r}; choose from {sorted(BACKBONES)}")
     return importlib.import_module(BACKBONES[backbone].__module__)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 import fcnseg
-from fcnseg.engine.checkpoint import save_checkpoint
+from fcnseg.models.checkpoint import save_checkpoint
 
 HERE = Path(__file__).resolve().parent
 NETS = {

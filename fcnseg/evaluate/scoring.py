@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..atomic import atomic_write
-from ..errors import ConfigError, FcnsegError
-from .metrics import METRIC_NAMES, ConfusionMatrix
+from fcnseg.atomic import atomic_write
+from fcnseg.errors import ConfigError, FcnsegError
+from fcnseg.evaluate.metrics import METRIC_NAMES, ConfusionMatrix
 
 __all__ = ["evaluate", "format_table", "save_metrics", "model_heads"]
 
@@ -95,15 +95,15 @@ def evaluate(model: nn.Module, dataset: Dataset, *, device: str | torch.device =
     ``fcnseg.data.collate_pad`` so padding is never counted (the model still sees the padded image).
     ``flip`` scores each image as the mean of its and its mirror's class probabilities (test-time
     flip augmentation; twice the model time). Items may carry a third element, the frozen
-    backbone prefix's features (``fcnseg.engine.train_data.CachedItems``): the net then resumes
+    backbone prefix's features (``fcnseg.train.data.CachedItems``): the net then resumes
     from them and the image only gives the size. Confusion matrices accumulate on ``device``; ``reducer`` (e.g. ``distributed.all_reduce_sum``) sums
     them across processes, each rank evaluating its ``sampler`` shard.
 
-    Returns the metrics of :func:`fcnseg.engine.metrics.compute_metrics` (fractions 0–1) — for a
+    Returns the metrics of :func:`fcnseg.evaluate.metrics.compute_metrics` (fractions 0–1) — for a
     multi-head model one such dict per head name — plus ``images`` and ``timing`` (seconds spent waiting
     for data, in the model incl. preprocessing and argmax, and accumulating metrics; ``total``).
     """
-    from ..argcheck import module_arg, whole_number
+    from fcnseg.argcheck import module_arg, whole_number
 
     module_arg(model)
     if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")) or isinstance(dataset, (str, bytes)):
@@ -117,7 +117,7 @@ def evaluate(model: nn.Module, dataset: Dataset, *, device: str | torch.device =
     excl = _per_head_exclude(exclude, heads)
     ignore = int(getattr(dataset, "ignore_index", 255))
     if collate_fn is None and batch_size > 1:
-        from ..data import collate_pad
+        from fcnseg.data import collate_pad
 
         collate_fn = functools.partial(collate_pad, ignore_index=ignore)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=workers,
@@ -153,7 +153,7 @@ def evaluate(model: nn.Module, dataset: Dataset, *, device: str | torch.device =
                 if bar is not None:
                     bar.update(1)
     except FcnsegError as e:  # raised in a DataLoader worker: its own message, not torch's wrapper
-        from .train_data import unwrap_worker_error
+        from fcnseg.train.data import unwrap_worker_error
 
         raise unwrap_worker_error(e) from None
     finally:

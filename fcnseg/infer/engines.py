@@ -2,7 +2,7 @@
 
 * :class:`TorchEngine` — PyTorch eager (``inference_mode``), optional channels_last, bf16/fp16
   autocast, ``torch.compile`` and CUDA graphs for fixed sizes.
-* :class:`OrtEngine` — an ONNX file (from :func:`fcnseg.export.export_onnx`, fp32 or int8) in ONNX
+* :class:`OrtEngine` — an ONNX file (from :func:`fcnseg.infer.export.export_onnx`, fp32 or int8) in ONNX
   Runtime; preprocessing and heads come from the file's metadata.
 * :func:`choose_engine` — the fastest *exact* engine for a device.
 
@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ..models.preprocessing import Preprocessing
+from fcnseg.errors import ConfigError
+from fcnseg.models.preprocessing import Preprocessing
 
 __all__ = ["Engine", "TorchEngine", "OrtEngine", "EngineModule", "TrimmedOrtEngine", "choose_engine", "DTYPES", "ort_available"]
 
@@ -46,7 +46,7 @@ class Engine(ABC):
 
     name: str = "engine"
     exact: bool = True          # same function as the fp32 PyTorch model (up to fp32 rounding)
-    output_stride: int = 1      # tiles start on multiples of it (see fcnseg.engine.predict.predict_labels)
+    output_stride: int = 1      # tiles start on multiples of it (see fcnseg.infer.predict.predict_labels)
     input_padding: int = 0      # px the network pads its input by (the size guard counts them)
     heads: dict[str, int]
     preprocessing: Preprocessing
@@ -64,14 +64,14 @@ class Engine(ABC):
         return {"engine": self.name, "exact": self.exact}
 
     def as_module(self) -> "EngineModule":
-        """An ``nn.Module`` view (for :func:`fcnseg.engine.evaluate.evaluate`): identity preprocessing,
+        """An ``nn.Module`` view (for :func:`fcnseg.evaluate.scoring.evaluate`): identity preprocessing,
         ``forward`` = ``predict_scores`` on RGB 0–255 images."""
         return EngineModule(self)
 
     @staticmethod
     def _batch(images) -> torch.Tensor:
         """N×C×H×W float images from a tensor, PIL image or numpy array (:func:`fcnseg.data.io.as_image_batch`)."""
-        from ..data.io import as_image_batch
+        from fcnseg.data.io import as_image_batch
 
         return as_image_batch(images, "images", channels=None)[0]
 
@@ -107,7 +107,7 @@ class TorchEngine(Engine):
     (``dynamic=False``; recompiles per size). ``cuda_graphs``: capture one CUDA graph per input
     shape and replay it (fixed sizes; CUDA only; the scores returned are copies). ``trim``: skip
     the image-independent pad-100 border of Caffe-aligned VGG nets (exact, see
-    :mod:`fcnseg.engine.trim`).
+    :mod:`fcnseg.models.trimmed`).
     """
 
     def __init__(self, model: nn.Module, device: str | torch.device = "cpu", *, channels_last: bool | None = None,
@@ -130,7 +130,7 @@ class TorchEngine(Engine):
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if trim:
-            from .trim import TrimmedFCN
+            from fcnseg.models.trimmed import TrimmedFCN
 
             # torch.compile: no strips (each strip's shape would be one more compiled graph)
             self.model = TrimmedFCN(self.model, strip_bytes=0 if compile else None)
@@ -211,7 +211,7 @@ class OrtEngine(Engine):
             import onnxruntime as ort
         except ImportError:
             raise ConfigError("the ONNX Runtime engine needs onnxruntime: pip install 'fcnseg[onnx]'") from None
-        from ..export import _decode_meta
+        from fcnseg.infer.export import _decode_meta
 
         path = Path(onnx_path)
         if not path.is_file():
@@ -290,20 +290,20 @@ def _map_large_buffers(threshold: int = 2**20) -> bool:
 
 
 def _stride(model: nn.Module) -> int:
-    from .predict import output_stride
+    from fcnseg.infer.predict import output_stride
 
     return output_stride(model)
 
 
 def _padding(model: nn.Module) -> int:
-    from .predict import input_padding
+    from fcnseg.infer.predict import input_padding
 
     return input_padding(model)
 
 
 def _model_key(model: nn.Module) -> str:
     """Checksum of the weights, config and preprocessing: names cached exports of this exact model."""
-    from .checkpoint import state_checksum
+    from fcnseg.models.checkpoint import state_checksum
 
     meta = json.dumps([getattr(model, "config", {}), model.preprocessing.to_dict()], sort_keys=True, default=str)
     return state_checksum(model.state_dict())[:16] + hashlib.sha256(meta.encode()).hexdigest()[:8]
@@ -352,7 +352,7 @@ def _open_cached(path: Path, key: str, *, threads: int | None = None, low_memory
 def _export_cached(export, path: Path, key: str) -> bool:
     """``export(path)`` into the cache, then its checksum beside it; False (with a warning) when the
     cache folder cannot be written."""
-    from ..atomic import WriteError, write_text
+    from fcnseg.atomic import WriteError, write_text
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -373,7 +373,7 @@ def _ort_from_model(model: nn.Module, threads: int | None = None, cache_dir: str
     """Export ``model`` to ONNX (dynamic size) and open it. Without ``cache_dir`` (or when it cannot be
     written) the file is temporary (the session holds the weights); with it, the export is kept under the
     model's checksum and reused once verified (:func:`_open_cached`)."""
-    from ..export import export_onnx
+    from fcnseg.infer.export import export_onnx
 
     key = _model_key(model)
     if cache_dir is not None:
@@ -390,7 +390,7 @@ def _ort_from_model(model: nn.Module, threads: int | None = None, cache_dir: str
 
 class TrimmedOrtEngine(Engine):
     """The exact CPU fast path for Caffe-aligned VGG nets: the border-trimmed net
-    (:mod:`fcnseg.engine.trim`) exported for each input size met, run in ONNX Runtime with
+    (:mod:`fcnseg.models.trimmed`) exported for each input size met, run in ONNX Runtime with
     ``low_memory``. One session is alive at a time (each holds the weights); exports go to
     ``cache_dir`` under the model's checksum and size (the ``keep`` most recently used are kept;
     each is the size of the weights) or, without ``cache_dir``, to a temporary folder.
@@ -425,7 +425,7 @@ class TrimmedOrtEngine(Engine):
         return self.cache_dir / f"fcnseg-{self.key}-{size[0]}x{size[1]}-trim.onnx"
 
     def _open(self, size: tuple[int, int]) -> OrtEngine:
-        from ..export import export_onnx
+        from fcnseg.infer.export import export_onnx
 
         self._session = None  # free the previous size's weights before loading the next
         path = self._path(size)
@@ -503,7 +503,7 @@ def choose_engine(model: nn.Module, device: str | torch.device = "cpu", *, exact
     backbone allows it (exact). CUDA: PyTorch bf16 autocast + channels_last (scores differ at the
     bf16 level, labels rarely); ``exact=True`` keeps fp32 there.
     """
-    from .trim import trim_supported
+    from fcnseg.models.trimmed import trim_supported
 
     device = torch.device(device)
     if device.type == "cuda":

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..atomic import write_error
-from ..data.io import DEFAULT_MAX_PIXELS, TooManyPixelsError, load_image_file, shown, to_rgb_uint8
-from ..errors import FcnsegError
-from .visualize import colorize, overlay, save_image
+from fcnseg.atomic import write_error
+from fcnseg.data.io import DEFAULT_MAX_PIXELS, TooManyPixelsError, load_image_file, shown, to_rgb_uint8
+from fcnseg.errors import FcnsegError
+from fcnseg.visualize import colorize, overlay, save_image
 
 __all__ = ["ImageReadError", "ImageTooLargeError", "load_image", "read_rgb_uint8", "iter_image_paths",
            "predict_paths", "predict_labels", "output_stride", "input_padding", "make_output_dir",

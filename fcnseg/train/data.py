@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..config import DataConfig
-from ..models import FCN
-from ..models.preprocessing import Preprocessing
-from .losses import apply_patch_sampling
+from fcnseg.config import DataConfig
+from fcnseg.models import FCN
+from fcnseg.models.preprocessing import Preprocessing
+from fcnseg.train.losses import apply_patch_sampling
 
 __all__ = ["unwrap_worker_error", "build_transform", "cacheable", "First", "Transformed", "GlobalBatchSampler",
            "SeededItems", "collate_seeded", "FeatureCache", "CachedItems", "item_seed", "fill_value"]
@@ -73,7 +73,7 @@ def cacheable(d: DataConfig) -> bool:
 def build_transform(d: DataConfig, pre: Preprocessing, train: bool, flip: bool = True):
     """Resize (train and val), then for training random scale, crop, flip, jitter as configured
     (``flip=False`` leaves the flip out: the feature cache draws it itself)."""
-    from ..data import transforms as T
+    from fcnseg.data import transforms as T
 
     ts: list[Any] = []
     if d.resize and d.resize != 1:
@@ -172,7 +172,7 @@ def patch_sample(label: Any, p: float, seed: int) -> Any:
 
 def collate_seeded(items: Sequence[tuple[torch.Tensor, Any, int]]):
     """``collate_pad`` of (image, label) plus the items' seeds."""
-    from ..data import collate_pad
+    from fcnseg.data import collate_pad
 
     images, labels = collate_pad([(im, lab) for im, lab, _ in items])
     return images, labels, torch.tensor([s for _, _, s in items], dtype=torch.int64)
@@ -258,7 +258,7 @@ class FeatureCache:
             self.add_mirrors(model, dataset, device, transform)
 
     def _compute(self, model: FCN, dataset: Any, device: torch.device, transform, mirrored: bool) -> list:
-        from ..data.transforms import RandomHorizontalFlip
+        from fcnseg.data.transforms import RandomHorizontalFlip
 
         mirror = RandomHorizontalFlip(p=1.0)
         bb = model.backbone
@@ -304,7 +304,7 @@ class FeatureCache:
         reproduce``) computes the features once: a recent cache serves any later model whose
         frozen stages have the same weights (checksummed) and whose taps it holds, on the same
         data (root, split, length) and transform; a run that flips adds the mirrors to it once."""
-        from .checkpoint import state_checksum
+        from fcnseg.models.checkpoint import state_checksum
 
         bb = model.backbone
         sums = {n: state_checksum(bb.stages[n].state_dict()) for n in frozen}
@@ -350,7 +350,7 @@ class FeatureCache:
 
 
 class CachedItems(_Wrapper):
-    """A :class:`FeatureCache` of ``dataset`` as items for :func:`fcnseg.engine.evaluate.evaluate`:
+    """A :class:`FeatureCache` of ``dataset`` as items for :func:`fcnseg.evaluate.scoring.evaluate`:
     a size-only image ``(0, H, W)``, the label, and ``{"features": ..., "mirrored": ...}`` (mirrored
     when the cache holds mirrors), so scoring resumes the net after the frozen prefix. Other
     attributes (classes, ignore_index, ...) are the dataset's."""

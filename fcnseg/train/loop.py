@@ -27,18 +27,18 @@ import torch.distributed as dist
 import yaml
 from torch.utils.data import DataLoader, Sampler
 
-from ..atomic import remove_stale_temporaries, write_text
-from ..config import RunConfig, apply_preset
-from ..errors import CheckpointError, ConfigError, FcnsegError, first_line
-from . import distributed as D
-from .checkpoint import load_checkpoint, save_checkpoint
-from .evaluate import plain
-from .losses import IGNORE_INDEX, check_labels, loss_denominator, loss_numerator
-from .optim import build_optimizer, build_scheduler
-from .runlog import CsvLog, RunLock, StopRequest, TensorBoard, write_csv
-from .train_data import (FeatureCache, First, GlobalBatchSampler, SeededItems, Transformed, build_transform,
+from fcnseg.atomic import remove_stale_temporaries, write_text
+from fcnseg.config import RunConfig, apply_preset
+from fcnseg.errors import CheckpointError, ConfigError, FcnsegError, first_line
+from fcnseg import distributed as D
+from fcnseg.models.checkpoint import load_checkpoint, save_checkpoint
+from fcnseg.evaluate.scoring import plain
+from fcnseg.train.losses import IGNORE_INDEX, check_labels, loss_denominator, loss_numerator
+from fcnseg.train.optim import build_optimizer, build_scheduler
+from fcnseg.train.runlog import CsvLog, RunLock, StopRequest, TensorBoard, write_csv
+from fcnseg.train.data import (FeatureCache, First, GlobalBatchSampler, SeededItems, Transformed, build_transform,
                          cacheable, collate_seeded, unwrap_worker_error)
-from .train_model import (build_model, dataset_classes, freeze_backbone, init_from_checkpoint, keep_frozen_eval)
+from fcnseg.train.model import (build_model, dataset_classes, freeze_backbone, init_from_checkpoint, keep_frozen_eval)
 
 __all__ = ["train", "score", "rng_state", "set_rng_state"]
 
@@ -243,7 +243,7 @@ class _Run:
     def _datasets(self, train_set: Any, val_set: Any) -> tuple[Any, Any]:
         d, t = self.cfg.data, self.cfg.train
         if train_set is None or (val_set is None and d.val_split):
-            from ..data import build_dataset
+            from fcnseg.data import build_dataset
 
             if d.root is None:
                 raise ConfigError("data.root is not set (the dataset's folder)")
@@ -287,7 +287,7 @@ class _Run:
         if isinstance(self.classes, dict):
             raise ConfigError("train.class_weights is not supported for multi-head datasets")
         if cw == "median-frequency":
-            from ..data import median_frequency_weights
+            from fcnseg.data import median_frequency_weights
 
             w = median_frequency_weights(self.train_raw, self.classes)
             self._say("median-frequency class weights: " + " ".join(f"{x:.4g}" for x in w.tolist()))
@@ -486,7 +486,7 @@ class _Run:
     def _evaluate(self) -> dict | None:
         if self.val_raw is None:
             return None
-        from .evaluate import evaluate  # a broken import is a bug to see, not a reason to skip validation
+        from fcnseg.evaluate.scoring import evaluate  # a broken import is a bug to see, not a reason to skip validation
         t = self.cfg.train
         tf = build_transform(self.cfg.data, self.pre, train=False)
         devices = [self.device.index or 0] if self.device.type == "cuda" else []

@@ -8,12 +8,12 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-from ..config import ModelConfig
-from ..errors import CheckpointError, ConfigError, FcnsegError
-from ..models import FCN, create_model
-from ..models.fusion import StreamPreprocessing
-from ..models.preprocessing import Preprocessing
-from .checkpoint import load_checkpoint
+from fcnseg.config import ModelConfig
+from fcnseg.errors import CheckpointError, ConfigError, FcnsegError
+from fcnseg.models import FCN, create_model
+from fcnseg.models.fusion import StreamPreprocessing
+from fcnseg.models.preprocessing import Preprocessing
+from fcnseg.models.checkpoint import load_checkpoint
 
 __all__ = ["dataset_classes", "build_model", "init_from_checkpoint", "freeze_backbone", "set_dropout",
            "override_preprocessing"]

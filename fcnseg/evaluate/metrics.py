@@ -32,7 +32,7 @@ class ConfusionMatrix:
     """
 
     def __init__(self, num_classes: int, device: str | torch.device = "cpu", ignore_index: int = 255) -> None:
-        from ..argcheck import whole_number
+        from fcnseg.argcheck import whole_number
 
         if whole_number(num_classes, "num_classes") < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")

@@ -10,11 +10,11 @@ from typing import Any
 
 import torch
 
-from ..atomic import atomic_write
-from ..errors import CheckpointError, first_line
-from ..models import FCN, create_model
-from ..models.preprocessing import Preprocessing, preprocessing_from_dict
-from ..models.weights.common import torch_load_failure
+from fcnseg.atomic import atomic_write
+from fcnseg.errors import CheckpointError, first_line
+from fcnseg.models import FCN, create_model
+from fcnseg.models.preprocessing import Preprocessing, preprocessing_from_dict
+from fcnseg.models.weights.common import torch_load_failure
 
 __all__ = ["save_checkpoint", "load_checkpoint", "model_from_checkpoint", "state_checksum"]
 
@@ -38,7 +38,7 @@ def save_checkpoint(path: str | os.PathLike, model: FCN, **extra: Any) -> Path:
     ``extra`` holds only tensors, numbers, strings, lists and dicts (optimizer state, step,
     RNG states, train config), so it loads with ``weights_only=True``.
     """
-    from ..argcheck import module_arg, path_arg
+    from fcnseg.argcheck import module_arg, path_arg
 
     path, model = path_arg(path, "path"), module_arg(model)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +52,7 @@ def save_checkpoint(path: str | os.PathLike, model: FCN, **extra: Any) -> Path:
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and verify a checkpoint; any defect is a one-line ``CheckpointError`` naming the file."""
-    from ..argcheck import path_arg
+    from fcnseg.argcheck import path_arg
 
     path = path_arg(path, "path")
     if not path.is_file():
@@ -139,7 +139,7 @@ def _byte_state(v: Any, field: str, n: int | None) -> None:
 
 
 def _rng_state(s: Any, field: str) -> None:
-    """One rank's RNG states as :func:`fcnseg.engine.train.rng_state` writes them."""
+    """One rank's RNG states as :func:`fcnseg.train.loop.rng_state` writes them."""
     if not isinstance(s, dict) or not {"torch", "numpy", "python"} <= set(s):
         raise _Bad(field, "must be a mapping with torch, numpy and python states")
     _byte_state(s["torch"], f"{field}.torch", _TORCH_RNG_BYTES)
@@ -176,8 +176,8 @@ def _mapping(v: Any, field: str) -> None:
 
 
 def _run_config(v: Any, field: str) -> None:
-    from ..config import RunConfig
-    from ..errors import ConfigError
+    from fcnseg.config import RunConfig
+    from fcnseg.errors import ConfigError
 
     _mapping(v, field)
     try:

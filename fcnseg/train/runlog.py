@@ -11,8 +11,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write, write_error
-from ..errors import FcnsegError, first_line
+from fcnseg.atomic import atomic_write, write_error
+from fcnseg.errors import FcnsegError, first_line
 
 __all__ = ["CsvLog", "TensorBoard", "StopRequest", "RunLock", "LOG_FIELDS", "write_csv"]
 

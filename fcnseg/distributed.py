@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import ConfigError
+from fcnseg.errors import ConfigError
 
 __all__ = ["DistContext", "setup", "cleanup", "is_distributed", "rank", "world_size", "is_main",
            "barrier", "all_reduce_sum", "all_reduce_max", "wrap_model", "unwrap", "env_world_size"]

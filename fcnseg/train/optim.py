@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from fcnseg.errors import ConfigError
 
 __all__ = ["param_groups", "build_optimizer", "build_scheduler", "lr_factor"]
 

@@ -2,7 +2,7 @@
 
 The graph takes *preprocessed* images (what ``FCN.forward`` takes); the preprocessing, class count
 and model config travel in the ONNX ``metadata_props`` (keys ``fcnseg.*``) so that
-:class:`fcnseg.engine.runtime.OrtEngine` applies them to RGB 0–255 input.
+:class:`fcnseg.infer.engines.OrtEngine` applies them to RGB 0–255 input.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from .atomic import atomic_write, write_bytes
-from .errors import ConfigError, FcnsegError
+from fcnseg.atomic import atomic_write, write_bytes
+from fcnseg.errors import ConfigError, FcnsegError
 
 __all__ = ["ExportError", "export_onnx", "export_torch", "read_onnx_metadata", "quantize_onnx",
            "verify_onnx", "add_export_arguments", "main_export", "model_from_args"]
@@ -53,8 +53,8 @@ def _heads(model: nn.Module) -> dict[str, int]:
 
 
 def _metadata(model: nn.Module) -> dict[str, str]:
-    from . import __version__
-    from .engine.predict import input_padding, output_stride
+    from fcnseg import __version__
+    from fcnseg.infer.predict import input_padding, output_stride
 
     heads = _heads(model)
     meta = {"heads": json.dumps(heads), "num_classes": json.dumps(getattr(model, "num_classes", heads)),
@@ -102,11 +102,11 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17, d
     runs ONNX Runtime on ``verify_sizes`` (when installed) and raises :class:`ExportError` if any
     score differs from PyTorch's by more than ``atol`` (relative to the scores' scale).
 
-    ``trim``: export :class:`fcnseg.engine.trim.TrimmedFCN` (exact, skips the image-independent
+    ``trim``: export :class:`fcnseg.models.trimmed.TrimmedFCN` (exact, skips the image-independent
     pad-100 border); its plan depends on the size, so it needs ``dynamic=False`` (one ``example_size``).
     ``metadata``: extra ``fcnseg.*`` entries (JSON-encoded), e.g. the engine cache's model key.
     """
-    from .argcheck import module_arg, path_arg, size_arg
+    from fcnseg.argcheck import module_arg, path_arg, size_arg
 
     model, path, example_size = module_arg(model), path_arg(path, "path"), size_arg(example_size, "example_size")
     if not atol >= 0:
@@ -116,7 +116,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17, d
         raise ValueError(f"opset must be a whole number in {low}..{high} (torch {torch.__version__}), got {opset!r}")
     onnx = _require_onnx()
     if trim:
-        from .engine.trim import TrimmedFCN
+        from fcnseg.models.trimmed import TrimmedFCN
 
         if dynamic:
             raise ExportError("trim=True exports one fixed input size: pass dynamic=False and example_size")
@@ -186,7 +186,7 @@ def _stdout_discarded():
 
 def _exporter_reason(e: BaseException) -> str:
     """The exporter's reason in one short line: no IR dump (``[Caused by ...``), no issue-tracker plea."""
-    from .errors import first_line
+    from fcnseg.errors import first_line
 
     text = first_line(e, limit=10**6).split("[Caused by")[0].split(" Please feel free")[0].strip()
     return text if len(text) <= 300 else text[:297] + "..."
@@ -258,7 +258,7 @@ def export_torch(model: nn.Module, path: str | os.PathLike, *, dynamic: bool = T
     ceil-mode pooling and the crop/``min`` in the head produce, which hold for every size but which
     the symbolic solver cannot prove. On older torch pass ``dynamic=False`` (one fixed size).
     """
-    from .argcheck import module_arg, path_arg, size_arg
+    from fcnseg.argcheck import module_arg, path_arg, size_arg
 
     model, path, example_size = module_arg(model), path_arg(path, "path"), size_arg(example_size, "example_size")
     if path.suffix.lower() != ".pt2":
@@ -302,7 +302,7 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calibration: I
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError:
         raise ExportError("int8 quantization needs onnxruntime: pip install 'fcnseg[onnx]'") from None
-    from .models.preprocessing import Preprocessing
+    from fcnseg.models.preprocessing import Preprocessing
 
     src, dst = Path(src), Path(dst)
     if not src.is_file():
@@ -414,9 +414,9 @@ def supported_opsets() -> tuple[int, int]:
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``fcnseg export``."""
-    from .cli.common import add_size, int_range, positive_int
-    from .models.backbones import BACKBONES
-    from .models.registry import MODELS
+    from fcnseg.cli.common import add_size, int_range, positive_int
+    from fcnseg.models.backbones import BACKBONES
+    from fcnseg.models.registry import MODELS
 
     src = p.add_argument_group("model (a checkpoint, or a model built by name)")
     src.add_argument("--checkpoint", help="a checkpoint written by fcnseg train")
@@ -444,10 +444,10 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 def model_from_args(args: argparse.Namespace) -> nn.Module:
     """The model an ``fcnseg export``/``bench`` command names: a checkpoint or a fresh ``create_model``."""
     if getattr(args, "checkpoint", None):
-        from .engine.checkpoint import model_from_checkpoint
+        from fcnseg.models.checkpoint import model_from_checkpoint
 
         return model_from_checkpoint(args.checkpoint, map_location="cpu")[0]
-    from .models import create_model
+    from fcnseg.models import create_model
 
     try:
         return create_model(args.model, args.num_classes, backbone=args.backbone, alignment=args.alignment,
@@ -459,7 +459,7 @@ def model_from_args(args: argparse.Namespace) -> nn.Module:
 
 
 def _calibration_images(folder: str, count: int) -> list[torch.Tensor]:
-    from .engine.predict import iter_image_paths, load_image
+    from fcnseg.infer.predict import iter_image_paths, load_image
 
     paths = list(iter_image_paths([folder]))[:count]
     if not paths:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..atomic import atomic_write
+from fcnseg.atomic import atomic_write
 
 __all__ = ["colorize", "overlay", "plot_confusion", "plot_curves", "to_rgb_array", "save_image"]
 

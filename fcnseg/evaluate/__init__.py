@@ -1,0 +1,1 @@
+"""Scoring: the confusion matrix, the paper's four metrics, tables and reports."""

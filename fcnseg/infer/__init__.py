@@ -1,0 +1,1 @@
+"""Inference: predict, the engines and their names, export."""
