@@ -12,7 +12,8 @@ import torch
 
 from fcnseg.atomic import atomic_write
 from fcnseg.errors import CheckpointError, first_line
-from fcnseg.models import FCN, create_model
+from fcnseg.models import create_model
+from fcnseg.models.base import ModelSpec, SegmentationModel
 from fcnseg.models.preprocessing import Preprocessing, preprocessing_from_dict
 from fcnseg.models.weights.common import torch_load_failure
 
@@ -32,7 +33,7 @@ def state_checksum(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(path: str | os.PathLike, model: FCN, **extra: Any) -> Path:
+def save_checkpoint(path: str | os.PathLike, model: SegmentationModel, **extra: Any) -> Path:
     """Write ``{"model", "config", "preprocessing", "checksum", **extra}`` atomically.
 
     ``extra`` holds only tensors, numbers, strings, lists and dicts (optimizer state, step,
@@ -43,7 +44,7 @@ def save_checkpoint(path: str | os.PathLike, model: FCN, **extra: Any) -> Path:
     path, model = path_arg(path, "path"), module_arg(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {"format": FORMAT, "model": state, "config": dict(model.config),
+    payload = {"format": FORMAT, "model": state, "config": model.spec.to_dict(),
                "preprocessing": model.preprocessing.to_dict(), "checksum": state_checksum(state), **extra}
     with atomic_write(path) as f:
         torch.save(payload, f)
@@ -251,16 +252,20 @@ def check_fields(path: str | os.PathLike, ckpt: dict[str, Any]) -> None:
 
 
 def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
-                          num_classes: int | None = None) -> tuple[FCN, dict[str, Any]]:
+                          num_classes: int | None = None) -> tuple[SegmentationModel, dict[str, Any]]:
     """Rebuild the model a checkpoint was trained as, load its weights, return (model, checkpoint)."""
     ckpt = load_checkpoint(path, map_location)
-    cfg = dict(ckpt["config"])
-    if num_classes is not None and cfg.get("num_classes") != num_classes:
-        raise CheckpointError(f"checkpoint {path} has {cfg.get('num_classes')} classes, expected {num_classes}")
-    cfg.pop("weights", None)
-    name, classes = cfg.pop("name", None), cfg.pop("num_classes", None)
-    if cfg.get("streams"):
-        cfg.setdefault("fusion", "sum")  # late-fusion checkpoints from before model.fusion summed their streams
+    try:
+        spec = ModelSpec.from_dict(ckpt["config"])
+    except Exception as e:  # no name, odd field types: the config was not written by fcnseg
+        raise CheckpointError(f"checkpoint {path}: its config does not build a model ({first_line(e)})") from None
+    if num_classes is not None and spec.num_classes != num_classes:
+        raise CheckpointError(f"checkpoint {path} has {spec.num_classes} classes, expected {num_classes}")
+    options = {k: v for k, v in spec.options.items() if k != "weights"}
+    if spec.streams:
+        options.setdefault("fusion", "sum")  # late-fusion checkpoints from before model.fusion summed their streams
+    cfg = ModelSpec(**{**vars(spec), "options": options}).to_dict()
+    name, classes = cfg.pop("name"), cfg.pop("num_classes")
     try:  # on the meta device first: a forged config (say width=100) must not allocate before it is checked
         with torch.device("meta"):
             shapes = {k: tuple(v.shape) for k, v in create_model(name, classes, **cfg).state_dict().items()}

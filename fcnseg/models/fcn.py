@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from fcnseg.models.backbones.base import Backbone
+from fcnseg.models.base import CUSTOM, ModelSpec, SegmentationModel
 from fcnseg.models.geometry import CoordMap, crop_offset, layer_map
 from fcnseg.models.preprocessing import Preprocessing
 from fcnseg.models.upsample import Upsample
@@ -34,28 +35,30 @@ class _Fuse:
     skip: int      # crop of the skip tap's score map
 
 
-class FCN(nn.Module):
-    """Backbone + skip head. ``forward`` takes preprocessed images, returns N×K×H×W scores.
+class FCN(SegmentationModel):
+    """Backbone + skip head (a :class:`SegmentationModel`): preprocessed images → per-head N×K×H×W scores.
 
-    Offsets are derived once, at construction, from the layers' coordinate maps; the output
-    is cropped to exactly the input's H×W.
+    ``head`` says which taps fuse; ``spec`` is what rebuilds the net (``create_model`` passes it; built
+    directly, a spec named ``"custom"`` records the classes). Offsets are derived once, at construction,
+    from the layers' coordinate maps; the output is cropped to exactly the input's H×W.
     """
 
-    def __init__(self, backbone: Backbone, num_classes: int | dict[str, int], spec: HeadSpec, *,
-                 learn_upsampling: bool = False) -> None:
+    def __init__(self, backbone: Backbone, num_classes: int | dict[str, int], head: HeadSpec, *,
+                 learn_upsampling: bool = False, spec: ModelSpec | None = None) -> None:
         super().__init__()
+        self.spec = spec or ModelSpec(CUSTOM, num_classes, CUSTOM, learn_upsampling=learn_upsampling)
+        spec = head
         taps = [backbone.deepest_at(t) if isinstance(t, int) else backbone.tap(t) for t in spec.taps]
         if any(a.stride <= b.stride for a, b in zip(taps, taps[1:])):
             raise ValueError(f"taps must go from coarse to fine strides: {taps}")
         order = [t.name for t in backbone.taps]
         backbone.truncate(max((t.name for t in taps), key=order.index))
         self.backbone = backbone
-        self.spec = spec
+        self.head = spec
         self.tap_names = [t.name for t in taps]
         self.tap_scales = {t.name: float(spec.tap_scales.get(s, spec.tap_scales.get(t.name, 1.0)))
                            for t, s in zip(taps, spec.taps)}
         self.heads = dict(num_classes) if isinstance(num_classes, dict) else {"out": int(num_classes)}
-        self.num_classes = num_classes
         self.score = nn.ModuleDict({
             h: nn.ModuleDict({t.name: _zero_conv(t.channels, k) for t in taps}) for h, k in self.heads.items()
         })
@@ -100,14 +103,25 @@ class FCN(nn.Module):
     def preprocessing(self, value: Preprocessing) -> None:
         self.backbone.preprocessing = value
 
-    def forward(self, x: torch.Tensor, features: dict[str, torch.Tensor] | None = None
-                ) -> torch.Tensor | dict[str, torch.Tensor]:
-        """Scores at the input's H×W. ``features``: precomputed backbone taps to resume from
-        (see ``Backbone.forward``); ``x`` then only gives the output size."""
-        h, w = x.shape[-2:]
-        feats = self.backbone(None if features else x, set(self.tap_names), start=features)
-        outs = {head: self._head(head, feats, h, w) for head in self.heads}
-        return outs["out"] if list(outs) == ["out"] else outs
+    @property
+    def output_stride(self) -> int:
+        return int(self.backbone.tap(self.tap_names[0]).stride)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.backbone.in_channels)
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.backbone(x, set(self.tap_names))
+
+    def forward_features(self, features: dict[str, torch.Tensor], size: tuple[int, int]
+                         ) -> dict[str, torch.Tensor]:
+        """Scores at H×W = ``size`` from backbone taps: the head's own, or earlier ones the trunk resumes
+        from (see ``Backbone.forward``'s ``start``)."""
+        h, w = size
+        if not set(self.tap_names) <= set(features):
+            features = self.backbone(None, set(self.tap_names), start=features)
+        return {head: self._head(head, features, h, w) for head in self.heads}
 
     def _head(self, head: str, feats: dict[str, torch.Tensor], h: int, w: int) -> torch.Tensor:
         scores, ups = self.score[head], self.upsample[head]
@@ -125,31 +139,6 @@ class FCN(nn.Module):
         if y.shape[-2] < o + h or y.shape[-1] < o + w:
             raise RuntimeError(f"score map {tuple(y.shape[-2:])} too small for a {h}×{w} input at offset {o}")
         return y[..., o:o + h, o:o + w]
-
-    @torch.inference_mode()
-    def predict(self, images) -> torch.Tensor:
-        """Label maps for RGB 0–255 images: a tensor N×C×H×W or C×H×W (uint8 or float), a PIL image or a
-        numpy H×W×3 / H×W array (see :func:`fcnseg.data.io.as_image_batch`); applies the preprocessing.
-        One image in, an H×W map out; else N×H×W (a dict of them for multi-head nets)."""
-        from fcnseg.data.io import as_image_batch
-
-        x, single = as_image_batch(images, "images", _input_channels(self))
-        device = next(self.parameters()).device
-        out = self(self.preprocessing(x.to(device)))
-        out = out["out"] if isinstance(out, dict) and "out" in out else out
-        if isinstance(out, dict):
-            labels = {k: v.argmax(1) for k, v in out.items()}
-            return {k: v[0] for k, v in labels.items()} if single else labels
-        labels = out.argmax(1)
-        return labels[0] if single else labels
-
-
-def _input_channels(model: nn.Module) -> int | None:
-    """Channels the model reads: its backbone's, or the sum over a fusion net's streams."""
-    streams = getattr(model.preprocessing, "streams", None)
-    if streams is not None:
-        return sum(int(c) for _, c, _ in streams)
-    return getattr(getattr(model, "backbone", None), "in_channels", None)
 
 
 def _zero_conv(c_in: int, c_out: int) -> nn.Conv2d:

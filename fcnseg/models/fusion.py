@@ -3,72 +3,69 @@ nyud-fcn32s-color-hha ``Eltwise SUM coeff: 0.5 0.5``) or summed. Early fusion ne
 an FCN whose first conv takes more channels (``in_channels=4`` for RGB-D)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from fcnseg.models.base import CUSTOM, ModelSpec, SegmentationModel
 from fcnseg.models.fcn import FCN
-from fcnseg.models.preprocessing import Preprocessing
+from fcnseg.models.preprocessing import StreamPreprocessing
 
 __all__ = ["LateFusion", "StreamPreprocessing", "FUSIONS"]
 
 FUSIONS = ("average", "sum")
 
 
-@dataclass(frozen=True)
-class StreamPreprocessing:
-    """Each stream's preprocessing applied to its slice of the input channels."""
-
-    streams: tuple[tuple[str, int, Preprocessing], ...]   # (name, channels, preprocessing)
-    name: str = "streams"
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        parts, c0 = [], 0
-        for _, c, pre in self.streams:
-            parts.append(pre(images[..., c0:c0 + c, :, :]))
-            c0 += c
-        return torch.cat(parts, dim=-3)
-
-    def to_dict(self) -> dict:
-        return {"streams": [{"stream": n, "channels": c, "preprocessing": p.to_dict()} for n, c, p in self.streams]}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "StreamPreprocessing":
-        return cls(tuple((s["stream"], int(s["channels"]), Preprocessing.from_dict(s["preprocessing"]))
-                         for s in d["streams"]))
-
-
-class LateFusion(nn.Module):
+class LateFusion(SegmentationModel):
     """Score maps of several FCNs, each reading its own slice of the input channels, combined:
-    ``fusion="average"`` (each stream weighted 1/n, the reference's 0.5/0.5) or ``"sum"``."""
+    ``fusion="average"`` (each stream weighted 1/n, the reference's 0.5/0.5) or ``"sum"``.
 
-    def __init__(self, streams: dict[str, FCN], fusion: str = "average") -> None:
+    Its features are the streams' taps, keyed ``"<stream>/<tap>"``."""
+
+    def __init__(self, streams: dict[str, FCN], fusion: str = "average", *, spec: ModelSpec | None = None) -> None:
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         self.streams = nn.ModuleDict(streams)
         self.fusion = fusion
-        self.refresh_preprocessing()
         first = next(iter(streams.values()))
-        self.heads, self.num_classes = first.heads, first.num_classes
+        self.heads = dict(first.heads)
+        self.spec = spec or ModelSpec(CUSTOM, self.heads if list(self.heads) != ["out"] else self.heads["out"],
+                                      backbone=CUSTOM, streams={n: m.in_channels for n, m in streams.items()},
+                                      options={"fusion": fusion})
+        self.refresh_preprocessing()
 
     def refresh_preprocessing(self) -> None:
         """Rebuild ``preprocessing`` from the streams' (after weights set theirs)."""
         self.preprocessing = StreamPreprocessing(tuple(
-            (n, m.backbone.in_channels, m.preprocessing) for n, m in self.streams.items()))
+            (n, m.in_channels, m.preprocessing) for n, m in self.streams.items()))
 
     @property
     def crop_offsets(self) -> list[int]:
         return next(iter(self.streams.values())).crop_offsets
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, c0 = None, 0
-        for m in self.streams.values():
-            c = m.backbone.in_channels
-            y = m(x[:, c0:c0 + c])
-            out = y if out is None else out + y
-            c0 += c
-        return out / len(self.streams) if self.fusion == "average" else out
+    @property
+    def output_stride(self) -> int:
+        return max(m.output_stride for m in self.streams.values())
 
-    predict = FCN.predict
+    @property
+    def in_channels(self) -> int:
+        return sum(m.in_channels for m in self.streams.values())
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, c0 = {}, 0
+        for n, m in self.streams.items():
+            c = m.in_channels
+            out.update({f"{n}/{t}": v for t, v in m.features(x[:, c0:c0 + c]).items()})
+            c0 += c
+        return out
+
+    def forward_features(self, features: dict[str, torch.Tensor], size: tuple[int, int]
+                         ) -> dict[str, torch.Tensor]:
+        total: dict[str, torch.Tensor] = {}
+        for n, m in self.streams.items():
+            taps = {t.split("/", 1)[1]: v for t, v in features.items() if t.startswith(n + "/")}
+            for head, y in m.forward_features(taps, size).items():
+                total[head] = y if head not in total else total[head] + y
+        if self.fusion == "average":
+            return {h: y / len(self.streams) for h, y in total.items()}
+        return total

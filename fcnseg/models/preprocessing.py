@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-__all__ = ["Preprocessing", "CAFFE_VGG", "CAFFE_HED", "TORCHVISION", "preprocessing_from_dict"]
+__all__ = ["Preprocessing", "StreamPreprocessing", "CAFFE_VGG", "CAFFE_HED", "TORCHVISION", "preprocessing_from_dict"]
 
 
 @dataclass(frozen=True)
@@ -56,9 +56,29 @@ TORCHVISION = Preprocessing(bgr=False, scale=1 / 255, mean=(0.485, 0.456, 0.406)
                             name="torchvision")
 
 
-def preprocessing_from_dict(d: dict):
+@dataclass(frozen=True)
+class StreamPreprocessing:
+    """A late-fusion net's: each stream's preprocessing applied to its slice of the input channels."""
+
+    streams: tuple[tuple[str, int, Preprocessing], ...]   # (name, channels, preprocessing)
+    name: str = "streams"
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        parts, c0 = [], 0
+        for _, c, pre in self.streams:
+            parts.append(pre(images[..., c0:c0 + c, :, :]))
+            c0 += c
+        return torch.cat(parts, dim=-3)
+
+    def to_dict(self) -> dict:
+        return {"streams": [{"stream": n, "channels": c, "preprocessing": p.to_dict()} for n, c, p in self.streams]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StreamPreprocessing:
+        return cls(tuple((s["stream"], int(s["channels"]), Preprocessing.from_dict(s["preprocessing"]))
+                         for s in d["streams"]))
+
+
+def preprocessing_from_dict(d: dict) -> Preprocessing | StreamPreprocessing:
     """Rebuild a ``Preprocessing`` (or a late-fusion ``StreamPreprocessing``) from ``to_dict()``."""
-    if "streams" in d:
-        from fcnseg.models.fusion import StreamPreprocessing
-        return StreamPreprocessing.from_dict(d)
-    return Preprocessing.from_dict(d)
+    return StreamPreprocessing.from_dict(d) if "streams" in d else Preprocessing.from_dict(d)

@@ -9,6 +9,7 @@ from typing import Any
 
 from fcnseg.config import ModelConfig, Rule, field_rules, whole
 from fcnseg.models.backbones import BACKBONES
+from fcnseg.models.base import ModelSpec, SegmentationModel
 from fcnseg.models.fcn import FCN, HeadSpec
 from fcnseg.models.fusion import LateFusion
 from fcnseg.models.surgery import widening
@@ -70,7 +71,7 @@ def list_models() -> list[str]:
 def create_model(name: str, num_classes: int | dict[str, int] | None = None, *, backbone: str | None = None,
                  weights: str | None = None, alignment: str = "caffe", learn_upsampling: bool = False,
                  streams: dict[str, int] | None = None, fusion: str = "average", depth_init: str = "mean",
-                 **backbone_kwargs) -> FCN | LateFusion:
+                 **backbone_kwargs) -> SegmentationModel:
     """Build an FCN, e.g. ``create_model("fcn8s", 21, weights="hed-vgg16")``.
 
     ``weights``: None (random trunk), a registered name (``"hed-vgg16"``) or a file path
@@ -110,20 +111,18 @@ def create_model(name: str, num_classes: int | dict[str, int] | None = None, *, 
     if "width" in backbone_kwargs:
         backbone_kwargs["width"] = float(backbone_kwargs["width"])
     if streams:
-        config = {"name": name, "backbone": backbone, "alignment": alignment, "learn_upsampling": learn_upsampling,
-                  "num_classes": num_classes, "streams": dict(streams), "fusion": fusion, **backbone_kwargs}
+        spec = ModelSpec(name, num_classes, backbone, alignment, learn_upsampling, dict(streams),
+                         {"fusion": fusion, **backbone_kwargs})
         kwargs = {k: v for k, v in backbone_kwargs.items() if k != "in_channels"}
         fused_file = weights is not None and (_is_caffemodel(weights) or (release is not None and release.streams is not None))
         fused = LateFusion({s: create_model(name, num_classes, backbone=backbone, alignment=alignment,
                                             weights=None if fused_file else weights, depth_init=depth_init,
                                             learn_upsampling=learn_upsampling, in_channels=c, **kwargs)
-                            for s, c in streams.items()}, fusion=fusion)
-        fused.config = config
+                            for s, c in streams.items()}, fusion=fusion, spec=spec)
         if fused_file:  # one file holds every stream (a late-fusion caffemodel or release)
             from fcnseg.models.weights import load_weights
             with widening(depth_init):
-                load_weights(fused, weights)  # warns about unused layers itself
-            config["weights"] = str(weights)
+                load_weights(fused, weights)  # warns about unused layers itself; records weights in the spec
         return fused
     if "@" in name:
         name, backbone = name.split("@", 1)
@@ -135,9 +134,8 @@ def create_model(name: str, num_classes: int | dict[str, int] | None = None, *, 
         raise ValueError(f"name: {name} is not offered on {backbone}; offered: {_OFFERED[backbone]}")
     _check_backbone_kwargs(backbone, backbone_kwargs)
     trunk = BACKBONES[backbone](alignment=alignment, **backbone_kwargs)
-    model = FCN(trunk, num_classes, MODELS[name], learn_upsampling=learn_upsampling)
-    model.config = {"name": name, "backbone": backbone, "alignment": alignment,
-                    "learn_upsampling": learn_upsampling, "num_classes": num_classes, **backbone_kwargs}
+    spec = ModelSpec(name, num_classes, backbone, alignment, learn_upsampling, options=dict(backbone_kwargs))
+    model = FCN(trunk, num_classes, MODELS[name], learn_upsampling=learn_upsampling, spec=spec)
     if weights is not None:
         from fcnseg.models.weights import load_weights
         with widening(depth_init):

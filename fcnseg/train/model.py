@@ -11,7 +11,7 @@ from torch import nn
 from fcnseg.config import ModelConfig
 from fcnseg.errors import CheckpointError, ConfigError, FcnsegError
 from fcnseg.models import FCN, create_model
-from fcnseg.models.fusion import StreamPreprocessing
+from fcnseg.models.preprocessing import StreamPreprocessing
 from fcnseg.models.preprocessing import Preprocessing
 from fcnseg.models.checkpoint import load_checkpoint
 

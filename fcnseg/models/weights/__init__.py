@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fcnseg.models.base import SegmentationModel
 from fcnseg.models.preprocessing import CAFFE_HED, Preprocessing, preprocessing_from_dict
 from fcnseg.models.weights.caffe import load_caffe, read_caffemodel
 from fcnseg.models.weights.common import WeightsError, backbone_name, set_preprocessing, torch_load_failure
@@ -81,11 +82,11 @@ def _json_header(path: Path, n: int) -> bool:
 def load_weights(model: nn.Module, spec: str | os.PathLike) -> list[str]:
     """Load ``spec`` (registered name or file) into ``model``; returns the file's unused keys/layers.
 
-    Sets ``model.preprocessing`` to what the weights expect and records ``model.config["weights"]``.
+    Sets ``model.preprocessing`` to what the weights expect and records ``weights`` in ``model.spec``'s options.
     """
     from fcnseg.models.weights import hub
 
-    release = hub.resolve(spec, (getattr(model, "config", None) or {}).get("backbone"))
+    release = hub.resolve(spec, model.spec.backbone if isinstance(model, SegmentationModel) else None)
     if release is not None:
         unused = hub.load_release(model, release)
     elif isinstance(spec, str) and spec in WEIGHTS:
@@ -102,11 +103,8 @@ def load_weights(model: nn.Module, spec: str | os.PathLike) -> list[str]:
             raise WeightsNotFoundError(f"weights {str(spec)!r}: neither a registered name "
                                        f"({', '.join(names)}) nor an existing file")
         unused = _load_file(model, path)
-    config = getattr(model, "config", None)
-    if isinstance(config, dict):
-        config["weights"] = str(spec)
-    elif hasattr(model, "heads"):
-        model.config = {"weights": str(spec)}
+    if isinstance(model, SegmentationModel):
+        model.spec = model.spec.with_options(weights=str(spec))
     return unused
 
 

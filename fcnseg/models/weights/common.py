@@ -9,6 +9,7 @@ from torch import nn
 
 from fcnseg.errors import FcnsegError, first_line
 from fcnseg.models.backbones.base import Backbone
+from fcnseg.models.base import CUSTOM, SegmentationModel
 from fcnseg.models.preprocessing import Preprocessing
 from fcnseg.models.surgery import fit_tensor
 
@@ -28,8 +29,9 @@ def trunk_of(model: nn.Module) -> Backbone:
 
 
 def backbone_name(model: nn.Module, given: str | None = None) -> str:
-    """The backbone's registry name: ``given``, else ``model.config["backbone"]``."""
-    name = given or (getattr(model, "config", None) or {}).get("backbone")
+    """The backbone's registry name: ``given``, else ``model.spec.backbone``."""
+    name = given or (model.spec.backbone if isinstance(model, SegmentationModel) else None)
+    name = None if name == CUSTOM else name
     if not name:
         raise WeightsError("cannot tell the model's backbone: build it with create_model() or pass backbone=")
     return name

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from fcnseg.atomic import atomic_write, write_json
-from fcnseg.models.fusion import StreamPreprocessing
+from fcnseg.models.preprocessing import StreamPreprocessing
 from fcnseg.models.preprocessing import CAFFE_VGG, TORCHVISION, Preprocessing
 from fcnseg.models.weights.caffe import CaffeLayer, read_caffemodel
 from fcnseg.models.weights.common import WeightsError

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from fcnseg.models.base import SegmentationModel
 from fcnseg.models.preprocessing import TORCHVISION, Preprocessing
 from fcnseg.models.weights.common import WeightsError, backbone_name, fit, load_into, set_preprocessing, trunk_of
 
@@ -88,7 +89,7 @@ def load_torchvision(model: nn.Module, state: Mapping[str, torch.Tensor], *, bac
 
 
 def _caffenet_layout(model: nn.Module, trunk: nn.Module) -> bool:
-    layout = (getattr(model, "config", None) or {}).get("layout")
+    layout = model.spec.options.get("layout") if isinstance(model, SegmentationModel) else None
     if layout is not None:
         return layout != "torchvision"
     return any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in trunk.modules())
