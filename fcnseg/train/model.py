@@ -123,13 +123,14 @@ def init_from_checkpoint(model: nn.Module, path: Union[str, Mapping[str, str]]) 
 
 
 def freeze_backbone(model: FCN) -> list[str]:
-    """Freeze the conv trunk: every stage but ``fc7`` for VGG/AlexNet, all stages otherwise.
+    """Freeze the conv trunk: every stage but the backbone's classifier stage (``fc6``/``fc7`` of
+    VGG/AlexNet, ``Backbone.classifier_tap``), all stages where it has none.
 
     Returns the frozen stage names (a prefix of the backbone). Frozen stages stay in eval mode
     (see :func:`keep_frozen_eval`).
     """
-    names = list(model.backbone.stages.keys())
-    frozen = [n for n in names if n != "fc7"] if model.config.get("backbone") in ("vgg16", "alexnet") else names
+    keep = model.backbone.classifier_tap
+    frozen = [n for n in model.backbone.stages.keys() if n != keep]
     for n in frozen:
         for p in model.backbone.stages[n].parameters():
             p.requires_grad_(False)
