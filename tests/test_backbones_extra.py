@@ -15,6 +15,7 @@ from fcnseg.models.backbones.resnet import TORCHVISION_NAMES as RESNET_NAMES
 from fcnseg.models.backbones.resnet import resnet50, resnet101
 from fcnseg.models.geometry import coord_map
 from fcnseg.models.preprocessing import TORCHVISION
+from fcnseg.models.base import single
 
 SMALL = 1 / 16
 
@@ -272,4 +273,4 @@ def test_output_is_input_size(name, alignment) -> None:
     assert min(model.crop_offsets) >= 0
     with torch.no_grad():
         for h, w in SIZES:
-            assert model(torch.randn(1, 3, h, w)).shape == (1, 3, h, w), (h, w)
+            assert single(model(torch.randn(1, 3, h, w))).shape == (1, 3, h, w), (h, w)

@@ -6,6 +6,7 @@ from torch import nn
 import fcnseg
 from fcnseg.models import dense
 from fcnseg.models.dense import _Rarefied, _Shifted
+from fcnseg.models.base import single
 
 SMALL = dict(width=1 / 16, fc_channels=16)
 
@@ -35,9 +36,9 @@ def test_both_methods_give_the_same_dense_map(name, factors, alignment):
             x = torch.randn(1, 3, *hw)
             with torch.no_grad():
                 s, r = dense(model, f, "shift-and-stitch"), dense(model, f, "rarefaction")
-                cs, cr = s.coarse(x), r.coarse(x)
+                cs, cr = s.coarse(x)["out"], r.coarse(x)["out"]
                 assert _close(cs, cr), (f, hw)
-                assert s(x).shape == (1, 3, *hw) and _close(s(x), r(x))
+                assert single(s(x)).shape == (1, 3, *hw) and _close(single(s(x)), single(r(x)))
 
 
 @pytest.mark.parametrize("alignment", ["caffe", "same"])
@@ -47,7 +48,7 @@ def test_dense_map_interlaces_the_coarse_map_and_is_denser(alignment):
     with torch.no_grad():
         feats = model.backbone(x, {"fc7"})["fc7"]
         coarse = model.score["out"]["fc7"](feats)
-        d = dense(model, 4, "rarefaction").coarse(x)
+        d = dense(model, 4, "rarefaction").coarse(x)["out"]
     # phase (0, 0) of the dense map is the net's own coarse map; there are 4x as many samples per axis
     assert _close(d[..., ::4, ::4], coarse)
     assert d.shape[-2] >= 4 * coarse.shape[-2] - 3 and d.shape[-1] >= 4 * coarse.shape[-1] - 3
@@ -62,15 +63,15 @@ def test_rarefaction_is_one_dilated_pass_and_stitching_f_squared_passes():
     s.net.backbone.stages["fc7"].register_forward_hook(lambda *a: calls.append(1))
     r.net.backbone.stages["fc7"].register_forward_hook(lambda *a: calls.append(2))
     with torch.no_grad():
-        s.coarse(torch.randn(1, 3, 40, 40))
+        s.coarse(torch.randn(1, 3, 40, 40))["out"]
         assert calls.count(1) == 16
-        r.coarse(torch.randn(1, 3, 40, 40))
+        r.coarse(torch.randn(1, 3, 40, 40))["out"]
         assert calls.count(2) == 1
     assert sum(isinstance(m, _Shifted) for m in s.modules()) == 2  # pool4 and pool5 shift
     prefix = []
     s.net.backbone.stages["pool3"].register_forward_hook(lambda *a: prefix.append(1))
     with torch.no_grad():
-        s.coarse(torch.randn(1, 3, 40, 40))
+        s.coarse(torch.randn(1, 3, 40, 40))["out"]
     assert prefix == [1]  # the layers before pool4 run once for the 16 copies
     # the original model is untouched and shares its weights with the dense one
     assert not any(isinstance(m, (_Rarefied, _Shifted)) for m in model.modules())
@@ -88,7 +89,7 @@ def test_resumes_from_cached_trunk_features(method, f, cached):
     with torch.no_grad():
         feats = model.backbone(x, {"pool3", "pool4", "pool5"})
         assert d.tap_names == [cached]
-        assert _close(d(x, features=feats), d(x))
+        assert _close(single(d.forward_features(feats, x.shape[-2:])), single(d(x)))
 
 
 def test_refuses_what_it_cannot_make_exact():
@@ -111,8 +112,8 @@ def test_full_width_vgg16_fcn32s_at_64px(alignment):
             p.normal_(0, 0.01)
         x = torch.randn(1, 3, 64, 64) * 50
         for f in (2, 4):
-            cs = dense(model, f, "shift-and-stitch").coarse(x)
-            cr = dense(model, f, "rarefaction").coarse(x)
+            cs = dense(model, f, "shift-and-stitch").coarse(x)["out"]
+            cr = dense(model, f, "rarefaction").coarse(x)["out"]
             assert _close(cs, cr), f
 
 

@@ -9,10 +9,31 @@ from torch.utils.data import Dataset
 import fcnseg
 from fcnseg.evaluate.scoring import evaluate, format_table, save_metrics
 from fcnseg.errors import ConfigError
+from fcnseg.models.base import ModelSpec, SegmentationModel
 from fcnseg.models.preprocessing import Preprocessing
 
 
-class PixelModel(nn.Module):
+class _Toy(SegmentationModel):
+    """A parameter-free-ish model at stride 1 reading RGB; subclasses give ``scores``."""
+
+    output_stride = 1
+    in_channels = 3
+
+    def __init__(self, heads: dict[str, int], preprocessing: Preprocessing):
+        super().__init__()
+        self.heads = heads
+        self.spec = ModelSpec("toy", heads if len(heads) > 1 else heads["out"], "toy")
+        self.preprocessing = preprocessing
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def features(self, x):
+        return {"x": x}
+
+    def forward_features(self, features, size):
+        return self.scores(features["x"])
+
+
+class PixelModel(_Toy):
     """Predicts, per pixel, the class written in the (preprocessed) red channel.
 
     Its preprocessing subtracts 1 from red, so images carry ``class + 1``: forgetting the
@@ -20,17 +41,14 @@ class PixelModel(nn.Module):
     """
 
     def __init__(self, heads: dict[str, int]):
-        super().__init__()
-        self.heads = heads
-        self.dummy = nn.Parameter(torch.zeros(()))
-        self.preprocessing = Preprocessing(bgr=False, scale=1.0, mean=(1.0, 0.0, 0.0))
+        super().__init__(heads, Preprocessing(bgr=False, scale=1.0, mean=(1.0, 0.0, 0.0)))
 
-    def forward(self, x):
+    def scores(self, x):
         outs = {}
         for i, (h, k) in enumerate(self.heads.items()):
             cls = x[:, i].round().long().clamp(0, k - 1)   # head i reads channel i
             outs[h] = nn.functional.one_hot(cls, k).permute(0, 3, 1, 2).float() + self.dummy
-        return outs["out"] if list(outs) == ["out"] else outs
+        return outs
 
 
 class ListDataset(Dataset):
@@ -189,20 +207,17 @@ def test_plots(tmp_path):
         plot_curves(tmp_path / "bad.csv", tmp_path / "y.png")
 
 
-class FixedScores(nn.Module):
+class FixedScores(_Toy):
     """Ignores the image: class scores [5, 0] on the left pixel, [0, 1] on the right one."""
 
-    num_classes = 2
-
     def __init__(self):
-        super().__init__()
-        self.preprocessing = Preprocessing(bgr=False, scale=1.0, mean=(0.0, 0.0, 0.0))
+        super().__init__({"out": 2}, Preprocessing(bgr=False, scale=1.0, mean=(0.0, 0.0, 0.0)))
         self.calls = 0
 
-    def forward(self, x):
+    def scores(self, x):
         self.calls += 1
         s = torch.tensor([[[5.0, 0.0]], [[0.0, 1.0]]])   # (classes, 1, 2)
-        return s.expand(x.shape[0], -1, -1, -1)
+        return {"out": s.expand(x.shape[0], -1, -1, -1)}
 
 
 def test_flip_averages_the_mirror_probabilities():

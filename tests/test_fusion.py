@@ -5,6 +5,7 @@ import fcnseg
 from fcnseg.models.checkpoint import model_from_checkpoint, save_checkpoint
 from fcnseg.models.fusion import LateFusion
 from fcnseg.models.preprocessing import CAFFE_VGG, Preprocessing
+from fcnseg.models.base import single
 
 SMALL = dict(width=1 / 16, fc_channels=32)
 
@@ -12,24 +13,24 @@ SMALL = dict(width=1 / 16, fc_channels=32)
 def test_early_fusion_widens_conv1_1():
     model = fcnseg.create_model("fcn32s", 40, in_channels=4, **SMALL).eval()
     assert model.backbone.stages["pool1"].conv1_1.in_channels == 4
-    assert model(torch.randn(1, 4, 30, 20)).shape == (1, 40, 30, 20)
+    assert single(model(torch.randn(1, 4, 30, 20))).shape == (1, 40, 30, 20)
 
 
 def test_late_fusion_averages_the_streams_scores_or_sums_them():
     """nyud-fcn32s-color-hha fuses with Eltwise SUM coeff 0.5, 0.5: the default; "sum" is the option."""
     torch.manual_seed(0)
     model = fcnseg.create_model("fcn32s", 5, streams={"color": 3, "hha": 3}, **SMALL).eval()
-    assert isinstance(model, LateFusion) and model.fusion == "average" and model.config["fusion"] == "average"
+    assert isinstance(model, LateFusion) and model.fusion == "average" and model.spec.to_dict()["fusion"] == "average"
     for p in model.parameters():
         if not p.requires_grad:
             continue
         torch.nn.init.normal_(p, std=0.1)
     x = torch.randn(2, 6, 25, 33)
     color, hha = model.streams["color"], model.streams["hha"]
-    assert torch.allclose(model(x), 0.5 * color(x[:, :3]) + 0.5 * hha(x[:, 3:]), atol=1e-6)
+    assert torch.allclose(single(model(x)), 0.5 * single(color(x[:, :3])) + 0.5 * single(hha(x[:, 3:])), atol=1e-6)
     summed = fcnseg.create_model("fcn32s", 5, streams={"color": 3, "hha": 3}, fusion="sum", **SMALL).eval()
     summed.load_state_dict(model.state_dict())
-    assert torch.allclose(summed(x), color(x[:, :3]) + hha(x[:, 3:]), atol=1e-6)
+    assert torch.allclose(single(summed(x)), single(color(x[:, :3])) + single(hha(x[:, 3:])), atol=1e-6)
 
 
 def test_late_fusion_preprocesses_each_stream_and_survives_a_checkpoint(tmp_path):

@@ -8,6 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import fcnseg
 from fcnseg.models import MODELS
 from fcnseg.models.upsample import Upsample, bilinear_kernel
+from fcnseg.models.base import single
 
 SMALL = dict(width=1 / 16, fc_channels=32)
 
@@ -50,14 +51,14 @@ def test_output_is_exactly_input_size_for_every_size(name, alignment):
     with torch.no_grad():
         for h in range(1, 601):
             w = rng.randint(1, 600)
-            assert model(torch.empty(1, 3, h, w, device="meta")).shape == (1, 21, h, w), (h, w)
+            assert single(model(torch.empty(1, 3, h, w, device="meta"))).shape == (1, 21, h, w), (h, w)
 
 
 @pytest.mark.parametrize("alignment", ["caffe", "same"])
 def test_real_forward_keeps_size_and_is_finite(alignment):
     model = fcnseg.create_model("fcn8s", 5, alignment=alignment, **SMALL).eval()
     for h, w in [(1, 1), (17, 45), (64, 64)]:
-        y = model(torch.randn(2, 3, h, w))
+        y = single(model(torch.randn(2, 3, h, w)))
         assert y.shape == (2, 5, h, w) and torch.isfinite(y).all()
 
 
@@ -89,7 +90,7 @@ def test_vgg16_fcn8s_parameter_count_equals_the_reference_and_runs():
     model = fcnseg.create_model("fcn8s", 21).eval()
     assert sum(p.numel() for p in model.parameters()) == _reference_fcn8s_params()
     with torch.no_grad():
-        assert model(torch.randn(1, 3, 40, 52)).shape == (1, 21, 40, 52)
+        assert single(model(torch.randn(1, 3, 40, 52))).shape == (1, 21, 40, 52)
 
 
 def test_score_layers_start_at_zero_and_upsampling_is_bilinear():
@@ -195,7 +196,7 @@ def test_create_model_accepts_numpy_numbers_and_stores_python_ones():
     import numpy as np
     with torch.device("meta"):
         m = fcnseg.create_model("fcn32s", np.int64(5), width=np.float32(0.0625))
-    assert type(m.config["num_classes"]) is int and type(m.config["width"]) is float
+    assert type(m.spec.to_dict()["num_classes"]) is int and type(m.spec.to_dict()["width"]) is float
 
 
 def test_predict_applies_the_weights_preprocessing():
@@ -204,7 +205,7 @@ def test_predict_applies_the_weights_preprocessing():
         for p in model.score.parameters():
             p.normal_()
     img = torch.rand(3, 40, 40) * 255
-    expect = model(model.preprocessing(img)[None]).argmax(1)[0]
+    expect = single(model(model.preprocessing(img)[None])).argmax(1)[0]
     assert torch.equal(model.predict(img), expect)
     assert model.preprocessing.bgr  # VGG16 defaults to the Caffe convention
 
@@ -256,7 +257,7 @@ def test_caffe_crops_reproduce_the_stored_reference_scores(name):
     model = CROP.formula_model(name)
     with torch.no_grad():
         for h, w in CROP.SIZES:
-            got = model(CROP.formula_input(h, w)).numpy()
+            got = single(model(CROP.formula_input(h, w))).numpy()
             want = stored[f"{name}-{h}x{w}"]
             assert got.shape == want.shape == (1, CROP.CLASSES, h, w)
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9, err_msg=f"{name} at {h}x{w}")

@@ -11,6 +11,7 @@ from fcnseg.models.weights import WeightsError, detect_format, load_weights
 from fcnseg.models.weights.caffe import parse_caffemodel, read_caffemodel, write_caffemodel
 from fcnseg.models.weights.caffe_proto import caffe_messages
 from fcnseg.models.surgery import fit_tensor
+from fcnseg.models.base import single
 
 W = 1 / 16
 TINY = dict(width=W, fc_channels=1024)  # convs 4…32 channels, fc 64
@@ -83,7 +84,7 @@ def test_vgg16_classifier_legacy_layers(tmp_path):
         np.testing.assert_array_equal(p[f"backbone.stages.{ours}.bias"].numpy(), blobs[name][1])
     np.testing.assert_array_equal(p["backbone.stages.fc7.fc6.weight"].flatten(1).numpy(), blobs["fc6"][0])
     np.testing.assert_array_equal(p["backbone.stages.fc7.fc7.weight"][:, :, 0, 0].numpy(), blobs["fc7"][0])
-    assert model.preprocessing == CAFFE_VGG and model.config["weights"] == str(path)
+    assert model.preprocessing == CAFFE_VGG and model.spec.to_dict()["weights"] == str(path)
     assert not p["score.out.fc7.weight"].any()  # heads untouched by a classifier file
 
 
@@ -102,7 +103,7 @@ def test_voc_fcn8s_release(tmp_path):
         np.testing.assert_array_equal(p[ours + ".bias"].numpy(), blobs[caffe][1])
     for i, caffe in enumerate(("upscore2", "upscore_pool4", "upscore8")):
         np.testing.assert_array_equal(p[f"upsample.out.{i}.weight"].numpy(), blobs[caffe][0])
-    assert model(torch.zeros(1, 3, 40, 40)).shape == (1, 21, 40, 40)
+    assert single(model(torch.zeros(1, 3, 40, 40))).shape == (1, 21, 40, 40)
 
 
 def test_staged_init_and_atonce_scales(tmp_path):

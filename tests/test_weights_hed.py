@@ -62,7 +62,7 @@ def test_metadata():
 def test_hed_trunk_in_full_fcn8s(env_cache):
     torch.manual_seed(0)
     model = create_model("fcn8s", 21, weights="hed-vgg16")  # full width, caffe alignment
-    assert model.preprocessing == CAFFE_HED and model.config["weights"] == "hed-vgg16"
+    assert model.preprocessing == CAFFE_HED and model.spec.to_dict()["weights"] == "hed-vgg16"
     with h5py.File(H5, "r") as f:
         k = np.asarray(f["block5/layers/conv2d_2/vars/0"])
     np.testing.assert_array_equal(model.backbone.stages.pool5.conv5_3.weight.detach().numpy(), k.transpose(3, 2, 0, 1))

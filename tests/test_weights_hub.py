@@ -154,8 +154,8 @@ def test_first_download_records_hash_and_later_loads_use_the_cache(server, monke
     serve(monkeypatch, server, "voc-fcn8s", data)
     model = create_model("fcn8s", weights="voc-fcn8s", **TINY)
     assert_loaded(model, blobs, VOC_FCN8S)
-    assert model.num_classes == 21 and model.preprocessing == hub.VOC_MEAN
-    assert model.config["weights"] == "voc-fcn8s"
+    assert model.spec.num_classes == 21 and model.preprocessing == hub.VOC_MEAN
+    assert model.spec.to_dict()["weights"] == "voc-fcn8s"
     err = capsys.readouterr().err
     digest = hashlib.sha256(data).hexdigest()
     assert digest in err and "first download" in err            # shown to the user
@@ -260,7 +260,7 @@ def test_single_stream_releases_carry_their_classes_and_preprocessing(server, mo
     blobs = release_blobs(create_model("fcn32s", classes, **TINY), layers)
     serve(monkeypatch, server, name, write_caffemodel(None, blobs))
     model = create_model("fcn32s", weights=name, **TINY)
-    assert model.num_classes == classes and model.preprocessing == pre
+    assert model.spec.num_classes == classes and model.preprocessing == pre
     assert_loaded(model, blobs, layers)
 
 
@@ -275,7 +275,7 @@ def test_nyud_late_fusion_release_builds_two_streams_and_loads_every_layer(serve
     blobs["upscore"] = release_blobs(fused, {"upscore": "streams.color.upsample.out.0"})["upscore"]
     serve(monkeypatch, server, "nyud-fcn32s-color-hha", write_caffemodel(None, blobs))
     loaded = create_model("fcn32s", weights="nyud-fcn32s-color-hha", **TINY)
-    assert set(loaded.streams) == {"color", "hha"} and loaded.num_classes == 40
+    assert set(loaded.streams) == {"color", "hha"} and loaded.spec.num_classes == 40
     assert loaded.preprocessing == hub.NYUD_COLOR_HHA
     assert loaded.streams["hha"].preprocessing == hub.NYUD_HHA
     assert_loaded(loaded, blobs, layers)
@@ -285,9 +285,9 @@ def test_nyud_late_fusion_release_builds_two_streams_and_loads_every_layer(serve
 
 def test_torch_hub_load_local(server, monkeypatch):
     m = torch.hub.load(str(REPO), "fcn8s", source="local", num_classes=5, **TINY)
-    assert m.num_classes == 5 and m.config["name"] == "fcn8s"
+    assert m.spec.num_classes == 5 and m.spec.to_dict()["name"] == "fcn8s"
     alex = torch.hub.load(str(REPO), "fcn_alexnet", source="local", num_classes=3, **TINY)
-    assert alex.config["backbone"] == "alexnet"
+    assert alex.spec.to_dict()["backbone"] == "alexnet"
     data, blobs = voc_fcn8s_file()
     serve(monkeypatch, server, "voc-fcn8s", data)
     assert_loaded(torch.hub.load(str(REPO), "fcn8s", source="local", weights="voc-fcn8s", **TINY), blobs, VOC_FCN8S)

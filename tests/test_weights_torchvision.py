@@ -10,6 +10,7 @@ from fcnseg.models.backbones.base import scaled
 from fcnseg.models.preprocessing import CAFFE_VGG, TORCHVISION
 from fcnseg.models.weights import WeightsError, detect_format, load_weights
 from fcnseg.models.weights.torchvision import torchvision_names
+from fcnseg.models.base import single
 
 W = 1 / 16
 TINY = dict(width=W, fc_channels=1024)  # fc layers 64 wide
@@ -64,8 +65,8 @@ def test_vgg16_state_dict(tmp_path, fmt):
     assert sorted(load_weights(model, path)) == ["classifier.6.bias", "classifier.6.weight"]
     check_vgg16(model, sd)
     assert model.preprocessing == TORCHVISION
-    assert model.config["weights"] == str(path)
-    out = model(torch.randn(1, 3, 64, 64))
+    assert model.spec.to_dict()["weights"] == str(path)
+    out = single(model(torch.randn(1, 3, 64, 64)))
     assert out.shape == (1, 5, 64, 64)
 
 
@@ -132,13 +133,13 @@ def test_fcnseg_checkpoint(tmp_path):
         for p in src.score.parameters():
             p.normal_()
     path = tmp_path / "ckpt.pt"
-    torch.save({"model": src.state_dict(), "config": {**src.config, "weights": "hed-vgg16"}, "epoch": 3}, path)
+    torch.save({"model": src.state_dict(), "config": {**src.spec.to_dict(), "weights": "hed-vgg16"}, "epoch": 3}, path)
     dst = create_model("fcn16s", 4, **TINY)
     assert load_weights(dst, path) == []
     for (k, a), b in zip(src.state_dict().items(), dst.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
-    assert dst.preprocessing.name == "caffe-hed" and dst.config["weights"] == str(path)
-    torch.save({"model": src.state_dict(), "config": src.config, "preprocessing": TORCHVISION.to_dict()}, path)
+    assert dst.preprocessing.name == "caffe-hed" and dst.spec.to_dict()["weights"] == str(path)
+    torch.save({"model": src.state_dict(), "config": src.spec.to_dict(), "preprocessing": TORCHVISION.to_dict()}, path)
     load_weights(dst, path)
     assert dst.preprocessing == TORCHVISION
     with pytest.raises(WeightsError, match=r"ckpt\.pt: does not match"):

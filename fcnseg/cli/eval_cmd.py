@@ -5,6 +5,11 @@ import argparse
 from pathlib import Path
 
 from fcnseg.cli.common import add_device, dataset_from_checkpoint, downscale, pick_device, positive_int
+from fcnseg.errors import CheckpointError
+from fcnseg.evaluate.scoring import evaluate, format_table, save_metrics
+from fcnseg.infer.predict import make_output_dir
+from fcnseg.models.checkpoint import model_from_checkpoint
+from fcnseg.visualize import plot_confusion
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,18 +28,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fcnseg.models.checkpoint import model_from_checkpoint
-    from fcnseg.evaluate.scoring import evaluate, format_table, save_metrics
-    from fcnseg.infer.predict import make_output_dir
-    from fcnseg.visualize import plot_confusion
-    from fcnseg.errors import CheckpointError
-
     device = pick_device(args.device)
     model, ckpt = model_from_checkpoint(args.checkpoint, map_location="cpu")
     data = dataset_from_checkpoint(ckpt, args.dataset, args.root, args.split, args.skip_bad, args.resize)
     k = getattr(data, "num_classes", None)
-    if list(model.heads) == ["out"] and isinstance(k, int) and k > 0 and k != model.heads["out"]:
-        raise CheckpointError(f"checkpoint {args.checkpoint} predicts {model.heads['out']} classes but dataset "
+    (classes, *more) = model.heads.values()
+    if not more and isinstance(k, int) and k > 0 and k != classes:
+        raise CheckpointError(f"checkpoint {args.checkpoint} predicts {classes} classes but dataset "
                               f"{getattr(data, 'name', args.dataset)} has {k}")
     out = make_output_dir(args.out if args.out else Path(args.checkpoint).resolve().parent)  # before the work
     metrics = evaluate(model.to(device), data, device=device, batch_size=args.batch_size,

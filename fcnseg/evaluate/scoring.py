@@ -8,37 +8,60 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
 
+from fcnseg.argcheck import whole_number
 from fcnseg.atomic import atomic_write
-from fcnseg.errors import ConfigError, FcnsegError
+from fcnseg.data.collate import collate_pad
+from fcnseg.errors import ConfigError, FcnsegError, unwrap_worker_error
 from fcnseg.evaluate.metrics import METRIC_NAMES, ConfusionMatrix
+from fcnseg.models.base import SegmentationModel
 
-__all__ = ["evaluate", "format_table", "save_metrics", "model_heads"]
+__all__ = ["Scorer", "evaluate", "format_table", "save_metrics", "plain"]
 
 Exclude = Iterable[int] | Mapping[str, Iterable[int]] | None
+Features = dict[str, torch.Tensor]
 
 
-def model_heads(model: nn.Module) -> dict[str, int]:
-    """Head name → number of classes (``{"out": K}`` for a single-task net)."""
-    heads = getattr(model, "heads", None)
-    if isinstance(heads, Mapping) and heads:
-        return {str(h): int(k) for h, k in heads.items()}
-    k = getattr(model, "num_classes", None)
-    if isinstance(k, int):
-        return {"out": k}
-    raise ConfigError(f"cannot tell the number of classes of {type(model).__name__} (no .heads/.num_classes)")
+@runtime_checkable
+class Scorer(Protocol):
+    """What :func:`evaluate` scores besides a model: an inference engine (``fcnseg.infer.engines``).
+
+    ``predict_scores`` maps RGB 0–255 images (N×C×H×W) to per-head float scores (N×K×H×W)."""
+
+    heads: dict[str, int]
+
+    def predict_scores(self, images: torch.Tensor) -> dict[str, torch.Tensor]: ...
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel / DataParallel wrapper (evaluated directly)."""
-    inner = getattr(model, "module", None)
-    return inner if isinstance(inner, nn.Module) and not hasattr(model, "preprocessing") else model
+class _ModelScorer:
+    """A :class:`SegmentationModel` as a scorer that can also resume from cached backbone taps."""
+
+    def __init__(self, model: SegmentationModel) -> None:
+        self.model = model
+        self.heads = dict(model.heads)
+
+    def predict_scores(self, images: torch.Tensor, features: Features | None = None) -> dict[str, torch.Tensor]:
+        if features is None:
+            return self.model(self.model.preprocessing(images))
+        return self.model.forward_features(features, tuple(images.shape[-2:]))
+
+
+def _as_scorer(model: Any) -> _ModelScorer | Scorer:
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module  # evaluated directly, on this process's shard
+    if isinstance(model, SegmentationModel):
+        return _ModelScorer(model)
+    if isinstance(model, Scorer):
+        return model
+    raise TypeError(f"model must be a fcnseg SegmentationModel or an inference engine, got {type(model).__name__}")
 
 
 def _sync(device: torch.device) -> None:
@@ -103,30 +126,27 @@ def evaluate(model: nn.Module, dataset: Dataset, *, device: str | torch.device =
     multi-head model one such dict per head name — plus ``images`` and ``timing`` (seconds spent waiting
     for data, in the model incl. preprocessing and argmax, and accumulating metrics; ``total``).
     """
-    from fcnseg.argcheck import module_arg, whole_number
-
-    module_arg(model)
+    scorer = _as_scorer(model)
     if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")) or isinstance(dataset, (str, bytes)):
         raise TypeError(f"dataset must be a map-style dataset of (image, label) items, got {type(dataset).__name__}")
     if whole_number(batch_size, "batch_size") < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device)
-    model = _unwrap(model)
-    heads = model_heads(model)
+    heads = dict(scorer.heads)
     _check_classes(dataset, heads)
     excl = _per_head_exclude(exclude, heads)
     ignore = int(getattr(dataset, "ignore_index", 255))
     if collate_fn is None and batch_size > 1:
-        from fcnseg.data import collate_pad
-
         collate_fn = functools.partial(collate_pad, ignore_index=ignore)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=workers,
                         collate_fn=collate_fn, pin_memory=device.type == "cuda")
     cms = {h: ConfusionMatrix(k, device, ignore) for h, k in heads.items()}
     timing = {"data": 0.0, "model": 0.0, "metrics": 0.0}
     images = 0
-    was_training = model.training
-    model.to(device).eval()
+    net = scorer.model if isinstance(scorer, _ModelScorer) else None
+    was_training = net is not None and net.training
+    if net is not None:
+        net.to(device).eval()
     bar = _progress(len(loader), progress)
     start = tick = time.perf_counter()
     try:
@@ -139,7 +159,7 @@ def evaluate(model: nn.Module, dataset: Dataset, *, device: str | torch.device =
                           for h, v in _labels_by_head(labels, heads, label_key).items()}
                 t0 = time.perf_counter()
                 timing["data"] += t0 - tick
-                outs = _scores(model, image, flip, cached)
+                outs = _scores(scorer, image, flip, cached, device)
                 preds = {h: outs[h].argmax(1) for h in heads}
                 _sync(device)
                 t1 = time.perf_counter()
@@ -153,13 +173,12 @@ def evaluate(model: nn.Module, dataset: Dataset, *, device: str | torch.device =
                 if bar is not None:
                     bar.update(1)
     except FcnsegError as e:  # raised in a DataLoader worker: its own message, not torch's wrapper
-        from fcnseg.train.data import unwrap_worker_error
-
         raise unwrap_worker_error(e) from None
     finally:
         if bar is not None:
             bar.close()
-        model.train(was_training)
+        if net is not None:
+            net.train(was_training)
     t0 = time.perf_counter()
     results = {h: cm.all_reduce(reducer).compute(excl[h]) for h, cm in cms.items()}
     for h, cm in cms.items():
@@ -175,26 +194,27 @@ def evaluate(model: nn.Module, dataset: Dataset, *, device: str | torch.device =
     return out
 
 
-def _scores(model: nn.Module, image: torch.Tensor, flip: bool, cached: dict | None) -> dict[str, torch.Tensor]:
-    """Head name → scores (with ``flip``: the mean softmax of the image and its mirror). ``cached``:
-    the frozen prefix's features (and its mirror's) from the item; ``image`` is then only a size."""
-    if cached is None:
-        x = model.preprocessing(image)
+def _scores(scorer: _ModelScorer | Scorer, image: torch.Tensor, flip: bool, cached: dict | None,
+            device: torch.device) -> dict[str, torch.Tensor]:
+    """Head name → scores on ``device`` (with ``flip``: the mean softmax of the image and its mirror).
+    ``cached``: the item's backbone taps (``"features"``, and ``"mirrored"`` for flips) to resume from."""
+    if cached is not None and not isinstance(scorer, _ModelScorer):
+        raise ConfigError("cached features can only be scored by a model, not an inference engine")
+    if flip and cached is not None and "mirrored" not in cached:
+        raise ConfigError("flip needs the mirrored features in cached items")
 
-        def run(mirrored: bool):
-            return model(x.flip(-1) if mirrored else x)
-    else:
-        if flip and "mirrored" not in cached:
-            raise ConfigError("flip needs the mirrored features in cached items")
+    def run(mirrored: bool) -> dict[str, torch.Tensor]:
+        x = image.flip(-1) if mirrored else image
+        if cached is None:
+            out = scorer.predict_scores(x)
+        else:
+            out = scorer.predict_scores(x, cached["mirrored" if mirrored else "features"])
+        return {h: v.to(device) for h, v in out.items()}
 
-        def run(mirrored: bool):
-            return model(image, features=cached["mirrored" if mirrored else "features"])
-    out = run(False)
-    outs = out if isinstance(out, dict) else {"out": out}
+    outs = run(False)
     if not flip:
         return outs
-    out = run(True)
-    mirrored = out if isinstance(out, dict) else {"out": out}
+    mirrored = run(True)
     return {h: (v.softmax(1) + mirrored[h].flip(-1).softmax(1)) / 2 for h, v in outs.items()}
 
 
@@ -207,8 +227,6 @@ def _to(tree: Any, device: torch.device) -> Any:
 def _progress(total: int, enabled: bool):
     if not enabled:
         return None
-    from tqdm import tqdm
-
     return tqdm(total=total, desc="eval", unit="batch", leave=False, file=sys.stderr, dynamic_ncols=True)
 
 

@@ -36,13 +36,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fcnseg.models.backbones.base import Backbone
+from fcnseg.models.base import SegmentationModel
 from fcnseg.models.fcn import FCN, _scaled
 from fcnseg.models.geometry import _single
+from fcnseg.models.preprocessing import Preprocessing
 
 __all__ = ["dense", "DenseFCN", "METHODS", "bilinear", "parse_dense"]
 
 METHODS = ("shift-and-stitch", "rarefaction")
 _LAYERS = (nn.Conv2d, nn.MaxPool2d)
+_IMAGE = "image"  # features() key when nothing before the first changed stage can be cached
 
 
 @dataclass(frozen=True)
@@ -211,11 +215,13 @@ def _rewrite(root: nn.Module, replace: dict[int, nn.Module]) -> None:
                 setattr(parent, name, replace[id(child)])
 
 
-class DenseFCN(nn.Module):
+class DenseFCN(SegmentationModel):
     """A single-tap FCN whose coarse map is computed ``factor``× denser; see the module docstring.
 
     ``coarse(x)`` is the dense score map (stride s/factor); ``forward(x)`` upsamples it bilinearly to
-    the input's H×W. The wrapped net shares the original's parameters (no copy of the weights).
+    the input's H×W. The wrapped net shares the original's parameters (no copy of the weights); its
+    ``spec`` is the wrapped net's. ``features`` are the unchanged prefix's taps (what a frozen trunk's
+    cache holds), or the image itself when the first stage already changes.
     """
 
     def __init__(self, model: FCN, factor: int, method: str = "rarefaction") -> None:
@@ -239,14 +245,14 @@ class DenseFCN(nn.Module):
         # the deepest tap before the first changed stage: a frozen trunk's cached features resume there
         before = names[:self._entry[0]] if self._entry else names[:names.index(self.tap)]
         self.tap_names = before[-1:] or [self.tap]
+        self._resume = before[-1] if before else None
+        self.spec = model.spec
         stride = self.net.backbone.tap(self.tap).stride
         # dense index J lands at input coordinate origin + J * step
         self.step = Fraction(stride, factor)
 
-    predict = FCN.predict  # label maps for RGB 0–255 images, as the wrapped net's
-
     @property
-    def backbone(self):
+    def backbone(self) -> Backbone:
         return self.net.backbone
 
     @property
@@ -254,8 +260,34 @@ class DenseFCN(nn.Module):
         return self.net.heads
 
     @property
-    def preprocessing(self):
+    def preprocessing(self) -> Preprocessing:
         return self.net.preprocessing
+
+    @property
+    def output_stride(self) -> int:
+        return self.net.output_stride
+
+    @property
+    def in_channels(self) -> int:
+        return self.net.in_channels
+
+    @property
+    def input_padding(self) -> int:
+        return self.net.input_padding
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self._resume is None:
+            return {_IMAGE: x}
+        return self.net.backbone(x, {self._resume})
+
+    def forward_features(self, features: dict[str, torch.Tensor], size: tuple[int, int]
+                         ) -> dict[str, torch.Tensor]:
+        """Dense scores at H×W = ``size``, from :meth:`features` (or the wrapped net's cached taps)."""
+        if _IMAGE in features:
+            coarse = self._coarse_all(features[_IMAGE])
+        else:
+            coarse = self._coarse_all(None, self._start(features))
+        return {k: bilinear(v, size, self.origin, self.step) for k, v in coarse.items()}
 
     def _install(self, plan: list[tuple[nn.Module, int]]) -> list[int]:
         """Replace the planned layers (and, for rarefaction, every later conv/pool) in ``self.net``."""
@@ -340,10 +372,9 @@ class DenseFCN(nn.Module):
         x = _scaled(x, self.net.tap_scales[self.tap])
         return {h: self.net.score[h][self.tap](x) for h in self.net.heads}
 
-    def coarse(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        """The dense score map(s) before upsampling (N×K×h×w at stride s/factor)."""
-        out = self._coarse_all(x)
-        return out["out"] if list(out) == ["out"] else out
+    def coarse(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The dense score maps before upsampling (per head, N×K×h×w at stride s/factor)."""
+        return self._coarse_all(x)
 
     def _scores(self, x: torch.Tensor | None, start: dict | None = None) -> dict[str, torch.Tensor]:
         feats = self.net.backbone(x, {self.tap}, start=start)[self.tap]
@@ -379,17 +410,6 @@ class DenseFCN(nn.Module):
                 y[..., py::f, px::f] = c[h]
             out[h] = y
         return out
-
-    def forward(self, x: torch.Tensor, features: dict[str, torch.Tensor] | None = None
-                ) -> torch.Tensor | dict[str, torch.Tensor]:
-        """Scores at the input's H×W. ``features``: cached taps of an unchanged (frozen) prefix to resume
-        from, as ``FCN.forward`` takes them; ``x`` then only gives the size."""
-        h, w = x.shape[-2:]
-        start = self._start(features)
-        coarse = self._coarse_all(None if start else x, start)
-        out = {k: bilinear(v, (h, w), self.origin, self.step) for k, v in coarse.items()}
-        return out["out"] if list(out) == ["out"] else out
-
 
 def _axis(y: torch.Tensor, dim: int, size: int, origin: Fraction, step: Fraction) -> torch.Tensor:
     n = y.shape[dim]

@@ -21,6 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fcnseg.models.base import SegmentationModel
+from fcnseg.models.fcn import FCN
+from fcnseg.models.preprocessing import Preprocessing
+
 __all__ = ["TrimmedFCN", "trim_supported"]
 
 _IDENTITY = (nn.Dropout, nn.Dropout2d, nn.Identity)
@@ -58,12 +62,11 @@ def _single(v) -> int:
 
 
 def trim_supported(model: nn.Module) -> bool:
-    """True when the model's first stages are plain conv/ReLU/max-pool chains (VGG, Caffe alignment)."""
-    try:
-        stages = list(model.backbone.stages.values())
-        first = _layers(stages[0])
-    except AttributeError:
+    """True for an :class:`FCN` whose first stages are plain conv/ReLU/max-pool chains (VGG, Caffe alignment)."""
+    if not isinstance(model, FCN):
         return False
+    stages = list(model.backbone.stages.values())
+    first = _layers(stages[0]) if stages else []
     if not first or not isinstance(first[0], nn.Conv2d) or _single(first[0].padding) < 2:
         return False
     return bool(_supported_prefix(stages))
@@ -88,14 +91,16 @@ def _supported_prefix(stages: list[nn.Module]) -> int:
     return count
 
 
-class TrimmedFCN(nn.Module):
-    """Wraps an :class:`fcnseg.models.FCN` (same ``forward`` contract, same scores) for inference.
+class TrimmedFCN(SegmentationModel):
+    """An :class:`fcnseg.models.FCN` for inference that skips the pad-100 border (same contract, same scores).
+
+    ``features`` computes the trunk without the image-independent border; the head is the wrapped net's.
 
     Snapshot semantics: the background constants are taken from the weights at construction
     (and refreshed by :meth:`refresh`); do not train through this wrapper.
     """
 
-    def __init__(self, model: nn.Module, cache_size: int = 64, strip_bytes: int | None = None) -> None:
+    def __init__(self, model: FCN, cache_size: int = 64, strip_bytes: int | None = None) -> None:
         super().__init__()
         # stages whose maps exceed strip_bytes run in horizontal strips (0: never; None: 12 MiB on the
         # CPU, where it bounds peak memory, never on a GPU, where each strip would cost kernel launches)
@@ -104,10 +109,8 @@ class TrimmedFCN(nn.Module):
             raise ValueError("TrimmedFCN needs a backbone whose first stages are conv/ReLU/max-pool chains "
                              "with a padded first conv (VGG16/AlexNet-free, alignment='caffe')")
         self.model = model.eval()
-        for attr in ("heads", "num_classes", "config", "tap_names"):
-            if hasattr(model, attr):
-                setattr(self, attr, getattr(model, attr))
-        self.backbone = model.backbone  # shared, for .in_channels / .preprocessing lookups
+        self.spec = model.spec
+        self.heads = dict(model.heads)
         self._n_stages = _supported_prefix(list(model.backbone.stages.values()))
         with torch.no_grad():  # big convs run as matmuls on their weight: keep it in plain (OIHW) layout
             for m in model.modules():
@@ -120,8 +123,24 @@ class TrimmedFCN(nn.Module):
         self.refresh()
 
     @property
-    def preprocessing(self):
+    def preprocessing(self) -> Preprocessing:
         return self.model.preprocessing
+
+    @property
+    def output_stride(self) -> int:
+        return self.model.output_stride
+
+    @property
+    def in_channels(self) -> int:
+        return self.model.in_channels
+
+    @property
+    def input_padding(self) -> int:
+        return self.model.input_padding
+
+    def forward_features(self, features: dict[str, torch.Tensor], size: tuple[int, int]
+                         ) -> dict[str, torch.Tensor]:
+        return self.model.forward_features(features, size)
 
     @torch.no_grad()
     def refresh(self) -> None:
@@ -234,11 +253,12 @@ class TrimmedFCN(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def forward(self, x: torch.Tensor):
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The trunk's taps (or the taps the trunk resumes from), computed without the border."""
         h, w = x.shape[-2:]
         plan = self._plan(int(h), int(w))
         if plan is None:
-            return self.model(x)
+            return self.model.features(x)
         d = x
         op_i = 0
         taps: dict[str, torch.Tensor] = {}
@@ -259,7 +279,7 @@ class TrimmedFCN(nn.Module):
             y = _run_stage(stage, y)
             if tap in wanted:
                 taps[tap] = y
-        return self.model(x, features={k: v for k, v in taps.items() if k in wanted} or taps)
+        return {k: v for k, v in taps.items() if k in wanted} or taps
 
     def _run_stage_ops(self, ops: list[_Op], d: torch.Tensor) -> torch.Tensor:
         """One trimmed stage; in horizontal strips when its maps are large (same values, less memory:

@@ -21,29 +21,11 @@ from torch.utils.data import Dataset
 from fcnseg.config import DataConfig
 from fcnseg.models import FCN
 from fcnseg.models.preprocessing import Preprocessing
+from fcnseg.errors import unwrap_worker_error
 from fcnseg.train.losses import apply_patch_sampling
 
 __all__ = ["unwrap_worker_error", "build_transform", "cacheable", "First", "Transformed", "GlobalBatchSampler",
            "SeededItems", "collate_seeded", "FeatureCache", "CachedItems", "item_seed", "fill_value"]
-
-
-def unwrap_worker_error(e: BaseException) -> BaseException:
-    """The error a DataLoader worker raised, with its own message back.
-
-    torch re-raises a worker's exception as ``type(e)("Caught X in DataLoader worker process N.
-    Original Traceback ... module.X: message")``; the one line worth showing is the message."""
-    text = str(e)
-    if not text.startswith("Caught ") or "DataLoader worker" not in text.splitlines()[0]:
-        return e
-    kind = type(e)
-    for prefix in (f"{kind.__module__}.{kind.__qualname__}: ", f"{kind.__qualname__}: "):
-        at = text.rfind("\n" + prefix)
-        if at >= 0:
-            try:
-                return kind(text[at + 1 + len(prefix):].rstrip("\n"))
-            except Exception:  # an error type that takes other arguments: keep torch's
-                return e
-    return e
 
 
 FLIP_P = 0.5  # probability of a random horizontal flip (``data.flip``)
