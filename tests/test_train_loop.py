@@ -99,7 +99,7 @@ def test_run_writes_log_checkpoints_and_evaluates(data_root, tmp_path):
     assert (out / "eval.csv").read_text().count("\n") == 3 and (out / "config.yaml").is_file()
     model, ckpt = model_from_checkpoint(out / "last.pt")
     assert ckpt["iteration"] == 4 and ckpt["run_config"]["train"]["lr"] == 1e-3 and ckpt["world_size"] == 1
-    assert model.config["name"] == "fcn8s" and set(ckpt["optimizer"]) == {"state", "param_groups"}
+    assert model.spec.name == "fcn8s" and set(ckpt["optimizer"]) == {"state", "param_groups"}
     assert load_checkpoint(out / "best.pt")["best_mean_iu"] == res["best_mean_iu"]
     assert not torch.are_deterministic_algorithms_enabled()  # global flags restored
 
@@ -422,10 +422,11 @@ def test_feature_cache_is_reused_only_for_the_same_frozen_trunk_and_data():
     c.backbone.load_state_dict(a.backbone.state_dict(), strict=False)
     sub = FeatureCache.reuse_or_build(c, data, frozen[:4], torch.device("cpu"), Resize(scale=0.25))
     assert sub is first and sub.needed == ["pool4"]
-    _, feats, _ = sub.batch([(0, 0)], 1.0)
+    _, feats, _, size = sub.batch([(0, 0)], 1.0)
     with torch.no_grad():
         x = c.preprocessing(Resize(scale=0.25)(*data[0])[0][None])
-        assert torch.allclose(c(x), c(x, features=feats), atol=1e-5)
+        assert size == tuple(x.shape[-2:])
+        assert torch.allclose(c(x)["out"], c.forward_features(feats, size)["out"], atol=1e-5)
     with torch.no_grad():
         b.backbone.stages["pool1"].conv1_1.weight.add_(1.0)
     changed = FeatureCache.reuse_or_build(b, data, frozen, torch.device("cpu"), Resize(scale=0.25))

@@ -217,7 +217,7 @@ class FeatureCache:
     """Outputs of the frozen trunk prefix for every item, computed once (``train.cache_features``).
 
     It holds the frozen prefix's taps at stride ≥ 8 plus its last stage output, so
-    ``model(x, features=...)`` resumes the backbone right after the prefix. Needs deterministic
+    ``model.forward_features(features, size)`` resumes the backbone right after the prefix. Needs deterministic
     transforms apart from a random flip: with ``mirror`` it also holds every mirrored image's
     features, and :meth:`batch` picks one of the two by the item's seed (:func:`flipped`).
     ``needed`` is what the current model reads; ``flip`` whether this run flips.
@@ -319,7 +319,7 @@ class FeatureCache:
         return len({hw for _, _, hw in self.items}) == 1
 
     def batch(self, keys: list[tuple[int, int]], patch_p: float):
-        """(size-only input, features, labels) for the micro-batch ``[(index, seed), ...]``."""
+        """(None, features, labels, H×W) for the micro-batch ``[(index, seed), ...]``."""
         picked = [(self.mirrors if self.flip and flipped(s) else self.items)[i] for i, s in keys]
         feats = {t: torch.stack([f[t] for f, _, _ in picked]) for t in self.needed}
         labels = [patch_sample(lab, patch_p, s) for (_, lab, _), (_, s) in zip(picked, keys)]
@@ -327,8 +327,7 @@ class FeatureCache:
             lab: Any = {k: torch.stack([lb[k] for lb in labels]) for k in labels[0]}
         else:
             lab = torch.stack(labels)
-        h, w = picked[0][2]
-        return torch.empty(len(keys), 0, h, w), feats, lab
+        return None, feats, lab, picked[0][2]
 
 
 class CachedItems(_Wrapper):

@@ -38,7 +38,7 @@ from fcnseg.train.optim import build_optimizer, build_scheduler
 from fcnseg.train.runlog import CsvLog, RunLock, StopRequest, TensorBoard, write_csv
 from fcnseg.train.data import (FeatureCache, First, GlobalBatchSampler, SeededItems, Transformed, build_transform,
                          cacheable, collate_seeded, unwrap_worker_error)
-from fcnseg.train.model import (build_model, dataset_classes, freeze_backbone, init_from_checkpoint, keep_frozen_eval)
+from fcnseg.train.model import (Resumable, build_model, dataset_classes, freeze_backbone, init_from_checkpoint, keep_frozen_eval)
 
 __all__ = ["train", "score", "rng_state", "set_rng_state"]
 
@@ -182,11 +182,11 @@ class _Run:
         palette = getattr(self.train_raw, "palette", None)
         self.palette = palette.tolist() if hasattr(palette, "tolist") else palette
         self.classes = cfg.model.num_classes if cfg.model.num_classes is not None else dataset_classes(self.train_raw)
-        self.heads = sorted(self.classes) if isinstance(self.classes, dict) else ["out"]
 
         # model (same initialisation on every rank)
         torch.manual_seed(t.seed)
         self.model = build_model(cfg.model, self.classes)
+        self.heads = sorted(self.model.heads)
         self.frozen: list[str] = freeze_backbone(self.model) if t.freeze_backbone else []
         if cfg.model.init_from and self.resume_path is None:
             copied, fresh = init_from_checkpoint(self.model, cfg.model.init_from)
@@ -229,7 +229,7 @@ class _Run:
         else:
             torch.manual_seed(t.seed + ctx.rank)  # per-rank dropout stream (rank 0: as one process)
         self.ddp = self.world > 1
-        self.net = D.wrap_model(self.model, ctx, t.sync_bn)
+        self.net = D.wrap_model(Resumable(self.model), ctx, t.sync_bn)
 
     # --- setup helpers ----------------------------------------------------------------------------
     def _say(self, msg: str) -> None:
@@ -343,7 +343,7 @@ class _Run:
 
     # --- batches ------------------------------------------------------------------------------------
     def _batches(self):
-        """Yields per step a list of ``accumulate`` micro-batches (x, features|None, labels) on CPU."""
+        """Yields per step a list of ``accumulate`` micro-batches (images|None, features|None, labels, size) on CPU."""
         t, d = self.cfg.train, self.cfg.data
         sampler = GlobalBatchSampler(len(self.train_raw), self.batch, t.seed, start_step=self.iteration,
                                      total_steps=self.total, rank=self.ctx.rank, world_size=self.world,
@@ -366,7 +366,7 @@ class _Run:
                     images, labels, _seeds = next(it)
                 except FcnsegError as e:  # raised in a worker: torch wraps the message in its traceback
                     raise unwrap_worker_error(e) from None
-                step.append((images, None, labels))
+                step.append((images, None, labels, tuple(images.shape[-2:])))
             yield step
 
     def _cache(self, micro: int) -> FeatureCache | None:
@@ -406,15 +406,16 @@ class _Run:
         return prefix
 
     # --- one step -----------------------------------------------------------------------------------
-    def _by_head(self, v: Any) -> dict[str, Any]:
-        return v if isinstance(v, dict) else {"out": v}
+    def _by_head(self, labels: Any) -> dict[str, Any]:
+        """Labels per head: a single-head dataset's label map belongs to the model's one head."""
+        return labels if isinstance(labels, dict) else {self.heads[0]: labels}
 
     def _denominators(self, micro: list) -> dict[str, float]:
         t = self.cfg.train
         if t.loss_reduction in ("sum", "image-mean"):
             return {h: float(self.batch) for h in self.heads}
         local = torch.zeros(len(self.heads), dtype=torch.float64)
-        for _, _, labels in micro:
+        for _, _, labels, _ in micro:
             lab = self._by_head(labels)
             for i, h in enumerate(self.heads):
                 local[i] += loss_denominator(lab[h], "mean", self.cw_cpu)
@@ -431,11 +432,10 @@ class _Run:
         den = self._denominators(micro)
         self.optimizer.zero_grad(set_to_none=True)
         acc = torch.zeros((), dtype=torch.float64, device=self.device)
-        for m, (x, feats, labels) in enumerate(micro):
+        for m, (x, feats, labels, size) in enumerate(micro):
             check_labels(labels, self.classes, IGNORE_INDEX, where=f"training batch at iteration {self.iteration + 1}")
-            x = x.to(self.device, non_blocking=True)
             if feats is None:
-                x = self.pre(x)
+                x = self.pre(x.to(self.device, non_blocking=True))
                 if self.cfg.train.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
             else:
@@ -444,7 +444,7 @@ class _Run:
             sync = self.net.no_sync() if self.ddp and m < len(micro) - 1 else nullcontext()
             with sync:
                 with self._autocast():
-                    out = self._by_head(self.net(x, features=feats) if feats is not None else self.net(x))
+                    out = self.net(x) if feats is None else self.net(features=feats, size=size)
                 loss = sum(loss_numerator(out[h], lab[h], self.cfg.train.loss_reduction, self.class_weights)
                            / den[h] for h in self.heads)
                 # DDP averages gradients over ranks; losses are normalised by the global batch already

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -11,15 +11,32 @@ from torch import nn
 from fcnseg.config import ModelConfig
 from fcnseg.errors import CheckpointError, ConfigError, FcnsegError
 from fcnseg.models import FCN, create_model
-from fcnseg.models.preprocessing import StreamPreprocessing
-from fcnseg.models.preprocessing import Preprocessing
+from fcnseg.models.base import SegmentationModel
 from fcnseg.models.checkpoint import load_checkpoint
+from fcnseg.models.fusion import LateFusion
+from fcnseg.models.preprocessing import Preprocessing, StreamPreprocessing
 
-__all__ = ["dataset_classes", "build_model", "init_from_checkpoint", "freeze_backbone", "set_dropout",
+__all__ = ["Resumable", "dataset_classes", "build_model", "init_from_checkpoint", "freeze_backbone", "set_dropout",
            "override_preprocessing"]
 
 
-def dataset_classes(dataset: Any) -> Union[int, dict]:
+class Resumable(nn.Module):
+    """The trained model as DDP wraps it: one ``forward`` for images and for cached backbone taps
+    (DDP synchronises gradients only through ``forward``)."""
+
+    def __init__(self, model: SegmentationModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor | None = None, features: dict[str, torch.Tensor] | None = None,
+                size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+        """``model(x)``, or ``model.forward_features(features, size)`` when ``features`` are given."""
+        if features is None:
+            return self.model(x)
+        return self.model.forward_features(features, size)
+
+
+def dataset_classes(dataset: Any) -> int | dict:
     """Classes per head: ``dataset.heads`` if it has them, SIFT Flow's two heads for dict labels,
     else ``dataset.num_classes``."""
     heads = getattr(dataset, "heads", None)
@@ -33,7 +50,7 @@ def dataset_classes(dataset: Any) -> Union[int, dict]:
     return int(n)
 
 
-def build_model(m: ModelConfig, num_classes: Union[int, dict]) -> FCN:
+def build_model(m: ModelConfig, num_classes: int | dict) -> SegmentationModel:
     """``create_model`` from the model section (None fields keep the backbone's defaults)."""
     kwargs: dict[str, Any] = {}
     if m.fc_channels is not None:
@@ -66,10 +83,10 @@ def override_preprocessing(model: nn.Module, spec: Mapping[str, Any]) -> None:
     ``spec``: ``{bgr, scale, mean, std, name}``, fields left out keep their value. For late fusion either
     one such dict for every stream or ``{stream name: dict}``.
     """
-    streams = getattr(model, "streams", None)
-    if not isinstance(streams, nn.ModuleDict):
+    if not isinstance(model, LateFusion):
         model.preprocessing = _replace(model.preprocessing, spec, "model.preprocessing")
         return
+    streams = model.streams
     per_stream = bool(spec) and all(isinstance(v, Mapping) for v in spec.values())
     for name, stream in streams.items():
         given = spec.get(name) if per_stream else spec
@@ -96,7 +113,7 @@ def set_dropout(model: nn.Module, p: float) -> None:
             mod.p = p
 
 
-def init_from_checkpoint(model: nn.Module, path: Union[str, Mapping[str, str]]) -> tuple[list[str], list[str]]:
+def init_from_checkpoint(model: nn.Module, path: str | Mapping[str, str]) -> tuple[list[str], list[str]]:
     """Copy every tensor of checkpoint ``path`` whose name and shape match (staged 32s→16s→8s).
 
     For a late-fusion net ``path`` may map stream names to checkpoints (each stream starts from its
@@ -104,9 +121,9 @@ def init_from_checkpoint(model: nn.Module, path: Union[str, Mapping[str, str]]) 
     left at their initialisation).
     """
     if isinstance(path, Mapping):
-        streams = getattr(model, "streams", None)
-        if not isinstance(streams, nn.ModuleDict) or set(path) - set(streams):
-            have = sorted(streams) if isinstance(streams, nn.ModuleDict) else "none (not a late-fusion net)"
+        streams = model.streams if isinstance(model, LateFusion) else None
+        if streams is None or set(path) - set(streams):
+            have = sorted(streams) if streams is not None else "none (not a late-fusion net)"
             raise ConfigError(f"model.init_from names streams {sorted(path)}; the model's streams: {have}")
         copied = [f"streams.{n}.{k}" for n, p in path.items() for k in init_from_checkpoint(streams[n], p)[0]]
         done = set(copied)
