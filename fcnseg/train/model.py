@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from fcnseg.config import ModelConfig
+from fcnseg.config import ModelConfig, RunConfig
 from fcnseg.errors import CheckpointError, ConfigError, FcnsegError
 from fcnseg.models import FCN, create_model
 from fcnseg.models.base import SegmentationModel
@@ -16,7 +16,7 @@ from fcnseg.models.checkpoint import load_checkpoint
 from fcnseg.models.fusion import LateFusion
 from fcnseg.models.preprocessing import Preprocessing, StreamPreprocessing
 
-__all__ = ["Resumable", "dataset_classes", "build_model", "init_from_checkpoint", "freeze_backbone", "set_dropout",
+__all__ = ["Resumable", "prepare_model", "dataset_classes", "build_model", "init_from_checkpoint", "freeze_backbone", "set_dropout",
            "override_preprocessing"]
 
 
@@ -75,6 +75,26 @@ def build_model(m: ModelConfig, num_classes: int | dict) -> SegmentationModel:
     if m.preprocessing:
         override_preprocessing(model, m.preprocessing)
     return model
+
+
+def prepare_model(cfg: RunConfig, classes: int | dict, device: torch.device, say: Callable[[str], None],
+                  init: bool = True) -> tuple[SegmentationModel, list[str]]:
+    """The net a run trains or scores, on ``device``: built from ``cfg.model`` (seeded by ``train.seed``),
+    its backbone frozen if ``train.freeze_backbone``, initialised from ``model.init_from`` when ``init``.
+    Returns it and its frozen stages."""
+    t = cfg.train
+    torch.manual_seed(t.seed)  # the same initialisation on every rank
+    model = build_model(cfg.model, classes)
+    frozen = freeze_backbone(model) if t.freeze_backbone else []
+    if cfg.model.init_from and init:
+        copied, fresh = init_from_checkpoint(model, cfg.model.init_from)
+        listed = f" ({', '.join(fresh[:6])}{', ...' if len(fresh) > 6 else ''})" if fresh else ""
+        say(f"initialised {len(copied)} tensors from {cfg.model.init_from}; "
+            f"{len(fresh)} keep their initialisation{listed}")
+    model.to(device)
+    if t.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model, frozen
 
 
 def override_preprocessing(model: nn.Module, spec: Mapping[str, Any]) -> None:
