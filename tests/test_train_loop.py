@@ -16,10 +16,10 @@ from PIL import Image
 from fcnseg import create_model
 from fcnseg.config import load_config
 from fcnseg.data import build_dataset
+from fcnseg.errors import FcnsegError
 from fcnseg.models.checkpoint import load_checkpoint, model_from_checkpoint
 from fcnseg.train.loop import train
 from fcnseg.train.model import init_from_checkpoint
-from fcnseg.errors import FcnsegError
 
 H, W = 32, 40
 
@@ -385,7 +385,7 @@ def test_multi_head_training(tmp_path):
 
 
 def test_bad_setup_errors_are_one_line(data_root, tmp_path):
-    from fcnseg.errors import ConfigError, CheckpointError
+    from fcnseg.errors import CheckpointError, ConfigError
 
     with pytest.raises(ConfigError, match="larger than the training set"):
         train(cfg_for(data_root, tmp_path / "a", "data.batch_size=16"))

@@ -7,17 +7,20 @@ heads on one frozen trunk) and hands a cache it holds to any later model that ca
 """
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from fcnseg.config import RunConfig
 from fcnseg.data.transforms import RandomHorizontalFlip
 from fcnseg.models import FCN
 from fcnseg.models.checkpoint import state_checksum
-from fcnseg.train.data import Wrapper, flipped, patch_sample
+from fcnseg.train.data import Wrapper, build_transform, cacheable, flipped, patch_sample
 
-__all__ = ["FeatureCache", "FeatureStore", "CachedItems", "cacheable_prefix"]
+__all__ = ["FeatureCache", "FeatureStore", "CachedItems", "cacheable_prefix", "training_cache"]
 
 
 def cacheable_prefix(model: FCN, frozen: list[str]) -> list[str]:
@@ -34,6 +37,29 @@ def cacheable_prefix(model: FCN, frozen: list[str]) -> list[str]:
             break
         prefix.append(name)
     return prefix
+
+
+def training_cache(cfg: RunConfig, model: FCN, frozen: list[str], dataset: Any, device: torch.device,
+                   store: FeatureStore, micro: int, say: Callable[[str], None]) -> FeatureCache | None:
+    """The training split's cache for ``train.cache_features``, or None (and why) where it cannot serve."""
+    d = cfg.data
+    prefix = cacheable_prefix(model, frozen)
+    if not prefix:
+        say("train.cache_features: no frozen, deterministic backbone prefix (set train.freeze_backbone); "
+            "not caching")
+        return None
+    if not cacheable(d):
+        say("train.cache_features: the training transforms are random (scale_range/crop/jitter); not caching")
+        return None
+    t0 = time.perf_counter()
+    cache = store.get(model, dataset, prefix, device, build_transform(d, model.preprocessing, True, flip=False),
+                      mirror=bool(d.flip))
+    if not cache.uniform() and micro > 1:
+        say("train.cache_features: images differ in size and micro-batches hold several; not caching")
+        return None
+    say(f"cached {'/'.join(cache.taps)} features of {len(dataset)} images{' and their mirrors' if cache.flip else ''} "
+        f"({cache.nbytes / 2**20:.1f} MiB, {time.perf_counter() - t0:.1f}s)")
+    return cache
 
 
 class FeatureCache:

@@ -28,9 +28,16 @@ from fcnseg.config import RunConfig, TrainConfig, apply_preset
 from fcnseg.errors import ConfigError, FcnsegError
 from fcnseg.evaluate.scoring import evaluate
 from fcnseg.models.base import SegmentationModel
-from fcnseg.train.cache import FeatureCache, FeatureStore, cacheable_prefix
-from fcnseg.train.data import (GlobalBatchSampler, Shard, Transformed, build_datasets, build_transform, cacheable,
-                               class_weights, loader_steps)
+from fcnseg.train.cache import FeatureCache, FeatureStore, cacheable_prefix, training_cache
+from fcnseg.train.data import (
+    GlobalBatchSampler,
+    Shard,
+    Transformed,
+    build_datasets,
+    build_transform,
+    class_weights,
+    loader_steps,
+)
 from fcnseg.train.losses import IGNORE_INDEX, check_labels, loss_denominator, loss_numerator
 from fcnseg.train.model import Resumable, dataset_classes, keep_frozen_eval, prepare_model
 from fcnseg.train.optim import build_optimizer, build_scheduler
@@ -166,6 +173,18 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
+def _schedule(cfg: RunConfig, items: int, world: int) -> tuple[int, int, int]:
+    """(global batch, steps per epoch, total steps)."""
+    t, b = cfg.train, cfg.data.batch_size
+    if items < b:
+        raise ConfigError(f"data.batch_size {b} is larger than the training set ({items} items)")
+    if b % (world * t.accumulate):
+        raise ConfigError(f"data.batch_size {b} is the global batch: it must be divisible by world size "
+                          f"{world} × train.accumulate {t.accumulate}")
+    steps = items // b
+    return b, steps, t.iterations if t.iterations is not None else t.epochs * steps
+
+
 @dataclass
 class _Window:
     """The training steps since the last log row (img/s counts training time only)."""
@@ -181,6 +200,67 @@ class _Window:
 
     def mean(self) -> float:
         return self.loss / self.n if self.n else float("nan")
+
+
+class _Stepper:
+    """Forward and backward of one step's micro-batches: the loss per head, normalised by the global
+    batch, under autocast and the grad scaler; DDP gradient sync only on the last micro-batch."""
+
+    def __init__(self, cfg: RunConfig, ctx: D.DistContext, model: SegmentationModel, classes: int | dict,
+                 class_weights: torch.Tensor | None, batch: int, amp_dtype: torch.dtype | None,
+                 scaler: torch.amp.GradScaler) -> None:
+        self.cfg, self.device, self.world, self.classes, self.batch = cfg, ctx.device, ctx.world_size, classes, batch
+        self.heads = sorted(model.heads)
+        self.pre = model.preprocessing
+        self.class_weights = class_weights
+        self.cw_cpu = None if class_weights is None else class_weights.cpu()
+        self.amp_dtype = amp_dtype
+        self.scaler = scaler
+        self.ddp = self.world > 1
+        self.net = D.wrap_model(Resumable(model), ctx, cfg.train.sync_bn)
+
+    def _by_head(self, labels: Any) -> dict[str, Any]:
+        """Labels per head: a single-head dataset's label map belongs to the model's one head."""
+        return labels if isinstance(labels, dict) else {self.heads[0]: labels}
+
+    def _denominators(self, micro: list) -> dict[str, float]:
+        if self.cfg.train.loss_reduction in ("sum", "image-mean"):
+            return {h: float(self.batch) for h in self.heads}
+        local = torch.zeros(len(self.heads), dtype=torch.float64)
+        for _, _, labels, _ in micro:
+            lab = self._by_head(labels)
+            for i, h in enumerate(self.heads):
+                local[i] += loss_denominator(lab[h], "mean", self.cw_cpu)
+        D.all_reduce_sum(local)
+        return {h: float(local[i]) if local[i] > 0 else 1.0 for i, h in enumerate(self.heads)}
+
+    def _autocast(self):
+        return nullcontext() if self.amp_dtype is None else torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def step(self, micro: list, optimizer: torch.optim.Optimizer, iteration: int) -> torch.Tensor:
+        """Forward/backward of every micro-batch (no optimizer step); returns this rank's loss share."""
+        den = self._denominators(micro)
+        optimizer.zero_grad(set_to_none=True)
+        acc = torch.zeros((), dtype=torch.float64, device=self.device)
+        where = f"training batch at iteration {iteration + 1}"
+        for m, (x, feats, labels, size) in enumerate(micro):
+            check_labels(labels, self.classes, IGNORE_INDEX, where=where)
+            if feats is None:
+                x = self.pre(x.to(self.device, non_blocking=True))
+                if self.cfg.train.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+            else:
+                feats = {k: v.to(self.device, non_blocking=True) for k, v in feats.items()}
+            lab = {h: v.to(self.device, non_blocking=True) for h, v in self._by_head(labels).items()}
+            with self.net.no_sync() if self.ddp and m < len(micro) - 1 else nullcontext():
+                with self._autocast():
+                    out = self.net(x) if feats is None else self.net(features=feats, size=size)
+                loss = sum(loss_numerator(out[h], lab[h], self.cfg.train.loss_reduction, self.class_weights)
+                           / den[h] for h in self.heads)
+                # DDP averages gradients over ranks; losses are normalised by the global batch already
+                self.scaler.scale(loss * self.world).backward()
+            acc += loss.detach().double()
+        return acc
 
 
 class _Run:
@@ -204,12 +284,10 @@ class _Run:
         self.classes = cfg.model.num_classes if cfg.model.num_classes is not None else dataset_classes(self.train_raw)
         self.model, self.frozen = prepare_model(cfg, self.classes, self.device, self.progress.say,
                                                 init=self.resume_path is None)
-        self.heads = sorted(self.model.heads)
         self.pre = self.model.preprocessing
         cw = class_weights(cfg, self.train_raw, self.classes, self.progress.say)
-        self.class_weights = None if cw is None else cw.to(self.device, torch.float32)
-        self.cw_cpu = None if self.class_weights is None else self.class_weights.cpu()
-        self.batch, self.steps_per_epoch, self.total = self._schedule()
+        cw = None if cw is None else cw.to(self.device, torch.float32)
+        self.batch, self.steps_per_epoch, self.total = _schedule(cfg, len(self.train_raw), self.world)
         self.optimizer = build_optimizer(self.model, t.optimizer, t.lr, momentum=t.momentum,
                                          weight_decay=t.weight_decay, bias_lr_mult=t.bias_lr_mult,
                                          backbone_lr_mult=t.backbone_lr_mult,
@@ -217,8 +295,8 @@ class _Run:
                                          backbone_bias_decay_mult=t.backbone_bias_decay_mult)
         self.scheduler = build_scheduler(self.optimizer, t.schedule, self.total, step_size=t.step_size,
                                          gamma=t.gamma, poly_power=t.poly_power, warmup_iters=t.warmup_iters)
-        self.amp_dtype = _amp_dtype(t.amp, self.device)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        amp_dtype = _amp_dtype(t.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16)
         self.checkpoints = Checkpoints(cfg, ctx, self.model, {"optimizer": self.optimizer, "scheduler": self.scheduler,
                                                               "scaler": self.scaler},
                                        self.batch, self.steps_per_epoch, len(self.train_raw), facts)
@@ -227,27 +305,14 @@ class _Run:
         else:
             self.state = RunState()
             torch.manual_seed(t.seed + ctx.rank)  # per-rank dropout stream (rank 0: as one process)
-        self.ddp = self.world > 1
-        self.net = D.wrap_model(Resumable(self.model), ctx, t.sync_bn)
+        self.stepper = _Stepper(cfg, ctx, self.model, self.classes, cw, self.batch, amp_dtype, self.scaler)
         # opened by run()
         self.log: CsvLog | None = None
         self.eval_log: EvalLog | None = None
         self.tb = TensorBoard(self.out / "tb", False)
         self.window = _Window(time.perf_counter(), self.state.iteration)
-        self.said_val_cache = False
         self.skipped = self.consecutive = 0
         self.last_loss = float("nan")   # the last log row's loss
-
-    def _schedule(self) -> tuple[int, int, int]:
-        """(global batch, steps per epoch, total steps)."""
-        t, b = self.cfg.train, self.cfg.data.batch_size
-        if len(self.train_raw) < b:
-            raise ConfigError(f"data.batch_size {b} is larger than the training set ({len(self.train_raw)} items)")
-        if b % (self.world * t.accumulate):
-            raise ConfigError(f"data.batch_size {b} is the global batch: it must be divisible by world size "
-                              f"{self.world} × train.accumulate {t.accumulate}")
-        steps = len(self.train_raw) // b
-        return b, steps, t.iterations if t.iterations is not None else t.epochs * steps
 
     # --- batches ------------------------------------------------------------------------------------
     def _batches(self) -> Iterator[list]:
@@ -256,82 +321,18 @@ class _Run:
         sampler = GlobalBatchSampler(len(self.train_raw), self.batch, t.seed, start_step=self.state.iteration,
                                      total_steps=self.total, rank=self.ctx.rank, world_size=self.world,
                                      accumulate=t.accumulate)
-        cache = self._cache(sampler.micro) if t.cache_features else None
+        cache = training_cache(self.cfg, self.model, self.frozen, self.train_raw, self.device, self.store,
+                               sampler.micro, self.progress.say) if t.cache_features else None
         if cache is None:
             yield from loader_steps(self.cfg, self.train_raw, self.pre, sampler, self.device.type == "cuda")
             return
         for step in range(self.state.iteration, self.total):
             yield [cache.batch(mb, t.patch_p) for mb in sampler.step_micro_batches(step)]
 
-    def _cache(self, micro: int) -> FeatureCache | None:
-        d, say_ = self.cfg.data, self.progress.say
-        frozen = cacheable_prefix(self.model, self.frozen)
-        if not frozen:
-            say_("train.cache_features: no frozen, deterministic backbone prefix (set train.freeze_backbone); "
-                 "not caching")
-            return None
-        if not cacheable(d):
-            say_("train.cache_features: the training transforms are random (scale_range/crop/jitter); not caching")
-            return None
-        t0 = time.perf_counter()
-        cache = self.store.get(self.model, self.train_raw, frozen, self.device,
-                               build_transform(d, self.pre, True, flip=False), mirror=bool(d.flip))
-        if not cache.uniform() and micro > 1:
-            say_("train.cache_features: images differ in size and micro-batches hold several; not caching")
-            return None
-        say_(f"cached {'/'.join(cache.taps)} features of {len(self.train_raw)} images"
-             f"{' and their mirrors' if cache.flip else ''} "
-             f"({cache.nbytes / 2**20:.1f} MiB, {time.perf_counter() - t0:.1f}s)")
-        return cache
-
-    # --- one step -----------------------------------------------------------------------------------
-    def _by_head(self, labels: Any) -> dict[str, Any]:
-        """Labels per head: a single-head dataset's label map belongs to the model's one head."""
-        return labels if isinstance(labels, dict) else {self.heads[0]: labels}
-
-    def _denominators(self, micro: list) -> dict[str, float]:
-        if self.cfg.train.loss_reduction in ("sum", "image-mean"):
-            return {h: float(self.batch) for h in self.heads}
-        local = torch.zeros(len(self.heads), dtype=torch.float64)
-        for _, _, labels, _ in micro:
-            lab = self._by_head(labels)
-            for i, h in enumerate(self.heads):
-                local[i] += loss_denominator(lab[h], "mean", self.cw_cpu)
-        D.all_reduce_sum(local)
-        return {h: float(local[i]) if local[i] > 0 else 1.0 for i, h in enumerate(self.heads)}
-
-    def _autocast(self):
-        return nullcontext() if self.amp_dtype is None else torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-    def _step(self, micro: list) -> torch.Tensor:
-        """Forward/backward of every micro-batch (no optimizer step); returns this rank's loss share."""
-        den = self._denominators(micro)
-        self.optimizer.zero_grad(set_to_none=True)
-        acc = torch.zeros((), dtype=torch.float64, device=self.device)
-        where = f"training batch at iteration {self.state.iteration + 1}"
-        for m, (x, feats, labels, size) in enumerate(micro):
-            check_labels(labels, self.classes, IGNORE_INDEX, where=where)
-            if feats is None:
-                x = self.pre(x.to(self.device, non_blocking=True))
-                if self.cfg.train.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-            else:
-                feats = {k: v.to(self.device, non_blocking=True) for k, v in feats.items()}
-            lab = {h: v.to(self.device, non_blocking=True) for h, v in self._by_head(labels).items()}
-            with self.net.no_sync() if self.ddp and m < len(micro) - 1 else nullcontext():
-                with self._autocast():
-                    out = self.net(x) if feats is None else self.net(features=feats, size=size)
-                loss = sum(loss_numerator(out[h], lab[h], self.cfg.train.loss_reduction, self.class_weights)
-                           / den[h] for h in self.heads)
-                # DDP averages gradients over ranks; losses are normalised by the global batch already
-                self.scaler.scale(loss * self.world).backward()
-            acc += loss.detach().double()
-        return acc
-
     def _train_step(self, micro: list, stop: StopRequest) -> bool:
         """One optimizer step (skipped on a non-finite loss as ``train.nonfinite`` says); whether any
         rank was asked to stop."""
-        acc = self._step(micro)
+        acc = self.stepper.step(micro, self.optimizer, self.state.iteration)
         local_bad = 0.0 if torch.isfinite(acc) else 1.0
         flags = torch.tensor([acc.item() if not local_bad else 0.0, local_bad, 1.0 if stop.requested else 0.0],
                              dtype=torch.float64)
@@ -372,11 +373,9 @@ class _Run:
         return metrics
 
     def _said_cache(self, cache: FeatureCache, seconds: float) -> None:
-        if not self.said_val_cache:
-            self.said_val_cache = True
-            self.progress.say(f"scoring from cached {'/'.join(cache.taps)} features of {len(self.val_raw)} "
-                              f"validation images{' and their mirrors' if cache.mirrors is not None else ''} "
-                              f"({cache.nbytes / 2**20:.1f} MiB, {seconds:.1f}s)")
+        self.progress.once("val-cache", f"scoring from cached {'/'.join(cache.taps)} features of {len(cache.items)} "
+                           f"validation images{' and their mirrors' if cache.mirrors is not None else ''} "
+                           f"({cache.nbytes / 2**20:.1f} MiB, {seconds:.1f}s)")
 
     def _after_eval(self, metrics: dict | None) -> None:
         if metrics is None:
@@ -422,7 +421,7 @@ class _Run:
         if start >= self.total:
             self.progress.say(f"nothing to do: the run is already at iteration {start}/{self.total}")
         self.progress.open(self.total, start, self.cfg.train.progress)
-        self.net.train()
+        self.stepper.net.train()
         keep_frozen_eval(self.model, self.frozen)
         self.window = _Window(time.perf_counter(), start)
         batches = self._batches()

@@ -16,7 +16,8 @@ from fcnseg.models.checkpoint import load_checkpoint
 from fcnseg.models.fusion import LateFusion
 from fcnseg.models.preprocessing import Preprocessing, StreamPreprocessing
 
-__all__ = ["Resumable", "prepare_model", "dataset_classes", "build_model", "init_from_checkpoint", "freeze_backbone", "set_dropout",
+__all__ = ["Resumable", "prepare_model", "dataset_classes", "build_model", "init_from_checkpoint", "freeze_backbone",
+           "set_dropout",
            "override_preprocessing"]
 
 

@@ -105,7 +105,7 @@ class StopRequest:
         self._previous: dict[int, Any] = {}
         self._pid = os.getpid()
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.getsignal(sig)
@@ -139,6 +139,7 @@ class Progress:
     def __init__(self, main: bool) -> None:
         self.main = main
         self.bar: tqdm | None = None
+        self.said: set[str] = set()
 
     def say(self, msg: str) -> None:
         if not self.main:
@@ -147,6 +148,12 @@ class Progress:
             self.bar.write(msg, file=sys.stderr)
         else:
             say(msg)
+
+    def once(self, key: str, msg: str) -> None:
+        """``say`` the first message given for ``key``; later ones not."""
+        if key not in self.said:
+            self.said.add(key)
+            self.say(msg)
 
     def open(self, total: int, initial: int, enabled: bool) -> None:
         if self.main and enabled:
