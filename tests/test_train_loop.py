@@ -453,3 +453,54 @@ def test_iter_size_20_of_batch_1_equals_one_batch_of_20_image_mean(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
     start = create_model("fcn32s", 11, width=0.0625, fc_channels=64, alignment="same").state_dict()
     assert any(not torch.equal(a[k], start[k]) for k in a if k.startswith("score."))
+
+
+def test_score_evaluates_the_net_without_building_a_training_run(data_root, tmp_path):
+    """score() builds the net and evaluates it: no optimizer or batch schedule (a batch larger than the
+    training set is no obstacle), nothing written; an earlier run's final net scores as its last evaluation."""
+    from fcnseg.train.loop import score
+
+    run = train(cfg_for(data_root, tmp_path / "run", "data.val_split=val"))
+    got = score(cfg_for(data_root, tmp_path / "score", "data.val_split=val", "data.batch_size=100",
+                        f"model.init_from={tmp_path / 'run' / 'last.pt'}"))
+    assert got["confusion"] == run["metrics"]["confusion"]
+    assert not (tmp_path / "score").exists()
+    assert score(cfg_for(data_root, tmp_path / "none")) is None   # no validation split
+
+
+def test_score_adapt_scores_the_adapted_net_from_the_built_nets_cached_trunk(data_root, tmp_path):
+    """score(adapt=) builds the net, caches its frozen trunk's features in the caller's store, and
+    scores the adapted net (a changed head) from them: as scoring the adapted net on the images."""
+    from fcnseg.train.cache import FeatureStore
+    from fcnseg.train.loop import score
+
+    def adapt(model):  # new score layers whose predictions vary from pixel to pixel
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for name, p in model.score.named_parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 50.0 if name.endswith("weight") else torch.zeros_like(p))
+        return model
+
+    common = ["data.val_split=val", "train.freeze_backbone=true", "model.dropout=0"]
+    store = FeatureStore()
+    cached = score(cfg_for(data_root, tmp_path / "a", *common, "train.cache_features=true"), store=store, adapt=adapt)
+    plain = score(cfg_for(data_root, tmp_path / "b", *common), adapt=adapt)
+    unchanged = score(cfg_for(data_root, tmp_path / "c", *common))
+    assert cached["confusion"] == plain["confusion"] != unchanged["confusion"]
+    assert len(store.entries) == 1   # the validation split's features, held by the caller
+
+
+def test_freeze_keeps_the_classifier_stage_the_backbone_declares():
+    """Backbone.classifier_tap (fc7 of VGG16 and AlexNet) is what a frozen-trunk run keeps training."""
+    from fcnseg.train.model import freeze_backbone
+
+    for backbone in ("vgg16", "alexnet"):
+        model = create_model("fcn32s", 11, backbone=backbone, width=0.0625, fc_channels=16)
+        assert model.backbone.classifier_tap == "fc7"
+        frozen = freeze_backbone(model)
+        assert frozen == [n for n in model.backbone.stages if n != "fc7"]
+        assert all(p.requires_grad for p in model.backbone.stages["fc7"].parameters())
+        assert not any(p.requires_grad for n in frozen for p in model.backbone.stages[n].parameters())
+    model = create_model("fcn32s", 11, width=0.0625, fc_channels=16)
+    model.backbone.classifier_tap = None   # a backbone without converted classifier: the whole trunk freezes
+    assert freeze_backbone(model) == list(model.backbone.stages)
