@@ -100,6 +100,10 @@ def test_run_writes_log_checkpoints_and_evaluates(data_root, tmp_path):
     model, ckpt = model_from_checkpoint(out / "last.pt")
     assert ckpt["iteration"] == 4 and ckpt["run_config"]["train"]["lr"] == 1e-3 and ckpt["world_size"] == 1
     assert model.spec.name == "fcn8s" and set(ckpt["optimizer"]) == {"state", "param_groups"}
+    assert ckpt["config"] == model.spec.to_dict() == load_checkpoint(out / "last.pt")["config"]
+    assert list(ckpt) == ["format", "model", "config", "preprocessing", "checksum", "optimizer", "scheduler", "scaler",
+                          "iteration", "epoch", "rng_per_rank", "world_size", "sampler", "run_config", "best_mean_iu",
+                          "elapsed", "metrics", "classes", "palette"]   # the layout a resume and predict read
     assert load_checkpoint(out / "best.pt")["best_mean_iu"] == res["best_mean_iu"]
     assert not torch.are_deterministic_algorithms_enabled()  # global flags restored
 
