@@ -28,8 +28,13 @@ from typing import Any
 import yaml
 
 from fcnseg.atomic import write_bytes, write_json, write_text
+from fcnseg.config import load_config
+from fcnseg.data import dataset_info
 from fcnseg.errors import ConfigError
+from fcnseg.models.dense import dense, parse_dense
 from fcnseg.provenance import commit, loadavg, machine
+from fcnseg.train.cache import FeatureStore
+from fcnseg.train.loop import score, train
 
 __all__ = ["load_protocol", "list_protocols", "run_study", "write_results"]
 
@@ -147,10 +152,6 @@ def _check_prerequisites(proto: dict, out: Path, only: list[str] | None) -> None
 def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None = None,
               only: list[str] | None = None, overrides: list[str] | None = None) -> Path:
     """Train and score every run of the protocol; return the path of RESULTS.md."""
-    from fcnseg.config import load_config
-    from fcnseg.data import dataset_info
-    from fcnseg.train.loop import score, train
-
     proto = load_protocol(dataset, protocol)
     _check_only(proto, protocol, only)
     out = Path(out)
@@ -160,6 +161,7 @@ def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None 
     if root:
         base = {**base, "data": {**base["data"], "root": root}}
     study_t0 = time.perf_counter()
+    store = FeatureStore()  # the study's runs share one frozen trunk's cached features
     for spec in proto["runs"]:
         name = spec["name"]
         if only and name not in only:
@@ -186,12 +188,12 @@ def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None 
         print(f"[reproduce] {name}: {spec.get('about', '')}", flush=True)
         load_start, t0 = loadavg(), time.perf_counter()
         if source is None:
-            result = train(cfg, overwrite=True)  # no <run>.json: the run did not finish; train it again
+            result = train(cfg, overwrite=True, store=store)  # no <run>.json: the run did not finish; train it again
         elif spec.get("dense"):
-            result = {"metrics": _score_dense(cfg, spec["dense"]), "iterations": 0,
+            result = {"metrics": _score_dense(cfg, spec["dense"], store), "iterations": 0,
                       "last_checkpoint": cfg.model.init_from}
         else:
-            result = {"metrics": score(cfg), "iterations": 0, "last_checkpoint": cfg.model.init_from}
+            result = {"metrics": score(cfg, store=store), "iterations": 0, "last_checkpoint": cfg.model.init_from}
         wall = time.perf_counter() - t0
         metrics = result.get("metrics")
         if not metrics:
@@ -224,38 +226,18 @@ def _measure_costs(proto: dict, out: Path) -> None:
 
 
 def _dense_args(text: str) -> tuple[int, str]:
-    from fcnseg.models.dense import parse_dense
-
     try:
         return parse_dense(text)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
 
-def _score_dense(cfg, text: str) -> dict:
+def _score_dense(cfg, text: str, store: FeatureStore) -> dict | None:
     """Score the run's net (``model.init_from``) with its coarse map densified (``models.dense``),
-    on its validation images (a frozen trunk's cached features serve the stages before the first
-    changed layer)."""
-    from fcnseg.config import apply_preset
-    from fcnseg import distributed as D
-    from fcnseg.train.loop import _Run
-    from fcnseg.models.dense import dense
-
+    on its validation images (a frozen trunk's cached features, of the unchanged net, serve the
+    stages before the first changed layer)."""
     factor, method = _dense_args(text)
-    cfg = apply_preset(cfg)
-    ctx = D.setup(cfg.train.device)
-    ok = False
-    try:
-        run = _Run(cfg, ctx, None, None)
-        if cfg.train.cache_features:  # cache (memoised) the *unchanged* trunk's taps before swapping the net
-            from fcnseg.train.data import build_transform
-            run._val_cached(build_transform(cfg.data, run.pre, train=False))
-        run.model = dense(run.model.eval(), factor, method)
-        metrics = run._evaluate()
-        ok = True
-        return metrics
-    finally:
-        D.cleanup(ctx, ok)
+    return score(cfg, store=store, adapt=lambda model: dense(model.eval(), factor, method))
 
 
 def measure_cost(checkpoint: str, dense_text: str | None, size: list[int], repeats: int = 5) -> dict:
@@ -265,7 +247,6 @@ def measure_cost(checkpoint: str, dense_text: str | None, size: list[int], repea
 
     from fcnseg.bench.measure import count_flops
     from fcnseg.models.checkpoint import model_from_checkpoint
-    from fcnseg.models.dense import dense
 
     model = model_from_checkpoint(checkpoint, map_location="cpu")[0].eval()
     if dense_text:

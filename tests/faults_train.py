@@ -145,7 +145,7 @@ def cases() -> Iterator[Case]:
     yield Case("train-run-overwrite-replaces-run", "train/run-folder", "ok", overwrite)
 
     def locked(ctx: Ctx) -> Plan:
-        from fcnseg.train.runlog import RunLock
+        from fcnseg.train.state import RunLock
 
         lock = RunLock(ctx.tmp / "run").__enter__()  # another run holds the folder while main() runs
         return Plan(_train(ctx), [str(ctx.tmp / "run")], cause=["in use", str(os.getpid())],

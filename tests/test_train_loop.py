@@ -16,10 +16,10 @@ from PIL import Image
 from fcnseg import create_model
 from fcnseg.config import load_config
 from fcnseg.data import build_dataset
+from fcnseg.errors import FcnsegError
 from fcnseg.models.checkpoint import load_checkpoint, model_from_checkpoint
 from fcnseg.train.loop import train
 from fcnseg.train.model import init_from_checkpoint
-from fcnseg.errors import FcnsegError
 
 H, W = 32, 40
 
@@ -99,7 +99,11 @@ def test_run_writes_log_checkpoints_and_evaluates(data_root, tmp_path):
     assert (out / "eval.csv").read_text().count("\n") == 3 and (out / "config.yaml").is_file()
     model, ckpt = model_from_checkpoint(out / "last.pt")
     assert ckpt["iteration"] == 4 and ckpt["run_config"]["train"]["lr"] == 1e-3 and ckpt["world_size"] == 1
-    assert model.config["name"] == "fcn8s" and set(ckpt["optimizer"]) == {"state", "param_groups"}
+    assert model.spec.name == "fcn8s" and set(ckpt["optimizer"]) == {"state", "param_groups"}
+    assert ckpt["config"] == model.spec.to_dict() == load_checkpoint(out / "last.pt")["config"]
+    assert list(ckpt) == ["format", "model", "config", "preprocessing", "checksum", "optimizer", "scheduler", "scaler",
+                          "iteration", "epoch", "rng_per_rank", "world_size", "sampler", "run_config", "best_mean_iu",
+                          "elapsed", "metrics", "classes", "palette"]   # the layout a resume and predict read
     assert load_checkpoint(out / "best.pt")["best_mean_iu"] == res["best_mean_iu"]
     assert not torch.are_deterministic_algorithms_enabled()  # global flags restored
 
@@ -107,13 +111,14 @@ def test_run_writes_log_checkpoints_and_evaluates(data_root, tmp_path):
 def test_best_checkpoint_keeps_the_highest_val_mean_iu(data_root, tmp_path, monkeypatch):
     """Val mean IU goes down, up, down again: best.pt is the iteration of the maximum, not of the minimum."""
     from fcnseg.evaluate import scoring as ev
+    from fcnseg.train import loop
 
     script, real = iter([0.30, 0.10, 0.50, 0.20]), ev.evaluate
 
     def scripted(*args, **kwargs):  # the real evaluation, with the mean IU taken from the script
         return {**real(*args, **kwargs), "mean_iu": next(script)}
 
-    monkeypatch.setattr(ev, "evaluate", scripted)
+    monkeypatch.setattr(loop, "evaluate", scripted)
     res = train(cfg_for(data_root, tmp_path / "run", "data.val_split=val", "train.eval_every=1", "model.fc_channels=16"))
     best = load_checkpoint(tmp_path / "run" / "best.pt")
     assert (best["iteration"], best["best_mean_iu"], res["best_mean_iu"]) == (3, 0.50, 0.50)
@@ -222,9 +227,9 @@ def test_nonfinite_skip_warns_and_continues(data_root, tmp_path):
     assert all(torch.isfinite(v).all() for v in weights(tmp_path / "skip" / "last.pt").values())
 
 
-def cached_and_plain(data_root, tmp_path, capsys, *common):
+def cached_and_plain(data_root, tmp_path, capsys, *common, store=None):
     """Train with and without train.cache_features; assert equal weights; return them and the cached run's log."""
-    train(cfg_for(data_root, tmp_path / "cached", *common, "train.cache_features=true"))
+    train(cfg_for(data_root, tmp_path / "cached", *common, "train.cache_features=true"), store=store)
     err = capsys.readouterr().err
     train(cfg_for(data_root, tmp_path / "plain", *common))
     a, b = weights(tmp_path / "cached" / "last.pt"), weights(tmp_path / "plain" / "last.pt")
@@ -248,18 +253,18 @@ def test_frozen_trunk_with_feature_cache_matches_uncached(data_root, tmp_path, c
 def test_validation_from_cached_features_scores_as_uncached(data_root, tmp_path, capsys, flip):
     """With a frozen trunk and train.cache_features the validation split is scored from its cached
     features (and their mirrors for train.eval_flip): the same metrics as scoring the images."""
-    from fcnseg.train.data import FeatureCache
+    from fcnseg.train.cache import FeatureStore
 
     common = ["train.freeze_backbone=true", "model.dropout=0", "train.lr=5e-2", "data.val_split=val",
               "train.iterations=12", "train.eval_every=6", f"train.eval_flip={str(flip).lower()}"]
-    cached = train(cfg_for(data_root, tmp_path / "cached", *common, "train.cache_features=true"))
+    store = FeatureStore()
+    cached = train(cfg_for(data_root, tmp_path / "cached", *common, "train.cache_features=true"), store=store)
     err = capsys.readouterr().err
     assert "scoring from cached pool3/pool4/pool5 features of 3 validation images" in err
     assert ("and their mirrors" in err.split("validation images")[1].splitlines()[0]) == flip
     plain = train(cfg_for(data_root, tmp_path / "plain", *common))
     assert cached["metrics"]["confusion"] == plain["metrics"]["confusion"]
-    assert len(FeatureCache._memo) == 2   # the training split's cache and the validation split's
-    FeatureCache._memo = []
+    assert len(store.entries) == 2   # the training split's cache and the validation split's, in the caller's store
 
 
 @pytest.mark.parametrize("flip", [False, True])
@@ -267,7 +272,7 @@ def test_scoring_cached_items_equals_scoring_images(data_root, flip):
     """evaluate() on a FeatureCache's items (features, mirrors) gives the confusion matrix of
     evaluate() on the images, for a net whose predictions vary from pixel to pixel."""
     from fcnseg.evaluate.scoring import evaluate
-    from fcnseg.train.data import FeatureCache
+    from fcnseg.train.cache import FeatureCache
 
     torch.manual_seed(0)
     model = create_model("fcn8s", 11, width=0.0625, fc_channels=64, alignment="same").eval()
@@ -294,21 +299,22 @@ def test_cache_needs_deterministic_transforms(data_root, tmp_path, capsys):
 def test_random_flip_with_feature_cache_matches_uncached(data_root, tmp_path, capsys):
     """The cache holds each image's and its mirror's features and flips exactly the items the
     uncached loader flips, so both runs train the same net."""
-    from fcnseg.train.data import FeatureCache, flipped, item_seed
+    from fcnseg.train.cache import FeatureStore
+    from fcnseg.train.data import flipped, item_seed
 
     common = ["train.freeze_backbone=true", "model.dropout=0", "train.lr=1e-2", "data.flip=true",
               "train.iterations=6"]
-    a, _, err = cached_and_plain(data_root, tmp_path, capsys, *common)
+    store = FeatureStore()
+    a, _, err = cached_and_plain(data_root, tmp_path, capsys, *common, store=store)
     assert "features of 8 images and their mirrors" in err
     draws = [flipped(item_seed(1337, 0, p)) for p in range(8)]
     assert any(draws) and not all(draws)   # both orientations were trained on
     train(cfg_for(data_root, tmp_path / "noflip", *common[:-2], "train.iterations=6",
-                  "train.cache_features=true"))
+                  "train.cache_features=true"), store=store)
     c = weights(tmp_path / "noflip" / "last.pt")
     assert not torch.equal(a["score.out.fc7.weight"], c["score.out.fc7.weight"])
-    cache = FeatureCache._memo[-1][2]
+    [(_, _, cache)] = store.entries
     assert cache.mirrors is not None and not cache.flip   # reused without flipping
-    FeatureCache._memo = []
 
 
 def test_staged_init_from_previous_stage(data_root, tmp_path):
@@ -348,7 +354,7 @@ def test_mixed_precision_path_trains_like_fp32(data_root, tmp_path, monkeypatch,
 
     train(cfg_for(data_root, tmp_path / "fp32"))
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-    monkeypatch.setattr(tr._Run, "_amp_dtype", lambda self: dtype)
+    monkeypatch.setattr(tr, "_amp_dtype", lambda amp, device: dtype)
     res = train(cfg_for(data_root, tmp_path / amp, "data.val_split=val", "train.eval_every=2"))
     assert math.isfinite(res["loss"]) and 0 <= res["metrics"]["mean_iu"] <= 1
     a, ckpt = weights(tmp_path / "fp32" / "last.pt"), load_checkpoint(tmp_path / amp / "last.pt")
@@ -383,7 +389,7 @@ def test_multi_head_training(tmp_path):
 
 
 def test_bad_setup_errors_are_one_line(data_root, tmp_path):
-    from fcnseg.errors import ConfigError, CheckpointError
+    from fcnseg.errors import CheckpointError, ConfigError
 
     with pytest.raises(ConfigError, match="larger than the training set"):
         train(cfg_for(data_root, tmp_path / "a", "data.batch_size=16"))
@@ -405,32 +411,36 @@ def test_feature_cache_is_reused_only_for_the_same_frozen_trunk_and_data():
     """A study training several heads on one frozen trunk computes the features once."""
     import fcnseg
     from fcnseg.data import Resize, build_dataset, sample_root
-    from fcnseg.train.data import FeatureCache, First
+    from fcnseg.train.cache import FeatureStore
+    from fcnseg.train.data import First
 
     data = First(build_dataset("camvid", sample_root(), "val"), 2)
+    store = FeatureStore()
     small = dict(width=1 / 16, fc_channels=16)
     frozen = ["pool1", "pool2", "pool3", "pool4", "pool5"]
     a = fcnseg.create_model("fcn8s", 11, **small)
     b = fcnseg.create_model("fcn32s", 11, **small)
     b.backbone.load_state_dict(a.backbone.state_dict())
-    first = FeatureCache.reuse_or_build(a, data, frozen, torch.device("cpu"), Resize(scale=0.25))
-    again = FeatureCache.reuse_or_build(a, data, frozen, torch.device("cpu"), Resize(scale=0.25))
+    first = store.get(a, data, frozen, torch.device("cpu"), Resize(scale=0.25))
+    again = store.get(a, data, frozen, torch.device("cpu"), Resize(scale=0.25))
     assert again is first
-    other_taps = FeatureCache.reuse_or_build(b, data, frozen, torch.device("cpu"), Resize(scale=0.25))
+    other_taps = store.get(b, data, frozen, torch.device("cpu"), Resize(scale=0.25))
     assert other_taps is first and other_taps.needed == ["pool5"]   # a subset of what is cached
     c = fcnseg.create_model("pool4-only", 11, **small)
     c.backbone.load_state_dict(a.backbone.state_dict(), strict=False)
-    sub = FeatureCache.reuse_or_build(c, data, frozen[:4], torch.device("cpu"), Resize(scale=0.25))
+    sub = store.get(c, data, frozen[:4], torch.device("cpu"), Resize(scale=0.25))
     assert sub is first and sub.needed == ["pool4"]
-    _, feats, _ = sub.batch([(0, 0)], 1.0)
+    _, feats, _, size = sub.batch([(0, 0)], 1.0)
     with torch.no_grad():
         x = c.preprocessing(Resize(scale=0.25)(*data[0])[0][None])
-        assert torch.allclose(c(x), c(x, features=feats), atol=1e-5)
+        assert size == tuple(x.shape[-2:])
+        assert torch.allclose(c(x)["out"], c.forward_features(feats, size)["out"], atol=1e-5)
     with torch.no_grad():
         b.backbone.stages["pool1"].conv1_1.weight.add_(1.0)
-    changed = FeatureCache.reuse_or_build(b, data, frozen, torch.device("cpu"), Resize(scale=0.25))
+    changed = store.get(b, data, frozen, torch.device("cpu"), Resize(scale=0.25))
     assert changed is not first
-    FeatureCache._memo = []
+    assert store.get(a, data, frozen, torch.device("cpu"), Resize(scale=0.25)) is first  # both caches kept
+    assert FeatureStore().get(b, data, frozen, torch.device("cpu"), Resize(scale=0.25)) is not changed  # not global
 
 
 @pytest.mark.slow
@@ -447,3 +457,54 @@ def test_iter_size_20_of_batch_1_equals_one_batch_of_20_image_mean(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
     start = create_model("fcn32s", 11, width=0.0625, fc_channels=64, alignment="same").state_dict()
     assert any(not torch.equal(a[k], start[k]) for k in a if k.startswith("score."))
+
+
+def test_score_evaluates_the_net_without_building_a_training_run(data_root, tmp_path):
+    """score() builds the net and evaluates it: no optimizer or batch schedule (a batch larger than the
+    training set is no obstacle), nothing written; an earlier run's final net scores as its last evaluation."""
+    from fcnseg.train.loop import score
+
+    run = train(cfg_for(data_root, tmp_path / "run", "data.val_split=val"))
+    got = score(cfg_for(data_root, tmp_path / "score", "data.val_split=val", "data.batch_size=100",
+                        f"model.init_from={tmp_path / 'run' / 'last.pt'}"))
+    assert got["confusion"] == run["metrics"]["confusion"]
+    assert not (tmp_path / "score").exists()
+    assert score(cfg_for(data_root, tmp_path / "none")) is None   # no validation split
+
+
+def test_score_adapt_scores_the_adapted_net_from_the_built_nets_cached_trunk(data_root, tmp_path):
+    """score(adapt=) builds the net, caches its frozen trunk's features in the caller's store, and
+    scores the adapted net (a changed head) from them: as scoring the adapted net on the images."""
+    from fcnseg.train.cache import FeatureStore
+    from fcnseg.train.loop import score
+
+    def adapt(model):  # new score layers whose predictions vary from pixel to pixel
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for name, p in model.score.named_parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 50.0 if name.endswith("weight") else torch.zeros_like(p))
+        return model
+
+    common = ["data.val_split=val", "train.freeze_backbone=true", "model.dropout=0"]
+    store = FeatureStore()
+    cached = score(cfg_for(data_root, tmp_path / "a", *common, "train.cache_features=true"), store=store, adapt=adapt)
+    plain = score(cfg_for(data_root, tmp_path / "b", *common), adapt=adapt)
+    unchanged = score(cfg_for(data_root, tmp_path / "c", *common))
+    assert cached["confusion"] == plain["confusion"] != unchanged["confusion"]
+    assert len(store.entries) == 1   # the validation split's features, held by the caller
+
+
+def test_freeze_keeps_the_classifier_stage_the_backbone_declares():
+    """Backbone.classifier_tap (fc7 of VGG16 and AlexNet) is what a frozen-trunk run keeps training."""
+    from fcnseg.train.model import freeze_backbone
+
+    for backbone in ("vgg16", "alexnet"):
+        model = create_model("fcn32s", 11, backbone=backbone, width=0.0625, fc_channels=16)
+        assert model.backbone.classifier_tap == "fc7"
+        frozen = freeze_backbone(model)
+        assert frozen == [n for n in model.backbone.stages if n != "fc7"]
+        assert all(p.requires_grad for p in model.backbone.stages["fc7"].parameters())
+        assert not any(p.requires_grad for n in frozen for p in model.backbone.stages[n].parameters())
+    model = create_model("fcn32s", 11, width=0.0625, fc_channels=16)
+    model.backbone.classifier_tap = None   # a backbone without converted classifier: the whole trunk freezes
+    assert freeze_backbone(model) == list(model.backbone.stages)

@@ -13,8 +13,8 @@ import yaml
 
 from fcnseg.cli.main import main
 from fcnseg.data.fixtures import write_camvid
-from fcnseg.models.checkpoint import load_checkpoint
 from fcnseg.errors import FcnsegError
+from fcnseg.models.checkpoint import load_checkpoint
 
 
 def _config(tmp_path, **train) -> str:
@@ -53,7 +53,7 @@ def test_disk_full_while_saving_a_checkpoint_names_it_and_keeps_the_old_one(tmp_
 
 
 def test_run_lock_is_exclusive_and_released(tmp_path):
-    from fcnseg.train.runlog import RunLock
+    from fcnseg.train.state import RunLock
 
     with RunLock(tmp_path / "run") as held:
         assert held.path.read_text().strip() == str(os.getpid())
@@ -78,8 +78,8 @@ def test_a_run_over_a_finished_run_is_refused_before_any_work(tmp_path):
 
 def test_sigint_notice_comes_from_the_main_process_only(capfd):
     """A forked DataLoader worker inherits the handler; it must neither print nor set the flag."""
+    from fcnseg.train.data import worker_init as _worker_init
     from fcnseg.train.runlog import StopRequest
-    from fcnseg.train.loop import _worker_init
 
     with StopRequest() as stop:
         pid = os.fork()

@@ -12,20 +12,24 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import Any, Iterator, Sequence
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from fcnseg.config import DataConfig
-from fcnseg.models import FCN
+from fcnseg.config import DataConfig, RunConfig
+from fcnseg.data import build_dataset, collate_pad, median_frequency_weights
+from fcnseg.data import transforms as T
+from fcnseg.errors import ConfigError, FcnsegError, unwrap_worker_error
 from fcnseg.models.preprocessing import Preprocessing
-from fcnseg.errors import unwrap_worker_error
 from fcnseg.train.losses import apply_patch_sampling
 
 __all__ = ["unwrap_worker_error", "build_transform", "cacheable", "First", "Transformed", "GlobalBatchSampler",
-           "SeededItems", "collate_seeded", "FeatureCache", "CachedItems", "item_seed", "fill_value"]
+           "SeededItems", "collate_seeded", "item_seed", "fill_value", "Wrapper", "flipped", "patch_sample",
+           "build_datasets", "Shard", "worker_init", "loader_steps", "class_weights"]
 
 
 FLIP_P = 0.5  # probability of a random horizontal flip (``data.flip``)
@@ -55,8 +59,6 @@ def cacheable(d: DataConfig) -> bool:
 def build_transform(d: DataConfig, pre: Preprocessing, train: bool, flip: bool = True):
     """Resize (train and val), then for training random scale, crop, flip, jitter as configured
     (``flip=False`` leaves the flip out: the feature cache draws it itself)."""
-    from fcnseg.data import transforms as T
-
     ts: list[Any] = []
     if d.resize and d.resize != 1:
         ts.append(T.Resize(scale=1.0 / d.resize))
@@ -72,7 +74,7 @@ def build_transform(d: DataConfig, pre: Preprocessing, train: bool, flip: bool =
     return T.Compose(ts) if ts else None
 
 
-class _Wrapper(Dataset):
+class Wrapper(Dataset):
     def __init__(self, dataset: Any) -> None:
         self.dataset = dataset
 
@@ -82,7 +84,7 @@ class _Wrapper(Dataset):
         return getattr(self.dataset, name)
 
 
-class First(_Wrapper):
+class First(Wrapper):
     """The first ``n`` items of a dataset (``data.max_items``)."""
 
     def __init__(self, dataset: Any, n: int) -> None:
@@ -103,7 +105,7 @@ class First(_Wrapper):
         return self.dataset[i][1]
 
 
-class Transformed(_Wrapper):
+class Transformed(Wrapper):
     """Apply a joint ``(image, label)`` transform to every item."""
 
     def __init__(self, dataset: Any, transform) -> None:
@@ -154,8 +156,6 @@ def patch_sample(label: Any, p: float, seed: int) -> Any:
 
 def collate_seeded(items: Sequence[tuple[torch.Tensor, Any, int]]):
     """``collate_pad`` of (image, label) plus the items' seeds."""
-    from fcnseg.data import collate_pad
-
     images, labels = collate_pad([(im, lab) for im, lab, _ in items])
     return images, labels, torch.tensor([s for _, _, s in items], dtype=torch.int64)
 
@@ -213,140 +213,84 @@ def flipped(seed: int) -> bool:
     return torch.rand((), generator=torch.Generator().manual_seed(seed)).item() < FLIP_P
 
 
-class FeatureCache:
-    """Outputs of the frozen trunk prefix for every item, computed once (``train.cache_features``).
-
-    It holds the frozen prefix's taps at stride ≥ 8 plus its last stage output, so
-    ``model(x, features=...)`` resumes the backbone right after the prefix. Needs deterministic
-    transforms apart from a random flip: with ``mirror`` it also holds every mirrored image's
-    features, and :meth:`batch` picks one of the two by the item's seed (:func:`flipped`).
-    ``needed`` is what the current model reads; ``flip`` whether this run flips.
-    """
-
-    MIN_STRIDE = 8  # finer taps (pool1, pool2) are large and no FCN head reads them
-
-    def __init__(self, model: FCN, dataset: Any, frozen: list[str], device: torch.device, transform=None,
-                 mirror: bool = False) -> None:
-        bb = model.backbone
-        names = list(bb.stages.keys())
-        last = max(frozen, key=names.index)
-        coarse = {t.name for t in bb.taps if t.name in frozen and t.stride >= self.MIN_STRIDE}
-        self.taps = sorted(coarse | {t for t in model.tap_names if t in frozen} | {last}, key=names.index)
-        self.needed = self.needed_taps(model, frozen)
-        self.items = self._compute(model, dataset, device, transform, mirrored=False)
-        self.mirrors: list | None = None
-        self.flip = False
-        if mirror:
-            self.add_mirrors(model, dataset, device, transform)
-
-    def _compute(self, model: FCN, dataset: Any, device: torch.device, transform, mirrored: bool) -> list:
-        from fcnseg.data.transforms import RandomHorizontalFlip
-
-        mirror = RandomHorizontalFlip(p=1.0)
-        bb = model.backbone
-        items = []
-        was = bb.training
-        bb.eval()
-        with torch.no_grad():
-            for i in range(len(dataset)):
-                image, label = dataset[i]
-                if transform is not None:
-                    image, label = transform(image, label)
-                if mirrored:
-                    image, label = mirror(image, label)
-                x = model.preprocessing(image[None].to(device))
-                feats = bb(x, set(self.taps))
-                items.append(({k: v[0].cpu() for k, v in feats.items()}, label, tuple(image.shape[-2:])))
-        bb.train(was)
-        return items
-
-    def add_mirrors(self, model: FCN, dataset: Any, device: torch.device, transform=None) -> None:
-        """Compute the mirrored images' features too (once), and flip from now on."""
-        if self.mirrors is None:
-            self.mirrors = self._compute(model, dataset, device, transform, mirrored=True)
-        self.flip = True
-
-    @property
-    def nbytes(self) -> int:
-        return sum(v.numel() * v.element_size() for f, _, _ in self.items + (self.mirrors or []) for v in f.values())
-
-    @staticmethod
-    def needed_taps(model: FCN, frozen: list[str]) -> list[str]:
-        names = list(model.backbone.stages.keys())
-        last = max(frozen, key=names.index)
-        return sorted({t for t in model.tap_names if t in frozen} | {last}, key=names.index)
-
-    _memo: list[tuple[tuple, dict[str, str], "FeatureCache"]] = []   # the last caches built in this process
-    MEMO_SIZE = 2  # a training split and its validation split
-
-    @classmethod
-    def reuse_or_build(cls, model: FCN, dataset: Any, frozen: list[str], device: torch.device,
-                       transform=None, mirror: bool = False) -> "FeatureCache":
-        """As the constructor, but a study that trains many heads on one frozen trunk (``fcnseg
-        reproduce``) computes the features once: a recent cache serves any later model whose
-        frozen stages have the same weights (checksummed) and whose taps it holds, on the same
-        data (root, split, length) and transform; a run that flips adds the mirrors to it once."""
-        from fcnseg.models.checkpoint import state_checksum
-
-        bb = model.backbone
-        sums = {n: state_checksum(bb.stages[n].state_dict()) for n in frozen}
-        root, split = getattr(dataset, "root", None), getattr(dataset, "split", None)
-        key = None if root is None or split is None else (
-            str(root), split, len(dataset), repr(transform), str(device), repr(model.preprocessing))
-        needed = cls.needed_taps(model, frozen)
-        for i, (old_key, old_sums, cache) in enumerate(cls._memo):
-            if key is not None and old_key == key and all(old_sums.get(n) == c for n, c in sums.items()) \
-                    and set(needed) <= set(cache.taps):
-                cls._memo.append(cls._memo.pop(i))  # most recently used last
-                cache.needed = needed
-                if mirror:
-                    cache.add_mirrors(model, dataset, device, transform)
-                else:
-                    cache.flip = False
-                return cache
-        if key is not None:  # free the oldest before building a new one
-            del cls._memo[:max(0, len(cls._memo) - cls.MEMO_SIZE + 1)]
-        cache = cls(model, dataset, frozen, device, transform, mirror)
-        if key is not None:
-            cls._memo.append((key, sums, cache))
-        return cache
-
-    def scoring_items(self, dataset: Any) -> "CachedItems":
-        """The cached items of ``dataset`` as ``evaluate`` takes them: (size-only image, label, features)."""
-        return CachedItems(self, dataset)
-
-    def uniform(self) -> bool:
-        return len({hw for _, _, hw in self.items}) == 1
-
-    def batch(self, keys: list[tuple[int, int]], patch_p: float):
-        """(size-only input, features, labels) for the micro-batch ``[(index, seed), ...]``."""
-        picked = [(self.mirrors if self.flip and flipped(s) else self.items)[i] for i, s in keys]
-        feats = {t: torch.stack([f[t] for f, _, _ in picked]) for t in self.needed}
-        labels = [patch_sample(lab, patch_p, s) for (_, lab, _), (_, s) in zip(picked, keys)]
-        if isinstance(labels[0], dict):
-            lab: Any = {k: torch.stack([lb[k] for lb in labels]) for k in labels[0]}
-        else:
-            lab = torch.stack(labels)
-        h, w = picked[0][2]
-        return torch.empty(len(keys), 0, h, w), feats, lab
+def build_datasets(cfg: RunConfig, train_set: Any = None, val_set: Any = None) -> tuple[Any, Any]:
+    """The training and validation sets: those given, else built as ``cfg.data`` names them."""
+    d = cfg.data
+    if train_set is None or (val_set is None and d.val_split):
+        if d.root is None:
+            raise ConfigError("data.root is not set (the dataset's folder)")
+        if train_set is None:
+            train_set = _build(d, d.train_split)
+        if val_set is None and d.val_split:
+            val_set = _build(d, d.val_split, d.val_dataset, d.val_root)
+    if d.max_items:
+        train_set = First(train_set, d.max_items)
+        val_set = First(val_set, d.max_items) if val_set is not None else None
+    return train_set, val_set
 
 
-class CachedItems(_Wrapper):
-    """A :class:`FeatureCache` of ``dataset`` as items for :func:`fcnseg.evaluate.scoring.evaluate`:
-    a size-only image ``(0, H, W)``, the label, and ``{"features": ..., "mirrored": ...}`` (mirrored
-    when the cache holds mirrors), so scoring resumes the net after the frozen prefix. Other
-    attributes (classes, ignore_index, ...) are the dataset's."""
+def _build(d: DataConfig, split: str, name: str | None = None, root: str | None = None) -> Any:
+    try:
+        return build_dataset(name or d.dataset, root or d.root, split, skip_bad=d.skip_bad, **d.options)
+    except KeyError as e:
+        raise ConfigError(f"data.dataset: {e.args[0] if e.args else e}") from None
+    except TypeError as e:
+        raise ConfigError(f"data.options for {d.dataset}: {e}") from None
 
-    def __init__(self, cache: FeatureCache, dataset: Any) -> None:
-        super().__init__(dataset)
-        self.cache = cache
+
+def class_weights(cfg: RunConfig, dataset: Any, classes: int | dict, say: Callable[[str], None]
+                  ) -> torch.Tensor | None:
+    """``train.class_weights``: None, the dataset's median-frequency weights, or the listed numbers."""
+    cw = cfg.train.class_weights
+    if cw is None:
+        return None
+    if isinstance(classes, dict):
+        raise ConfigError("train.class_weights is not supported for multi-head datasets")
+    if cw == "median-frequency":
+        w = median_frequency_weights(dataset, classes)
+        say("median-frequency class weights: " + " ".join(f"{x:.4g}" for x in w.tolist()))
+        return w
+    if len(cw) != classes or any(not isinstance(x, (int, float)) or x < 0 for x in cw):
+        raise ConfigError(f"train.class_weights needs {classes} non-negative numbers, got {cw}")
+    return torch.tensor([float(x) for x in cw])
+
+
+class Shard(Sampler):
+    """Rank ``r`` of ``W`` evaluates items r, r+W, ... (no padding, so nothing is counted twice)."""
+
+    def __init__(self, n: int, rank: int, world: int) -> None:
+        self.idx = list(range(rank, n, world))
+
+    def __iter__(self):
+        return iter(self.idx)
 
     def __len__(self) -> int:
-        return len(self.cache.items)
+        return len(self.idx)
 
-    def __getitem__(self, i: int):
-        feats, label, (h, w) = self.cache.items[i]
-        pick = {"features": {t: feats[t] for t in self.cache.needed}}
-        if self.cache.mirrors is not None:
-            pick["mirrored"] = {t: self.cache.mirrors[i][0][t] for t in self.cache.needed}
-        return torch.empty(0, h, w), label, pick
+
+def worker_init(worker_id: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle (one notice)
+    s = torch.initial_seed() % (1 << 32)
+    random.seed(s)
+    np.random.seed(s)
+
+
+def loader_steps(cfg: RunConfig, dataset: Any, pre: Preprocessing, sampler: GlobalBatchSampler,
+                 pin_memory: bool) -> Iterator[list]:
+    """Per step from ``sampler.start``, the ``accumulate`` micro-batches (images, None, labels, H×W)
+    read by a DataLoader (transforms and patch sampling seeded per item)."""
+    t, d = cfg.train, cfg.data
+    g = torch.Generator().manual_seed(t.seed)
+    loader = DataLoader(SeededItems(dataset, build_transform(d, pre, train=True), t.patch_p),
+                        batch_sampler=sampler, num_workers=d.workers, collate_fn=collate_seeded,
+                        pin_memory=pin_memory, generator=g, worker_init_fn=worker_init if d.workers else None)
+    it = iter(loader)
+    for _ in range(sampler.start, sampler.total):
+        step = []
+        for _ in range(t.accumulate):
+            try:
+                images, labels, _seeds = next(it)
+            except FcnsegError as e:  # raised in a worker: torch wraps the message in its traceback
+                raise unwrap_worker_error(e) from None
+            step.append((images, None, labels, tuple(images.shape[-2:])))
+        yield step

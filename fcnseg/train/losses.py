@@ -10,18 +10,16 @@ separately so that micro-batches and ranks normalise by the global batch.
 """
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 import torch.nn.functional as F
 
-__all__ = ["IGNORE_INDEX", "REDUCTIONS", "pixel_loss_sum", "loss_numerator", "loss_denominator", "segmentation_loss", "patch_mask",
-           "apply_patch_sampling", "check_labels"]
+__all__ = ["IGNORE_INDEX", "REDUCTIONS", "pixel_loss_sum", "loss_numerator", "loss_denominator", "segmentation_loss",
+           "patch_mask", "apply_patch_sampling", "check_labels"]
 
 IGNORE_INDEX = 255
 REDUCTIONS = ("sum", "mean", "image-mean")
-Labels = Union[torch.Tensor, dict]
-Scores = Union[torch.Tensor, dict]
+Labels = torch.Tensor | dict
+Scores = torch.Tensor | dict
 
 
 def _pairs(scores: Scores, labels: Labels) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
@@ -86,7 +84,7 @@ def segmentation_loss(scores: Scores, labels: Labels, reduction: str = "mean", c
     return total
 
 
-def check_labels(labels: Labels, classes: Union[int, dict], ignore_index: int = IGNORE_INDEX,
+def check_labels(labels: Labels, classes: int | dict, ignore_index: int = IGNORE_INDEX,
                  where: str = "batch") -> None:
     """Raise a one-line ValueError when a label is neither a class index nor void."""
     items = labels.items() if isinstance(labels, dict) else [("out", labels)]

@@ -2,24 +2,42 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Any, Union
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from fcnseg.config import ModelConfig
+from fcnseg.config import ModelConfig, RunConfig
 from fcnseg.errors import CheckpointError, ConfigError, FcnsegError
 from fcnseg.models import FCN, create_model
-from fcnseg.models.preprocessing import StreamPreprocessing
-from fcnseg.models.preprocessing import Preprocessing
+from fcnseg.models.base import SegmentationModel
 from fcnseg.models.checkpoint import load_checkpoint
+from fcnseg.models.fusion import LateFusion
+from fcnseg.models.preprocessing import Preprocessing, StreamPreprocessing
 
-__all__ = ["dataset_classes", "build_model", "init_from_checkpoint", "freeze_backbone", "set_dropout",
+__all__ = ["Resumable", "prepare_model", "dataset_classes", "build_model", "init_from_checkpoint", "freeze_backbone",
+           "set_dropout",
            "override_preprocessing"]
 
 
-def dataset_classes(dataset: Any) -> Union[int, dict]:
+class Resumable(nn.Module):
+    """The trained model as DDP wraps it: one ``forward`` for images and for cached backbone taps
+    (DDP synchronises gradients only through ``forward``)."""
+
+    def __init__(self, model: SegmentationModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor | None = None, features: dict[str, torch.Tensor] | None = None,
+                size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+        """``model(x)``, or ``model.forward_features(features, size)`` when ``features`` are given."""
+        if features is None:
+            return self.model(x)
+        return self.model.forward_features(features, size)
+
+
+def dataset_classes(dataset: Any) -> int | dict:
     """Classes per head: ``dataset.heads`` if it has them, SIFT Flow's two heads for dict labels,
     else ``dataset.num_classes``."""
     heads = getattr(dataset, "heads", None)
@@ -33,7 +51,7 @@ def dataset_classes(dataset: Any) -> Union[int, dict]:
     return int(n)
 
 
-def build_model(m: ModelConfig, num_classes: Union[int, dict]) -> FCN:
+def build_model(m: ModelConfig, num_classes: int | dict) -> SegmentationModel:
     """``create_model`` from the model section (None fields keep the backbone's defaults)."""
     kwargs: dict[str, Any] = {}
     if m.fc_channels is not None:
@@ -60,16 +78,36 @@ def build_model(m: ModelConfig, num_classes: Union[int, dict]) -> FCN:
     return model
 
 
+def prepare_model(cfg: RunConfig, classes: int | dict, device: torch.device, say: Callable[[str], None],
+                  init: bool = True) -> tuple[SegmentationModel, list[str]]:
+    """The net a run trains or scores, on ``device``: built from ``cfg.model`` (seeded by ``train.seed``),
+    its backbone frozen if ``train.freeze_backbone``, initialised from ``model.init_from`` when ``init``.
+    Returns it and its frozen stages."""
+    t = cfg.train
+    torch.manual_seed(t.seed)  # the same initialisation on every rank
+    model = build_model(cfg.model, classes)
+    frozen = freeze_backbone(model) if t.freeze_backbone else []
+    if cfg.model.init_from and init:
+        copied, fresh = init_from_checkpoint(model, cfg.model.init_from)
+        listed = f" ({', '.join(fresh[:6])}{', ...' if len(fresh) > 6 else ''})" if fresh else ""
+        say(f"initialised {len(copied)} tensors from {cfg.model.init_from}; "
+            f"{len(fresh)} keep their initialisation{listed}")
+    model.to(device)
+    if t.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model, frozen
+
+
 def override_preprocessing(model: nn.Module, spec: Mapping[str, Any]) -> None:
     """Replace fields of the model's preprocessing (``model.preprocessing`` of the config).
 
     ``spec``: ``{bgr, scale, mean, std, name}``, fields left out keep their value. For late fusion either
     one such dict for every stream or ``{stream name: dict}``.
     """
-    streams = getattr(model, "streams", None)
-    if not isinstance(streams, nn.ModuleDict):
+    if not isinstance(model, LateFusion):
         model.preprocessing = _replace(model.preprocessing, spec, "model.preprocessing")
         return
+    streams = model.streams
     per_stream = bool(spec) and all(isinstance(v, Mapping) for v in spec.values())
     for name, stream in streams.items():
         given = spec.get(name) if per_stream else spec
@@ -96,7 +134,7 @@ def set_dropout(model: nn.Module, p: float) -> None:
             mod.p = p
 
 
-def init_from_checkpoint(model: nn.Module, path: Union[str, Mapping[str, str]]) -> tuple[list[str], list[str]]:
+def init_from_checkpoint(model: nn.Module, path: str | Mapping[str, str]) -> tuple[list[str], list[str]]:
     """Copy every tensor of checkpoint ``path`` whose name and shape match (staged 32s→16s→8s).
 
     For a late-fusion net ``path`` may map stream names to checkpoints (each stream starts from its
@@ -104,9 +142,9 @@ def init_from_checkpoint(model: nn.Module, path: Union[str, Mapping[str, str]]) 
     left at their initialisation).
     """
     if isinstance(path, Mapping):
-        streams = getattr(model, "streams", None)
-        if not isinstance(streams, nn.ModuleDict) or set(path) - set(streams):
-            have = sorted(streams) if isinstance(streams, nn.ModuleDict) else "none (not a late-fusion net)"
+        streams = model.streams if isinstance(model, LateFusion) else None
+        if streams is None or set(path) - set(streams):
+            have = sorted(streams) if streams is not None else "none (not a late-fusion net)"
             raise ConfigError(f"model.init_from names streams {sorted(path)}; the model's streams: {have}")
         copied = [f"streams.{n}.{k}" for n, p in path.items() for k in init_from_checkpoint(streams[n], p)[0]]
         done = set(copied)
@@ -123,13 +161,14 @@ def init_from_checkpoint(model: nn.Module, path: Union[str, Mapping[str, str]]) 
 
 
 def freeze_backbone(model: FCN) -> list[str]:
-    """Freeze the conv trunk: every stage but ``fc7`` for VGG/AlexNet, all stages otherwise.
+    """Freeze the conv trunk: every stage but the backbone's classifier stage (``fc6``/``fc7`` of
+    VGG/AlexNet, ``Backbone.classifier_tap``), all stages where it has none.
 
     Returns the frozen stage names (a prefix of the backbone). Frozen stages stay in eval mode
     (see :func:`keep_frozen_eval`).
     """
-    names = list(model.backbone.stages.keys())
-    frozen = [n for n in names if n != "fc7"] if model.config.get("backbone") in ("vgg16", "alexnet") else names
+    keep = model.backbone.classifier_tap
+    frozen = [n for n in model.backbone.stages.keys() if n != keep]
     for n in frozen:
         for p in model.backbone.stages[n].parameters():
             p.requires_grad_(False)

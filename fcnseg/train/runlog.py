@@ -1,8 +1,10 @@
-"""Training logs: CSV (``out/log.csv``), optional TensorBoard, and SIGINT/SIGTERM handling."""
+"""Training logs and progress: CSV (``out/log.csv``, ``out/eval.csv``), optional TensorBoard, the
+tqdm bar and messages, and SIGINT/SIGTERM handling (stop requests)."""
 from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import signal
 import sys
@@ -11,10 +13,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from fcnseg.atomic import atomic_write, write_error
 from fcnseg.errors import FcnsegError, first_line
 
-__all__ = ["CsvLog", "TensorBoard", "StopRequest", "RunLock", "LOG_FIELDS", "write_csv"]
+__all__ = ["CsvLog", "EvalLog", "TensorBoard", "StopRequest", "Progress", "LOG_FIELDS", "write_csv", "say",
+           "mean_iu", "flat_metrics"]
 
 LOG_FIELDS = ("iter", "epoch", "loss", "lr", "img_per_s", "elapsed")
 
@@ -70,7 +75,7 @@ class TensorBoard:
         self.writer = None
         if not enabled:
             return
-        try:
+        try:  # optional dependency: imported only when wanted
             from torch.utils.tensorboard import SummaryWriter
         except Exception:  # tensorboard not installed
             warnings.warn("train.tensorboard is on but tensorboard is not installed; logging to CSV only",
@@ -100,7 +105,7 @@ class StopRequest:
         self._previous: dict[int, Any] = {}
         self._pid = os.getpid()
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.getsignal(sig)
@@ -124,39 +129,89 @@ class StopRequest:
         self._previous = {}
 
 
-class RunLock:
-    """An exclusive lock on a run folder (``OUT/.fcnseg.lock`` holding the owner's pid), so two runs
-    never write into one folder. ``fcntl.flock`` dies with its process: a stale lock file is taken over."""
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
-    NAME = ".fcnseg.lock"
 
-    def __init__(self, folder: str | Path) -> None:
-        self.path = Path(folder) / self.NAME
-        self._fd: int | None = None
+class Progress:
+    """Messages of rank 0 (through the tqdm bar while one is shown) and the bar itself."""
 
-    def __enter__(self) -> "RunLock":
+    def __init__(self, main: bool) -> None:
+        self.main = main
+        self.bar: tqdm | None = None
+        self.said: set[str] = set()
+
+    def say(self, msg: str) -> None:
+        if not self.main:
+            return
+        if self.bar is not None:
+            self.bar.write(msg, file=sys.stderr)
+        else:
+            say(msg)
+
+    def once(self, key: str, msg: str) -> None:
+        """``say`` the first message given for ``key``; later ones not."""
+        if key not in self.said:
+            self.said.add(key)
+            self.say(msg)
+
+    def open(self, total: int, initial: int, enabled: bool) -> None:
+        if self.main and enabled:
+            self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, loss: float | None = None, img_per_s: float | None = None) -> None:
+        if self.bar is None:
+            return
+        if loss is None:
+            self.bar.update(1)
+        else:
+            self.bar.set_postfix(loss=f"{loss:.4g}", img_s=f"{img_per_s:.1f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar = None
+
+
+class EvalLog:
+    """``out/eval.csv``: one row of scalar metrics per evaluation (a resume keeps the rows up to its
+    iteration)."""
+
+    def __init__(self, path: Path, resume_iter: int | None) -> None:
+        self.path = path
+        self.rows: list[dict] = self._load(resume_iter) if resume_iter is not None else []
+
+    def _load(self, resume_iter: int) -> list[dict]:
+        if not self.path.is_file():
+            return []
         try:
-            import fcntl
-        except ImportError:  # no flock (Windows): unlocked, as before
-            return self
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise write_error(self.path, e) from e
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise FcnsegError(f"{self.path.parent} is in use by another run (pid {owner}, lock {self.path}); "
-                              "wait for it or choose another out") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return self
+            with self.path.open(newline="", encoding="utf-8") as f:
+                return [r for r in csv.DictReader(f) if float(r.get("iter") or "inf") <= resume_iter]
+        except (OSError, UnicodeDecodeError, csv.Error, ValueError) as e:
+            raise FcnsegError(f"cannot resume the evaluation log {self.path}: {first_line(e)} "
+                              "(move it away to start a new one)") from None
 
-    def __exit__(self, *exc: Any) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # releases the flock
-            self._fd = None
+    def write(self, iteration: int, metrics: dict) -> None:
+        self.rows.append({"iter": iteration, **flat_metrics(metrics)})
+        write_csv(self.path, self.rows, list(dict.fromkeys(k for r in self.rows for k in r)))
+
+
+def mean_iu(metrics: dict) -> float | None:
+    """The mean IU, or the mean over heads of theirs."""
+    if isinstance(metrics.get("mean_iu"), (int, float)):
+        return float(metrics["mean_iu"])
+    per_head = [v["mean_iu"] for v in metrics.values() if isinstance(v, dict) and isinstance(v.get("mean_iu"), float)]
+    return sum(per_head) / len(per_head) if per_head else None
+
+
+def flat_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """Scalar metrics only (per-class lists and timings left out)."""
+    out = {}
+    for k, v in metrics.items():
+        if k == "timing":
+            continue
+        if isinstance(v, dict):
+            out.update(flat_metrics(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            out[f"{prefix}{k}"] = float(v)
+    return out

@@ -50,7 +50,8 @@ def alexnet(*, alignment: str = "caffe", fc_channels: int = 4096, width: float =
         fc7=nn.Conv2d(fc, fc, 1), relu7=nn.ReLU(inplace=True), drop7=nn.Dropout(0.5),
     ))
     pre = preprocessing or (CAFFE_VGG if caffe else TORCHVISION)
-    return Backbone([Tap("pool5", 32, c_in), Tap("fc7", 32, fc)], [nn.Sequential(layers), fc_stage], pre, in_channels)
+    return Backbone([Tap("pool5", 32, c_in), Tap("fc7", 32, fc)], [nn.Sequential(layers), fc_stage], pre, in_channels,
+                    classifier_tap="fc7")
 
 # torchvision ``alexnet`` module prefixes → ours (build with layout="torchvision").
 TORCHVISION_NAMES: dict[str, str] = {

@@ -29,10 +29,12 @@ class Backbone(nn.Module):
     Subclasses only build ``stages`` (name → module) and say which first layer takes the
     Caffe pad-100. Parameters are named ``stages.<tap>.<layer>.*`` with the layer names of
     the original release (``conv1_1``, ``fc6`` …) so weight files map one-to-one.
+    ``classifier_tap`` names the stage holding the converted classifier (fc6/fc7), which a
+    frozen-trunk run keeps training; None where the backbone has no such stage.
     """
 
     def __init__(self, taps: list[Tap], stages: list[nn.Module], preprocessing: Preprocessing,
-                 in_channels: int = 3) -> None:
+                 in_channels: int = 3, classifier_tap: str | None = None) -> None:
         super().__init__()
         if len(taps) != len(stages):
             raise ValueError("one stage per tap")
@@ -40,6 +42,7 @@ class Backbone(nn.Module):
         self.stages = nn.ModuleDict({t.name: m for t, m in zip(taps, stages)})
         self.preprocessing = preprocessing
         self.in_channels = in_channels
+        self.classifier_tap = classifier_tap
 
     def tap(self, name: str) -> Tap:
         for t in self.taps:

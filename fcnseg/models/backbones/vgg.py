@@ -48,7 +48,7 @@ def vgg16(*, alignment: str = "caffe", fc_channels: int = 4096, width: float = 1
         fc7=nn.Conv2d(fc, fc, 1), relu7=nn.ReLU(inplace=True), drop7=nn.Dropout(0.5),
     )))
     taps.append(Tap("fc7", 32, fc))
-    return Backbone(taps, stages, preprocessing, in_channels)
+    return Backbone(taps, stages, preprocessing, in_channels, classifier_tap="fc7")
 
 # torchvision ``vgg16`` module prefixes → ours (fc6/fc7 are Linear there: reshaped on import).
 _TV_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
