@@ -27,7 +27,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/pip install -q --no-deps torchfcn==1.9.7
-	$(BIN)/python scripts/bench_cpu.py
+	$(BIN)/python -m scripts.bench_cpu
 
 # For a lent GPU machine (no package index there): the peer's model code, carried as .gpu/site.
 gpu-pack: $(STAMP)

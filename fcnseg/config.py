@@ -13,10 +13,12 @@ import dataclasses
 import math
 import numbers
 import reprlib
+import types
 import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 import yaml
 
@@ -226,27 +228,27 @@ _NAME, _OPT_NAME = text(), text()  # free names (checked against the registries 
 class ModelConfig:
     name: str = rule("fcn32s", _NAME)         # fcn32s|fcn16s|fcn8s|fcn8s-atonce|... (or name@backbone)
     backbone: str = rule("vgg16", _NAME)
-    num_classes: Union[int, dict, None] = rule(None, CLASSES)  # None: from the dataset (dict of heads for SIFT Flow)
-    weights: Union[str, None] = rule(None, _OPT_NAME)  # registered name or file (see create_model)
+    num_classes: int | dict | None = rule(None, CLASSES)  # None: from the dataset (dict of heads for SIFT Flow)
+    weights: str | None = rule(None, _OPT_NAME)  # registered name or file (see create_model)
     alignment: str = rule("caffe", text(ALIGNMENTS))  # caffe (pad 100) | same
     learn_upsampling: bool = rule(False, flag())
-    fc_channels: Union[int, None] = rule(None, whole(1, 16384))  # None: the backbone's (4096)
-    width: Union[float, None] = rule(None, number(0, 4, lo_open=True))  # None: 1.0 (reduced nets for tests/demos)
-    dropout: Union[float, None] = rule(None, number(0, 1, hi_open=True))  # None: keep the backbone's dropout p
-    init_from: Union[str, dict, None] = rule(None, either(text(), mapping(text(), nonempty=True),
+    fc_channels: int | None = rule(None, whole(1, 16384))  # None: the backbone's (4096)
+    width: float | None = rule(None, number(0, 4, lo_open=True))  # None: 1.0 (reduced nets for tests/demos)
+    dropout: float | None = rule(None, number(0, 1, hi_open=True))  # None: keep the backbone's dropout p
+    init_from: str | dict | None = rule(None, either(text(), mapping(text(), nonempty=True),
                                                           what="must be a checkpoint path or a mapping of "
                                                                "stream names to checkpoint paths"))
     #                                           checkpoint whose matching tensors initialise the net
     #                                           (late fusion: also a dict stream name -> checkpoint)
-    in_channels: Union[int, None] = rule(None, whole(1, 64))  # None: 3; 4 = early fusion (RGB-D)
-    depth_init: Union[str, None] = rule(None, text(("mean", "zero")))  # early fusion: extra conv1_1 filters from
+    in_channels: int | None = rule(None, whole(1, 64))  # None: 3; 4 = early fusion (RGB-D)
+    depth_init: str | None = rule(None, text(("mean", "zero")))  # early fusion: extra conv1_1 filters from
     #                                           3-channel weights: mean (None; of the RGB filters, the reference's
     #                                           surgery) | zero
-    streams: Union[dict, None] = rule(None, mapping(whole(1, 64), nonempty=True))  # late fusion: stream name ->
+    streams: dict | None = rule(None, mapping(whole(1, 64), nonempty=True))  # late fusion: stream name ->
     #                                           input channels, e.g. {color: 3, hha: 3}
-    fusion: Union[str, None] = rule(None, text(("average", "sum")))  # late fusion: average (None; the
+    fusion: str | None = rule(None, text(("average", "sum")))  # late fusion: average (None; the
     #                                           reference's 0.5/0.5) | sum
-    preprocessing: Union[dict, None] = rule(None, mapping())  # override the weights' input preprocessing after they
+    preprocessing: dict | None = rule(None, mapping())  # override the weights' input preprocessing after they
     #   load: {bgr, scale, mean, std, name} (keys left out keep the weights' values); late fusion: the same
     #   dict for every stream, or a dict per stream name
 
@@ -254,25 +256,25 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     dataset: str = rule("voc", _NAME)
-    root: Union[str, None] = rule(None, _OPT_NAME)
+    root: str | None = rule(None, _OPT_NAME)
     train_split: str = rule("train", _NAME)
-    val_split: Union[str, None] = rule("val", _OPT_NAME)  # None: no validation
-    val_dataset: Union[str, None] = rule(None, _OPT_NAME)  # score on another dataset (SBD train → VOC seg11valid)
-    val_root: Union[str, None] = rule(None, _OPT_NAME)
+    val_split: str | None = rule("val", _OPT_NAME)  # None: no validation
+    val_dataset: str | None = rule(None, _OPT_NAME)  # score on another dataset (SBD train → VOC seg11valid)
+    val_root: str | None = rule(None, _OPT_NAME)
     options: dict = rule(None, mapping(), factory=dict)  # extra build_dataset options (e.g. task: semantic)
-    resize: Union[float, None] = rule(None, number(1, note=" (a downscale factor: 2 halves each side)"))
+    resize: float | None = rule(None, number(1, note=" (a downscale factor: 2 halves each side)"))
     #                                           downscale factor: 2 halves each side (train and val)
-    scale_range: Union[list, None] = rule(None, number_list(2, 0, lo_open=True, ordered=True))  # preset; [lo, hi]
+    scale_range: list | None = rule(None, number_list(2, 0, lo_open=True, ordered=True))  # preset; [lo, hi]
     #                                           random rescale
-    crop: Union[int, list, None] = rule(None, either(whole(0), size_pair(), what="must be a whole number >= 0 "
+    crop: int | list | None = rule(None, either(whole(0), size_pair(), what="must be a whole number >= 0 "
                                                      "(0: no crop) or [height, width] of whole numbers >= 1"))
     #                                           preset; random crop size (0: none)
-    flip: Union[bool, None] = rule(None, flag())  # preset; random horizontal flip
-    jitter: Union[float, None] = rule(None, number(0, 1))  # preset; colour jitter strength (0: none)
-    batch_size: Union[int, None] = rule(None, whole(1, 65536))  # preset; GLOBAL images per optimizer step
+    flip: bool | None = rule(None, flag())  # preset; random horizontal flip
+    jitter: float | None = rule(None, number(0, 1))  # preset; colour jitter strength (0: none)
+    batch_size: int | None = rule(None, whole(1, 65536))  # preset; GLOBAL images per optimizer step
     workers: int = rule(0, whole(0, 1024))
     skip_bad: bool = rule(False, flag())
-    max_items: Union[int, None] = rule(None, whole(1))  # use the first N items of each split
+    max_items: int | None = rule(None, whole(1))  # use the first N items of each split
 
 
 _STEPS = whole(1)
@@ -281,32 +283,32 @@ _STEPS = whole(1)
 @dataclass
 class TrainConfig:
     preset: str = rule("none", text(PRESETS))  # caffe|modern|none
-    optimizer: Union[str, None] = rule(None, text(("sgd", "adamw")))  # preset; sgd|adamw
-    lr: Union[float, None] = rule(None, number(0, lo_open=True))  # preset
-    momentum: Union[float, None] = rule(None, number(0, 1, hi_open=True))  # preset
-    weight_decay: Union[float, None] = rule(None, number(0))  # preset
-    bias_lr_mult: Union[float, None] = rule(None, number(0))  # preset; the reference's 2x bias learning rate
+    optimizer: str | None = rule(None, text(("sgd", "adamw")))  # preset; sgd|adamw
+    lr: float | None = rule(None, number(0, lo_open=True))  # preset
+    momentum: float | None = rule(None, number(0, 1, hi_open=True))  # preset
+    weight_decay: float | None = rule(None, number(0))  # preset
+    bias_lr_mult: float | None = rule(None, number(0))  # preset; the reference's 2x bias learning rate
     backbone_lr_mult: float = rule(1.0, number(0))  # lr multiplier of the (pretrained) trunk
-    backbone_bias_lr_mult: Union[float, None] = rule(None, number(0))  # preset; trunk biases' lr mult (None:
+    backbone_bias_lr_mult: float | None = rule(None, number(0))  # preset; trunk biases' lr mult (None:
     #                                           bias_lr_mult)
-    backbone_bias_decay_mult: Union[float, None] = rule(None, number(0))  # preset; trunk biases' decay mult (0:
+    backbone_bias_decay_mult: float | None = rule(None, number(0))  # preset; trunk biases' decay mult (0:
     #                                           none; 1: Caffe default)
-    schedule: Union[str, None] = rule(None, text(("constant", "step", "poly")))  # preset; constant|step|poly
-    step_size: Union[int, None] = rule(None, _STEPS)  # step schedule: iterations per decay
+    schedule: str | None = rule(None, text(("constant", "step", "poly")))  # preset; constant|step|poly
+    step_size: int | None = rule(None, _STEPS)  # step schedule: iterations per decay
     gamma: float = rule(0.1, number(0, 1, lo_open=True))  # step schedule: lr factor per decay
     poly_power: float = rule(0.9, number(0, lo_open=True))  # poly schedule: (1 - it/total) ** power
     warmup_iters: int = rule(0, whole(0))  # linear warm-up iterations
-    iterations: Union[int, None] = rule(None, _STEPS)  # preset; total optimizer steps (or give epochs)
-    epochs: Union[int, None] = rule(None, _STEPS)
-    accumulate: Union[int, None] = rule(None, whole(1, 4096))  # preset; micro-batches per step (Caffe iter_size)
-    loss_reduction: Union[str, None] = rule(None, text(("sum", "mean", "image-mean")))  # preset; sum (per image,
+    iterations: int | None = rule(None, _STEPS)  # preset; total optimizer steps (or give epochs)
+    epochs: int | None = rule(None, _STEPS)
+    accumulate: int | None = rule(None, whole(1, 4096))  # preset; micro-batches per step (Caffe iter_size)
+    loss_reduction: str | None = rule(None, text(("sum", "mean", "image-mean")))  # preset; sum (per image,
     #                                           Caffe normalize:false) | mean | image-mean (each image's per-pixel
     #                                           mean, averaged: normalize:true)
-    class_weights: Union[str, list, None] = rule(None, either(text(("median-frequency",)), number_list(),
+    class_weights: str | list | None = rule(None, either(text(("median-frequency",)), number_list(),
                                                               what="must be null, 'median-frequency' or a list "
                                                                    "of finite numbers >= 0 (one per class)"))
     patch_p: float = rule(1.0, number(0, 1, lo_open=True))  # keep each stride-32 loss cell with probability p
-    amp: Union[str, bool] = rule("auto", either(text(("auto", "bf16", "fp16", "off")), flag(),
+    amp: str | bool = rule("auto", either(text(("auto", "bf16", "fp16", "off")), flag(),
                                                 what="must be auto, bf16, fp16 or off"))
     #                                           auto (CUDA: bf16 if supported else fp16) | bf16 | fp16 | off
     channels_last: bool = rule(False, flag())
@@ -325,7 +327,7 @@ class TrainConfig:
     nonfinite: str = rule("stop", text(("stop", "skip")))  # stop|skip
     tensorboard: bool = rule(False, flag())
     progress: bool = rule(True, flag())
-    resume: Union[str, None] = rule(None, _OPT_NAME)  # checkpoint path, or "auto" (out/last.pt if present)
+    resume: str | None = rule(None, _OPT_NAME)  # checkpoint path, or "auto" (out/last.pt if present)
 
 
 @dataclass
@@ -339,7 +341,7 @@ class RunConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "<dict>") -> "RunConfig":
+    def from_dict(cls, d: dict, source: str = "<dict>") -> RunConfig:
         """Build from a (possibly partial) nested dict, checking keys and types."""
         cfg = cls()
         _merge(cfg, d, source, "")
@@ -546,13 +548,16 @@ def _merge(obj: Any, data: dict, source: str, prefix: str) -> None:
         setattr(obj, key, _coerce(value, hint, path, source))
 
 
+_UNIONS = (Union, types.UnionType)  # Optional[X] and X | None
+
+
 def _accepts(hint: Any, t: type) -> bool:
-    args = typing.get_args(hint) if typing.get_origin(hint) is Union else (hint,)
+    args = typing.get_args(hint) if typing.get_origin(hint) in _UNIONS else (hint,)
     return any(a is t or typing.get_origin(a) is t for a in args)
 
 
 def _coerce(value: Any, hint: Any, path: str, source: str) -> Any:
-    options = typing.get_args(hint) if typing.get_origin(hint) is Union else (hint,)
+    options = typing.get_args(hint) if typing.get_origin(hint) in _UNIONS else (hint,)
     if value is None:
         if type(None) in options:
             return None

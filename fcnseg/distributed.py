@@ -46,7 +46,7 @@ def setup(device: str = "auto") -> DistContext:
     """
     world = env_world_size()
     if world > 1 or dist.is_initialized():
-        r, lr = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+        lr = int(os.environ.get("LOCAL_RANK", "0"))
         use_cuda = torch.cuda.is_available() and device != "cpu"
         dev = torch.device("cuda", lr) if use_cuda else torch.device("cpu")
         if use_cuda:

@@ -16,11 +16,28 @@ class CheckpointError(FcnsegError, ValueError):
     """A checkpoint or weights file that is missing, corrupt or does not fit."""
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def one_line(e: BaseException, limit: int = 1000, *, first: bool = False) -> str:
+    """The message of ``e`` on one line, the one way every error is shown: terminal escapes removed,
+    an OSError's file name put in front when the message lacks it, control characters (e.g. inside a
+    file name) escaped, cut to ``limit``. ``first``: only its first non-empty line (for a message
+    quoted inside another one). The type name when the message is empty."""
+    text = _ANSI.sub("", str(e)).strip()
+    if first:
+        text = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    text = text or type(e).__name__
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
+        text = f"{e.filename}: {text}"
+    text = _CONTROL.sub(lambda m: _ESCAPES.get(m.group(), f"\\x{ord(m.group()):02x}"), text)
+    return text if len(text) <= limit else text[: limit - 4] + " ..."
+
+
 def first_line(e: BaseException, limit: int = 200) -> str:
-    """The first non-empty line of ``str(e)`` without terminal escapes (else the type name), cut to ``limit``."""
-    lines = [ln.strip() for ln in _ANSI.sub("", str(e)).splitlines() if ln.strip()]
-    text = lines[0] if lines else type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """``one_line(e, limit, first=True)``: the first line of a message quoted inside another one."""
+    return one_line(e, limit, first=True)
 
 
 def unwrap_worker_error(e: BaseException) -> BaseException:

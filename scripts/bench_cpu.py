@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """The CPU benchmark behind docs/PERFORMANCE.md: one command, one JSON.
 
-    python scripts/bench_cpu.py                      # writes docs/bench/cpu.json, regenerates PERFORMANCE.md
-    python scripts/bench_cpu.py --repeats 3 --out /tmp/cpu.json --no-docs
+    python -m scripts.bench_cpu                      # writes docs/bench/cpu.json, regenerates PERFORMANCE.md
+    python -m scripts.bench_cpu --repeats 3 --out /tmp/cpu.json --no-docs
 
 FCN-8s-VGG16 (21 classes, seeded random weights, the peer holding the same ones) at 500×500 on
 every CPU engine, side by side with torchfcn==1.9.7 (install it with
@@ -15,10 +15,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from fcnseg.cli.bench_cmd import bench_script
 
-from fcnseg.bench.cli import bench_script  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULTS = dict(out=str(ROOT / "docs" / "bench" / "cpu.json"), eval_split=True)
 

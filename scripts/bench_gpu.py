@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """The GPU benchmark behind docs/PERFORMANCE.md's GPU section: one command, one JSON.
 
-    python scripts/bench_gpu.py                      # writes docs/bench/cuda.json, regenerates PERFORMANCE.md
-    python scripts/bench_gpu.py --repeats 5 --out /tmp/cuda.json --no-docs
+    python -m scripts.bench_gpu                      # writes docs/bench/cuda.json, regenerates PERFORMANCE.md
+    python -m scripts.bench_gpu --repeats 5 --out /tmp/cuda.json --no-docs
 
 FCN-8s-VGG16 (21 classes, seeded random weights) at 500×500 on CUDA: batch-1 latency and batch-16
 throughput for fp32 / channels_last / bf16 autocast / CUDA graphs (and ``torch.compile`` when
@@ -16,10 +16,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from fcnseg.cli.bench_cmd import bench_script
 
-from fcnseg.bench.cli import bench_script  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULTS = dict(out=str(ROOT / "docs" / "bench" / "cuda.json"), device="cuda", throughput_batch=16, repeats=20,
                 warmup=3, throughput_repeats=5, eval_split=True)

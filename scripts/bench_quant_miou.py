@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Mean-IU cost of the lossy fast paths, measured on a trained checkpoint.
 
-    python scripts/bench_quant_miou.py --checkpoint runs/demo/checkpoint.pt \
+    python -m scripts.bench_quant_miou --checkpoint runs/demo/checkpoint.pt \
         [--dataset camvid --root fcnseg/data/sample/camvid --split val] [--out docs/bench/quant_miou.json]
 
 Scores the checkpoint's exact fp32 model and each lossy engine (int8 static QDQ and int8 dynamic
@@ -21,29 +21,26 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fcnseg.data import build_dataset, sample_root
+from fcnseg.evaluate.scoring import evaluate
+from fcnseg.infer.engines import Engine, build_engine, onnx_for
+from fcnseg.infer.spec import EngineSpec
+from fcnseg.models.base import SegmentationModel, single
+from fcnseg.models.checkpoint import model_from_checkpoint
+from fcnseg.provenance import commit, machine
 
 ENGINES = ("torch-fp32", "ort-fp32", "ort-int8", "ort-int8-dynamic", "ort-int8-trim", "torch-bf16",
            "torch-bf16-trim")
 
 
-def _engine(name: str, model, tmp: Path, size: tuple[int, int] | None, calib: list[torch.Tensor]):
-    from fcnseg.infer.engines import OrtEngine, TorchEngine
-    from fcnseg.infer.export import export_onnx, quantize_onnx
-
-    if name.startswith("torch"):
-        return TorchEngine(model, dtype="bf16" if "bf16" in name else "fp32", trim="trim" in name)
-    trim = name.endswith("-trim")
-    if trim and size is None:
+def _engine(name: str, model: SegmentationModel, tmp: Path, size: tuple[int, int] | None,
+            calib: list[torch.Tensor]) -> Engine:
+    spec = EngineSpec.parse(name)
+    if spec.runtime != "ort":
+        return build_engine(spec, model)
+    if spec.trim and size is None:
         raise SystemExit(f"{name}: the trimmed ONNX graph is fixed-size; the split's images differ in size")
-    fp32 = tmp / f"m{'-trim' if trim else ''}.onnx"
-    if not fp32.exists():
-        export_onnx(model, fp32, dynamic=not trim, trim=trim, example_size=size or (96, 112))
-    if name == "ort-fp32":
-        return OrtEngine(fp32)
-    mode = "dynamic" if name.endswith("dynamic") else "static"
-    q = quantize_onnx(fp32, tmp / f"{name}.onnx", calib if mode == "static" else None, mode=mode)
-    return OrtEngine(q)
+    return build_engine(spec, onnx=onnx_for(spec, model, tmp, size=size, calibration=calib))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,10 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engines", default=",".join(ENGINES))
     ap.add_argument("--out", help="JSON output (default: print only)")
     args = ap.parse_args(argv)
-
-    from fcnseg.data import build_dataset, sample_root
-    from fcnseg.models.checkpoint import model_from_checkpoint
-    from fcnseg.evaluate.scoring import evaluate
 
     model, ckpt = model_from_checkpoint(args.checkpoint)
     model.eval()
@@ -79,11 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             t0 = time.perf_counter()
             engine = _engine(name, model, tmp, size, calib)
-            metrics = evaluate(engine.as_module(), data, exclude=exclude, progress=False)
+            metrics = evaluate(engine, data, exclude=exclude, progress=False)
             diffs, agree, pixels = 0.0, 0, 0
             for i in range(len(data)):  # scores vs fp32, image by image
-                s = engine.predict_scores(data[i][0][None])
-                s = s if isinstance(s, torch.Tensor) else s["out"]
+                s = single(engine.predict_scores(data[i][0][None]))
                 if name == "torch-fp32":
                     ref_scores.append(s)
                 elif ref_scores:
@@ -104,9 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         root = str(Path(root).resolve().relative_to(Path(__file__).resolve().parents[1]))
     except ValueError:
         pass
-    from fcnseg.provenance import commit, machine
-
-    report = {"checkpoint": args.checkpoint, "model": model.config.get("name"),
+    report = {"checkpoint": args.checkpoint, "model": model.spec.name,
               "checkpoint_iteration": ckpt.get("iteration"), "commit": commit(), "machine": machine(),
               "dataset": args.dataset, "root": root, "split": args.split,
               "images": len(data), "calibration": f"{len(calib)} images of {args.calib_split}",

@@ -1,11 +1,12 @@
 """FLOPs of dense output (shift-and-stitch, rarefaction) relative to the coarse VGG16 FCN-32s, at 500×500.
 
 Prints the README's markdown table (counted on the meta device by ``torch.utils.flop_counter``, no weights
-needed): ``.venv/bin/python scripts/dense_flops.py``."""
+needed): ``.venv/bin/python -m scripts.dense_flops``."""
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import fcnseg
+from fcnseg.config import ALIGNMENTS
 from fcnseg.models.dense import dense
 
 
@@ -17,7 +18,7 @@ def gflops(net, x) -> float:
 
 def main() -> None:
     rows = {}
-    for alignment in ("caffe", "same"):
+    for alignment in ALIGNMENTS:
         with torch.device("meta"):
             base = fcnseg.create_model("fcn32s", 21, alignment=alignment).eval()
             x = torch.empty(1, 3, 500, 500)

@@ -4,8 +4,8 @@
 #
 #   here:   make gpu-pack                      # torchfcn==1.9.7 (the peer) copied into .gpu/site
 #   device: bash scripts/gpu_session.sh        # carry [".gpu"]; extra options go to bench_gpu.py
-#   here:   cp <files_at>/cuda.json docs/bench/ && .venv/bin/python scripts/write_performance_md.py \
-#             && .venv/bin/python scripts/write_readme.py
+#   here:   cp <files_at>/cuda.json docs/bench/ && .venv/bin/python -m scripts.write_performance_md \
+#             && .venv/bin/python -m scripts.write_readme
 #
 # It records the machine, runs the CUDA tests (tests/test_cuda.py, skipped on machines without a
 # GPU), then the GPU benchmark (scripts/bench_gpu.py → $OUT/cuda.json). Nothing is installed: the
@@ -29,5 +29,5 @@ if python -c "import pytest" 2>/dev/null; then
 else
     echo "gpu_session: pytest not installed here: CUDA tests not run" | tee "$OUT/test_cuda.txt"
 fi
-python scripts/bench_gpu.py --out "$OUT/cuda.json" --no-docs "$@" 2>&1 | tee "$OUT/bench.log"
+python -m scripts.bench_gpu --out "$OUT/cuda.json" --no-docs "$@" 2>&1 | tee "$OUT/bench.log"
 exit "${PIPESTATUS[0]}"

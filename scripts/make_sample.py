@@ -5,7 +5,7 @@ Takes evenly spaced images of each split, downscales them (images: bicubic, save
 nearest, saved as 8-bit PNG) and writes the same layout (``train/ trainannot/ val/ valannot/`` +
 ``train.txt``/``val.txt`` with the ``/SegNet/CamVid/`` prefix), so ``build_dataset("camvid", ...)`` reads it.
 
-    python scripts/make_sample.py [--src /work/shared/datasets/camvid] [--n-train 60] [--n-val 20]
+    python -m scripts.make_sample [--src /work/shared/datasets/camvid] [--n-train 60] [--n-val 20]
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Regenerate docs/PERFORMANCE.md from docs/bench/*.json (bench reports and the int8 mean-IU report).
 
-    python scripts/write_performance_md.py [--bench-dir docs/bench] [--out docs/PERFORMANCE.md]
+    python -m scripts.write_performance_md [--bench-dir docs/bench] [--out docs/PERFORMANCE.md]
 """
 from __future__ import annotations
 
@@ -10,16 +10,15 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from fcnseg.bench.report import engine_table, first_call_line, machine_line
 
-from fcnseg.bench.report import engine_table, first_call_line, machine_line  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 INTRO = """\
 # Performance
 
 Every number below comes from `docs/bench/*.json`, written by the commands shown, and this page is
-regenerated from them by `python scripts/write_performance_md.py`. All engines of a table ran in
+regenerated from them by `python -m scripts.write_performance_md`. All engines of a table ran in
 **one** benchmark run, each in a fresh process (so peak memory is per engine), on the same input and
 the same weights, side by side with the peer implementation **torchfcn 1.9.7** (its `FCN8s`,
 holding our weights; its model classes only, run as published: eager fp32 NCHW under `no_grad`).
@@ -171,7 +170,7 @@ fp16 autocast, channels_last, optional `torch.compile`, and CUDA graphs captured
 for fixed sizes; training uses bf16 autocast on CUDA (`train.amp: auto`). On a machine with a GPU,
 `bash scripts/gpu_session.sh` runs the CUDA tests (`tests/test_cuda.py`: CUDA against CPU scores,
 CUDA graphs and the trimmed net against eager, bf16 training steps; skipped elsewhere) and then
-`python scripts/bench_gpu.py`, which measures FCN-8s-VGG16 at 500×500 (batch-1 latency, batch-16
+`python -m scripts.bench_gpu`, which measures FCN-8s-VGG16 at 500×500 (batch-1 latency, batch-16
 throughput) next to torchfcn fp32 and torchvision's `fcn_resnet50` in one run, writes
 `docs/bench/cuda.json` and regenerates this page with the GPU targets (≥ 1000 img/s at batch 16 in
 bf16, ≤ 3 ms at batch 1). Every engine there, the peer included, runs with cuDNN autotuning on and
@@ -205,7 +204,7 @@ def gpu_targets(report: dict) -> str:
 def quant_section(quant: dict | None) -> str:
     if not quant:
         return ("## Accuracy of the lossy paths\n\nNot measured yet: run\n"
-                "`python scripts/bench_quant_miou.py --checkpoint CHECKPOINT --out docs/bench/quant_miou.json`\n"
+                "`python -m scripts.bench_quant_miou --checkpoint CHECKPOINT --out docs/bench/quant_miou.json`\n"
                 "with a trained checkpoint, then this script.\n")
     lines = ["## Accuracy of the lossy paths", "",
              f"Checkpoint `{quant['checkpoint']}`"
@@ -238,7 +237,7 @@ def bench_section(name: str, report: dict) -> str:
                   "(OpenMP threads) loses more to oversubscription than ONNX Runtime does, so the ratios "
                   "between PyTorch and ONNX Runtime engines here are not those of an idle machine; the "
                   "ratios of each engine to the peer alongside it are taken under the same load. Rerun "
-                  "`python scripts/bench_cpu.py` on an idle machine for clean numbers.", ""]
+                  "`python -m scripts.bench_cpu` on an idle machine for clean numbers.", ""]
     first = first_call_line(report)
     if first:
         lines.append(first)

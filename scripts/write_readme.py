@@ -1,6 +1,6 @@
 """Regenerate README.md's demo, results and performance sections from committed JSON files.
 
-    .venv/bin/python scripts/write_readme.py [--demo-run runs/demo] [--check]
+    .venv/bin/python -m scripts.write_readme [--demo-run runs/demo] [--check]
 
 ``--demo-run`` first copies that run's ``summary.json`` (written by ``make demo``) to
 ``docs/results/demo.json``. Results come from ``docs/results/<study>/*.json`` (``fcnseg reproduce``),
@@ -15,12 +15,11 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _readme import README, with_section  # noqa: E402
+from fcnseg.reproduce import load_protocol
+from scripts._readme import README, with_section
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from fcnseg.reproduce import load_protocol  # noqa: E402
+
 RESULTS = ROOT / "docs" / "results"
 KEY_RUNS = ["fcn32s", "fcn16s-staged", "fcn8s-staged", "fcn8s-atonce", "pool5-only", "pool4-only", "pool3-only",
             "fcn32s-random-init", "fcn32s-fixed", "fcn32s-full-finetune", "fcn8s-atonce-learned-up",
@@ -33,7 +32,7 @@ KEY_RUNS = ["fcn32s", "fcn16s-staged", "fcn8s-staged", "fcn8s-atonce", "pool5-on
 def demo_section() -> str:
     path = RESULTS / "demo.json"
     if not path.is_file():
-        return "_No demo run recorded yet: run `make demo`, then `scripts/write_readme.py --demo-run runs/demo`._"
+        return "_No demo run recorded yet: run `make demo`, then `python -m scripts.write_readme --demo-run runs/demo`._"
     d = json.loads(path.read_text())
     m = d["machine"]
     return (f"`make demo` reached **{100 * d['mean_iu']:.1f}% mean IU** (pixel accuracy {100 * d['pixel_accuracy']:.1f}%) "
@@ -125,7 +124,7 @@ def main() -> int:
         text = with_section(text, name, body)
     if args.check:
         if text != old:
-            print("README.md is out of date: run scripts/write_readme.py", file=sys.stderr)
+            print("README.md is out of date: run python -m scripts.write_readme", file=sys.stderr)
             return 1
         return 0
     README.write_text(text)

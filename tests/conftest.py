@@ -11,7 +11,6 @@ The conversion is cheap: test_cache_reuse_and_tamper converts twice in ~5 s even
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import tempfile

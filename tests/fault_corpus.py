@@ -22,14 +22,16 @@ import pickle
 import struct
 import zipfile
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import yaml
 from PIL import Image
+
+from fcnseg.paths import sha256_file
 
 MARKER = "PAYLOAD_RAN"  # file a malicious pickle would create when unpickled
 CASES_MIN = 200
@@ -53,7 +55,7 @@ class Case:
     name: str
     category: str
     expect: str  # "error" | "ok" | "skipped"
-    setup: Callable[["Ctx"], Plan]
+    setup: Callable[[Ctx], Plan]
     skip_if_root: bool = False  # chmod-based cases: root reads anything
     xfail: str | None = None  # a known defect outside this corpus' reach (reason says where)
     cause: tuple[str, ...] = ()  # words of the reason, as Plan.cause (this module's cases: from CAUSES)
@@ -189,7 +191,8 @@ def patch_jpeg_size(data: bytes, h: int, w: int) -> bytes:
 
 
 def write_caffemodel(path: Path, model) -> None:
-    from fcnseg.models.weights.caffe import caffe_names, write_caffemodel as write
+    from fcnseg.models.weights.caffe import caffe_names
+    from fcnseg.models.weights.caffe import write_caffemodel as write
 
     state = model.state_dict()
     layers = {}
@@ -293,7 +296,7 @@ def predict_cases() -> Iterator[Case]:
         def skipping(ctx: Ctx, name=name, make=make) -> Plan:
             path = ctx.p("in", name)
             path.write_bytes(make(path))
-            good = ctx.good_image(ctx.p("in", "good.png"))
+            ctx.good_image(ctx.p("in", "good.png"))
             out = ctx.tmp / "out"
 
             def check() -> None:
@@ -424,7 +427,7 @@ def _mode_images() -> dict[str, Callable[[], bytes]]:
         return lambda: encoded(fmt, size, mode=mode, **save)
 
     def palette_transparent() -> bytes:
-        im = Image.fromarray((np.arange(96, dtype=np.uint8).reshape(8, 12) % 4)).convert("P")
+        im = Image.fromarray(np.arange(96, dtype=np.uint8).reshape(8, 12) % 4).convert("P")
         im.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] * 64)
         buf = io.BytesIO()
         im.save(buf, "PNG", transparency=0)
@@ -1246,6 +1249,7 @@ def _train_data() -> Iterator[Case]:
 
     def sbd_mat_missing_field(ctx: Ctx) -> Plan:
         import scipy.io
+
         from fcnseg.data.fixtures import write_sbd
         base = write_sbd(ctx.tmp / "sbd", size=(16, 16))
         bad = base / "cls" / "2008_000002.mat"
@@ -1272,6 +1276,7 @@ def _train_data() -> Iterator[Case]:
 
     def siftflow_mat_nan(ctx: Ctx) -> Plan:
         import scipy.io
+
         from fcnseg.data.fixtures import SIFT_SUBDIR, write_siftflow
         base = write_siftflow(ctx.tmp / "sf", size=(16, 16))
         bad = base / "SemanticLabels" / SIFT_SUBDIR / "coast_arnat59.mat"
@@ -1309,7 +1314,8 @@ def _train_files() -> Iterator[Case]:
 
     def caffe_layers(edit: Callable[[dict], None]):
         def make(ctx: Ctx, p: Path) -> None:
-            from fcnseg.models.weights.caffe import read_caffemodel, write_caffemodel as write
+            from fcnseg.models.weights.caffe import read_caffemodel
+            from fcnseg.models.weights.caffe import write_caffemodel as write
             layers = {layer.name: list(layer.blobs) for layer in read_caffemodel(ctx.shared.caffemodel())}
             edit(layers)
             write(p, layers)
@@ -1408,8 +1414,8 @@ def _train_files() -> Iterator[Case]:
         return Plan(_train(ctx, f"train.resume={ck}"), [str(ck)])
 
     def init_from_mismatch(ctx: Ctx) -> Plan:
-        from fcnseg.models.checkpoint import save_checkpoint
         from fcnseg import create_model
+        from fcnseg.models.checkpoint import save_checkpoint
         ck = save_checkpoint(ctx.tmp / "alex.pt", create_model("fcn32s", 3, backbone="alexnet", width=1 / 16,
                                                                fc_channels=24))
         return Plan(_train(ctx, f"model.init_from={ck}"), [str(ck)])
@@ -1458,7 +1464,7 @@ def cache_cases() -> Iterator[Case]:
 
         def check() -> None:  # re-converted: same tensors, a record that matches (safetensors bytes may differ)
             from safetensors.torch import load_file
-            assert (cache / (name + ".sha256")).read_text().split()[0] == hed._sha256_file(cache / name)
+            assert (cache / (name + ".sha256")).read_text().split()[0] == sha256_file(cache / name)
             fresh, ref = load_file(cache / name), load_file(src)
             assert fresh.keys() == ref.keys() and all(torch.equal(fresh[k], ref[k]) for k in ref)
         return Plan(_train(ctx, cfg=hed_cfg(ctx)), [str(cache / name), "SHA-256"], env={"FCNSEG_CACHE": str(cache)},

@@ -5,7 +5,7 @@ the reason; the demo's and ``models``' options likewise.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from fault_corpus import Case, Ctx, Plan, _train
 

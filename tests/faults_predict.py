@@ -1,7 +1,7 @@
 """Fault-corpus cases of one area (predict); collected by :func:`fault_corpus.all_cases`."""
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from fault_corpus import Case, Ctx, Plan, png_bytes
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
-
 from fault_corpus import Case, Ctx, Plan, _train, base_config
 
 _TRAINED: dict[Path, Path] = {}

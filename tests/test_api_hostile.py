@@ -6,10 +6,10 @@ import torch
 
 from fcnseg import create_model
 from fcnseg.data import build_dataset
-from fcnseg.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from fcnseg.evaluate.scoring import evaluate
 from fcnseg.evaluate.metrics import ConfusionMatrix, compute_metrics
+from fcnseg.evaluate.scoring import evaluate
 from fcnseg.infer.export import export_onnx, export_torch
+from fcnseg.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")

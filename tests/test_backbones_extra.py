@@ -13,9 +13,9 @@ from fcnseg.models.backbones.googlenet import TORCHVISION_GOOGLENET, googlenet
 from fcnseg.models.backbones.googlenet import TORCHVISION_NAMES as GOOGLENET_NAMES
 from fcnseg.models.backbones.resnet import TORCHVISION_NAMES as RESNET_NAMES
 from fcnseg.models.backbones.resnet import resnet50, resnet101
+from fcnseg.models.base import single
 from fcnseg.models.geometry import coord_map
 from fcnseg.models.preprocessing import TORCHVISION
-from fcnseg.models.base import single
 
 SMALL = 1 / 16
 

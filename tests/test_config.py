@@ -133,8 +133,7 @@ def test_fusion_and_depth_init_choices():
 # --- the schema: every field has a rule, and each rule rejects its examples at load ----------------
 from dataclasses import fields  # noqa: E402
 
-from fcnseg.config import (DataConfig, ModelConfig, TrainConfig, field_rules,  # noqa: E402
-                           validate)
+from fcnseg.config import DataConfig, ModelConfig, TrainConfig, field_rules, validate  # noqa: E402
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 

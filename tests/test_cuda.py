@@ -82,10 +82,9 @@ def test_evaluate_on_cuda_equals_cpu():
 
 def test_training_steps_on_cuda_with_bf16_autocast(tmp_path):
     from fcnseg.config import load_config
+    from fcnseg.data import sample_root
     from fcnseg.models.checkpoint import load_checkpoint
     from fcnseg.train.loop import train
-
-    from fcnseg.data import sample_root
 
     cfg = load_config(None, ["data.dataset=camvid", f"data.root={sample_root()}", "model.name=fcn8s",
                              "model.width=0.0625", "model.fc_channels=64", "train.progress=false",

@@ -6,8 +6,15 @@ import pytest
 import torch
 from PIL import Image
 
-from fcnseg.data import (DatasetError, DatasetInfo, MEDIAN_FREQUENCY_WEIGHTS, build_dataset, dataset_info,
-                         list_datasets, median_frequency_weights)
+from fcnseg.data import (
+    MEDIAN_FREQUENCY_WEIGHTS,
+    DatasetError,
+    DatasetInfo,
+    build_dataset,
+    dataset_info,
+    list_datasets,
+    median_frequency_weights,
+)
 from fcnseg.data.fixtures import write_camvid
 
 REAL_CAMVID = Path("/work/shared/datasets/camvid")

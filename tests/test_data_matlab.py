@@ -5,8 +5,15 @@ import scipy.io
 import torch
 from PIL import Image
 
-from fcnseg.data import (NYUD_LOG_DEPTH_MEAN, NYUD_MEANS, SIFTFLOW_ABSENT_IN_TEST, DatasetError, build_dataset,
-                         collate_pad, nyud_channel_means)
+from fcnseg.data import (
+    NYUD_LOG_DEPTH_MEAN,
+    NYUD_MEANS,
+    SIFTFLOW_ABSENT_IN_TEST,
+    DatasetError,
+    build_dataset,
+    collate_pad,
+    nyud_channel_means,
+)
 from fcnseg.data.fixtures import SIFT_SUBDIR, write_context, write_nyud, write_sbd, write_siftflow
 from fcnseg.data.io import package_list
 

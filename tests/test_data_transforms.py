@@ -3,8 +3,16 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from fcnseg.data import (ColorJitter, Compose, RandomCrop, RandomHorizontalFlip, RandomScale, Resize, build_dataset,
-                         collate_pad)
+from fcnseg.data import (
+    ColorJitter,
+    Compose,
+    RandomCrop,
+    RandomHorizontalFlip,
+    RandomScale,
+    Resize,
+    build_dataset,
+    collate_pad,
+)
 from fcnseg.data.fixtures import write_camvid
 
 

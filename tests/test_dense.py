@@ -1,12 +1,11 @@
 """Shift-and-stitch and filter rarefaction (paper §3.2): the same dense map, one pass vs f² passes."""
 import pytest
 import torch
-from torch import nn
 
 import fcnseg
 from fcnseg.models import dense
-from fcnseg.models.dense import _Rarefied, _Shifted
 from fcnseg.models.base import single
+from fcnseg.models.dense import _Rarefied, _Shifted
 
 SMALL = dict(width=1 / 16, fc_channels=16)
 

@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_train_loop import make_camvid  # noqa: E402
 
 from fcnseg.config import load_config  # noqa: E402
-from fcnseg.models.checkpoint import load_checkpoint  # noqa: E402
 from fcnseg.distributed import all_reduce_sum  # noqa: E402
+from fcnseg.models.checkpoint import load_checkpoint  # noqa: E402
 from fcnseg.train.loop import train  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -7,8 +7,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import fcnseg
-from fcnseg.evaluate.scoring import evaluate, format_table, save_metrics
 from fcnseg.errors import ConfigError
+from fcnseg.evaluate.scoring import evaluate, format_table, save_metrics
 from fcnseg.models.base import ModelSpec, SegmentationModel
 from fcnseg.models.preprocessing import Preprocessing
 

@@ -2,10 +2,10 @@
 import torch
 
 import fcnseg
+from fcnseg.models.base import single
 from fcnseg.models.checkpoint import model_from_checkpoint, save_checkpoint
 from fcnseg.models.fusion import LateFusion
 from fcnseg.models.preprocessing import CAFFE_VGG, Preprocessing
-from fcnseg.models.base import single
 
 SMALL = dict(width=1 / 16, fc_channels=32)
 
@@ -61,6 +61,7 @@ def test_early_fusion_depth_filters_start_as_the_mean_of_the_rgb_filters(tmp_pat
     """nyud-fcn32s-color-d/solve.py: conv1_1_bgrd[:, 3] = mean over the RGB filters (default);
     depth_init="zero" keeps the RGB net's function."""
     import numpy as np
+
     from fcnseg.models.weights.caffe import write_caffemodel
     rgb = fcnseg.create_model("fcn32s", 5, **SMALL)
     for p in rgb.parameters():

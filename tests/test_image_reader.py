@@ -55,12 +55,12 @@ def test_size_guard_counts_the_networks_padded_compute(tmp_path):
 
     import fcnseg
     from fcnseg.data.io import DEFAULT_MAX_PIXELS, padded_pixels
-    from fcnseg.infer.predict import input_padding, predict_paths
+    from fcnseg.infer.predict import predict_paths
 
     torch.manual_seed(0)
     caffe = fcnseg.create_model("fcn8s", 3, width=1 / 16, fc_channels=16).eval()
     same = fcnseg.create_model("fcn8s", 3, width=1 / 16, fc_channels=16, alignment="same").eval()
-    assert input_padding(caffe) == 100 and input_padding(same) < 100
+    assert caffe.input_padding == 100 and same.input_padding < 100
     assert padded_pixels(100000, 1, 100) == 100200 * 201 > DEFAULT_MAX_PIXELS > 100000  # the 1×100000 image
     Image.fromarray(np.zeros((1, 600, 3), np.uint8)).save(tmp_path / "strip.png")
     run = dict(palette=np.zeros((3, 3), np.uint8), max_pixels=20_000, overlay_format=None)

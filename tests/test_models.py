@@ -7,8 +7,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import fcnseg
 from fcnseg.models import MODELS
-from fcnseg.models.upsample import Upsample, bilinear_kernel
 from fcnseg.models.base import single
+from fcnseg.models.upsample import Upsample, bilinear_kernel
 
 SMALL = dict(width=1 / 16, fc_channels=32)
 

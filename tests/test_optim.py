@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from fcnseg import create_model
-from fcnseg.train.optim import build_optimizer, build_scheduler, lr_factor, param_groups
 from fcnseg.errors import ConfigError
+from fcnseg.train.optim import build_optimizer, build_scheduler, lr_factor, param_groups
 
 
 def tiny(name="fcn8s", **kw):

@@ -19,10 +19,10 @@ from fcnseg.cli.main import main
 from fcnseg.config import ModelConfig, apply_preset, load_config
 from fcnseg.data import SIFTFLOW_ABSENT_IN_TEST, DatasetError, build_dataset
 from fcnseg.data.fixtures import SIFT_SUBDIR, write_context, write_nyud, write_sbd, write_siftflow, write_voc
+from fcnseg.errors import ConfigError
 from fcnseg.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from fcnseg.train.loop import train
 from fcnseg.train.model import build_model
-from fcnseg.errors import ConfigError
 
 CONFIG_DIR = Path(fcnseg.__file__).parent / "configs"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))

@@ -10,9 +10,17 @@ from torch import nn
 
 import fcnseg
 from fcnseg.data import voc_colormap
-from fcnseg.infer.predict import (ImageReadError, ImageTooLargeError, _starts, format_summary, load_image,
-                                   predict_labels, predict_paths)
 from fcnseg.errors import FcnsegError
+from fcnseg.infer.predict import (
+    ImageReadError,
+    ImageTooLargeError,
+    _starts,
+    format_summary,
+    load_image,
+    predict_labels,
+    predict_paths,
+)
+from fcnseg.models.base import ModelSpec, SegmentationModel
 from fcnseg.models.preprocessing import Preprocessing
 
 PALETTE = voc_colormap(256)[:5]
@@ -35,20 +43,25 @@ def _varied_fcn32s(k=4):
     return m
 
 
-class PixelConv(nn.Module):
+class PixelConv(SegmentationModel):
     """A 1×1 conv: every output pixel depends on its input pixel only. Claims output stride 8."""
 
     output_stride = 8
+    in_channels = 3
 
     def __init__(self, k=4):
         super().__init__()
         torch.manual_seed(0)
         self.conv = nn.Conv2d(3, k, 1)
         self.heads = {"out": k}
+        self.spec = ModelSpec("pixelconv", k, "none")
         self.preprocessing = Preprocessing(bgr=False, scale=1 / 255, mean=(0.5, 0.5, 0.5))
 
-    def forward(self, x):
-        return self.conv(x)
+    def features(self, x):
+        return {"x": x}
+
+    def forward_features(self, features, size):
+        return {"out": self.conv(features["x"])}
 
 
 def _rgb(h, w, seed=0):
@@ -195,9 +208,7 @@ def test_tiled_matches_whole_for_real_fcn_with_enough_overlap(monkeypatch):
     assert len(np.unique(whole)) > 1
     for tile in (672, 680):
         assert (predict_labels(model, rgb, tile=tile, overlap=64) != whole).mean() <= 1e-3
-    import fcnseg.infer.predict as predict_mod
-
-    monkeypatch.setattr(predict_mod, "_output_stride", lambda m: 1)
+    monkeypatch.setattr(type(model), "output_stride", property(lambda m: 1))
     assert _starts(800, 680, 64, 1)[1][0] == 120
     assert (predict_labels(model, rgb, tile=680, overlap=64) != whole).mean() > 5e-3
 

@@ -8,8 +8,9 @@ from PIL import Image
 
 import fcnseg
 from fcnseg.cli.main import main
-from fcnseg.models.checkpoint import save_checkpoint
 from fcnseg.infer.engines import ort_available
+from fcnseg.models.base import single
+from fcnseg.models.checkpoint import save_checkpoint
 
 
 def _tiny(k=5):
@@ -35,9 +36,9 @@ def test_model_built_under_inference_or_no_grad_runs_and_predicts(mode):
     ref = _tiny()  # the same seed, built normally (score layers differ: compare shapes and the diagonal)
     x = torch.rand(1, 3, 40, 44) * 255
     with torch.no_grad():
-        assert m(m.preprocessing(x)).shape == (1, 5, 40, 44)
+        assert single(m(m.preprocessing(x))).shape == (1, 5, 40, 44)
     with torch.inference_mode():
-        assert m(m.preprocessing(x)).shape == (1, 5, 40, 44)
+        assert single(m(m.preprocessing(x))).shape == (1, 5, 40, 44)
     assert m.predict(x[0]).shape == (40, 44)
     assert ref.predict(x).shape == (1, 40, 44)
 
@@ -59,7 +60,7 @@ def test_cli_predicts_a_folder_of_mixed_sizes_on_the_default_engine(tmp_path, mo
 
 def _ref(m, x):
     with torch.no_grad():
-        return m(m.preprocessing(x))
+        return single(m(m.preprocessing(x)))
 
 
 def _x(h, w, seed=0):
@@ -79,7 +80,7 @@ def test_engine_cache_reexports_a_planted_other_model_or_garbage(tmp_path):
 
     m, x = _tiny(), _x(40, 40)
     other = TrimmedOrtEngine(_other(), tmp_path / "other")
-    other.predict_scores(x)
+    single(other.predict_scores(x))
     engine = TrimmedOrtEngine(m, tmp_path / "cache")
     target = engine._path((40, 40))
     target.parent.mkdir()
@@ -88,17 +89,17 @@ def test_engine_cache_reexports_a_planted_other_model_or_garbage(tmp_path):
                                          target.with_name(target.name + ".sha256"))):
         dst.write_bytes(src.read_bytes())  # another model's export and its checksum, under this one's name
     with pytest.warns(UserWarning, match="does not match this model"):
-        assert (engine.predict_scores(x) - _ref(m, x)).abs().max() <= 1e-4
+        assert (single(engine.predict_scores(x)) - _ref(m, x)).abs().max() <= 1e-4
     target.write_bytes(b"not an onnx file")
     with pytest.warns(UserWarning, match=str(target.name)):
-        assert (TrimmedOrtEngine(m, tmp_path / "cache").predict_scores(x) - _ref(m, x)).abs().max() <= 1e-4
+        assert (single(TrimmedOrtEngine(m, tmp_path / "cache").predict_scores(x)) - _ref(m, x)).abs().max() <= 1e-4
 
     def must_not_export():
         raise AssertionError("a verified cache entry was exported again")
 
     again = TrimmedOrtEngine(m, tmp_path / "cache", reload=must_not_export)
     again._model = None
-    assert (again.predict_scores(x) - _ref(m, x)).abs().max() <= 1e-4  # re-exported entry: verified, reused
+    assert (single(again.predict_scores(x)) - _ref(m, x)).abs().max() <= 1e-4  # re-exported entry: verified, reused
 
 
 @pytest.mark.skipif(not ort_available(), reason="onnxruntime not installed")
@@ -110,21 +111,21 @@ def test_engine_cache_that_cannot_be_written_falls_back_with_a_warning(tmp_path)
     m, x = _tiny(), _x(36, 44)
     engine = choose_engine(m, "cpu", cache_dir=blocked / "engines")
     with pytest.warns(UserWarning, match="cannot be written"):
-        assert (engine.predict_scores(x) - _ref(m, x)).abs().max() <= 1e-4
+        assert (single(engine.predict_scores(x)) - _ref(m, x)).abs().max() <= 1e-4
     same = fcnseg.create_model("fcn8s", 5, width=1 / 16, fc_channels=16, alignment="same").eval()
     with pytest.warns(UserWarning, match="cannot be written"):
         dyn = _ort_from_model(same, cache_dir=blocked / "engines")
-    assert (dyn.predict_scores(x) - _ref(same, x)).abs().max() <= 1e-4
+    assert (single(dyn.predict_scores(x)) - _ref(same, x)).abs().max() <= 1e-4
 
 
 @pytest.mark.skipif(not ort_available(), reason="onnxruntime not installed")
 def test_tiles_on_the_default_engine_are_stride_aligned_as_on_torch(tmp_path):
-    from fcnseg.infer.predict import output_stride, predict_labels
     from fcnseg.infer.engines import choose_engine
+    from fcnseg.infer.predict import predict_labels
 
     m = _tiny()
-    engine = choose_engine(m, "cpu", cache_dir=tmp_path).as_module()
-    assert output_stride(engine) == output_stride(m) == 32
+    engine = choose_engine(m, "cpu", cache_dir=tmp_path)
+    assert engine.output_stride == m.output_stride == 32
     rgb = (np.random.default_rng(0).random((70, 90, 3)) * 255).astype(np.uint8)
     tiled_torch = predict_labels(m, rgb, tile=48)
     tiled_auto = predict_labels(engine, rgb, tile=48)

@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 from fcnseg import create_model
-from fcnseg.models.checkpoint import model_from_checkpoint, save_checkpoint
 from fcnseg.infer.predict import predict_paths
+from fcnseg.models.checkpoint import model_from_checkpoint, save_checkpoint
 
 N_IMAGES = 1000
 N_BAD = 10

@@ -20,7 +20,8 @@ def test_every_run_of_each_protocol_is_a_valid_config(protocol):
     proto = load_protocol("camvid", protocol)
     names = [r["name"] for r in proto["runs"]]
     for spec in proto["runs"]:
-        sets = {k: ("runs/x.pt" if isinstance(v, str) and v.startswith("@") else v) for k, v in spec.get("set", {}).items()}
+        sets = {k: ("runs/x.pt" if isinstance(v, str) and v.startswith("@") else v)
+                for k, v in spec.get("set", {}).items()}
         for v in spec.get("set", {}).values():
             if isinstance(v, str) and v.startswith("@"):
                 assert v[1:] in names[: names.index(spec["name"])], f"{spec['name']} starts from a later run"

@@ -3,13 +3,14 @@ import logging
 
 import pytest
 import torch
-from torch.utils._pytree import tree_flatten
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 import fcnseg
-from fcnseg.infer.engines import EngineModule, TorchEngine, choose_engine, ort_available
-from fcnseg.models.trimmed import TrimmedFCN, trim_supported
 from fcnseg.errors import ConfigError
+from fcnseg.infer.engines import TorchEngine, choose_engine, ort_available
+from fcnseg.models.base import single
+from fcnseg.models.trimmed import TrimmedFCN, trim_supported
 
 
 def _tiny(alignment="caffe", classes=5, name="fcn8s"):
@@ -26,7 +27,7 @@ def _tiny(alignment="caffe", classes=5, name="fcn8s"):
 
 def _ref(m, x):
     with torch.no_grad():
-        return m(m.preprocessing(x))
+        return single(m(m.preprocessing(x)))
 
 
 def _img(n, h, w, seed=0):
@@ -40,7 +41,7 @@ def test_torch_engine_fp32_matches_model(kwargs):
     assert engine.exact
     for i, (h, w) in enumerate([(50, 70), (97, 51), (1, 1)]):
         x = _img(1 + i % 2, h, w, i)
-        assert (engine.predict_scores(x) - _ref(m, x)).abs().max() <= 1e-5
+        assert (single(engine.predict_scores(x)) - _ref(m, x)).abs().max() <= 1e-5
     assert engine.predict_labels(x[0]).shape == (1, 1, 1)
 
 
@@ -51,7 +52,7 @@ def test_trim_is_exact_on_many_sizes(name):
     for i, (h, w) in enumerate([(1, 1), (5, 9), (31, 200), (64, 80), (97, 51), (130, 113), (16, 17)]):
         x = m.preprocessing(_img(1, h, w, i))
         with torch.no_grad():
-            ref, out = m(x), t(x)
+            ref, out = single(m(x)), single(t(x))
         assert t._plan(h, w) is not None  # the trimmed path was taken
         assert out.shape == ref.shape and (out - ref).abs().max() <= 1e-5 * max(1.0, ref.abs().max())
 
@@ -62,7 +63,7 @@ def test_trim_in_strips_is_exact():
     for i, (h, w) in enumerate([(64, 80), (97, 51), (33, 20)]):
         x = m.preprocessing(_img(2, h, w, i))
         with torch.no_grad():
-            assert (t(x) - m(x)).abs().max() <= 1e-5
+            assert (single(t(x)) - single(m(x))).abs().max() <= 1e-5
 
 
 @pytest.mark.slow
@@ -74,7 +75,7 @@ def test_torch_compile_engine_is_exact_and_compiles_once_per_size(trim, caplog):
     with caplog.at_level(logging.WARNING, logger="torch._dynamo"):
         for i, (h, w) in enumerate([(64, 80), (64, 80), (50, 70)]):
             x = _img(2, h, w, i)
-            assert (engine.predict_scores(x) - _ref(m, x)).abs().max() <= 1e-4
+            assert (single(engine.predict_scores(x)) - _ref(m, x)).abs().max() <= 1e-4
     # a graph break inside the trimmed stages would compile every layer shape on its own, up to the limit
     assert "hit config." not in caplog.text and "graph break" not in caplog.text.lower()
 
@@ -147,7 +148,7 @@ def test_bf16_is_close_not_exact():
     engine = TorchEngine(m, dtype="bf16")
     assert not engine.exact
     x = _img(1, 40, 48)
-    out, ref = engine.predict_scores(x), _ref(m, x)
+    out, ref = single(engine.predict_scores(x)), _ref(m, x)
     assert out.dtype == torch.float32 and (out - ref).abs().max() < 0.1 * ref.abs().max()
 
 
@@ -161,22 +162,24 @@ def test_bad_options_are_clear_errors():
         TorchEngine(m).predict_scores(torch.zeros(4, 4))
 
 
-def test_engine_module_feeds_evaluate_style_callers():
+def test_evaluate_scores_an_engine_as_it_scores_its_model():
+    from fcnseg.evaluate.scoring import evaluate
+
     m = _tiny()
-    mod = EngineModule(TorchEngine(m))
-    x = _img(1, 33, 41)
-    assert mod.heads == {"out": 5} and mod.num_classes == 5
-    assert torch.equal(mod.preprocessing(x), x)
-    assert (mod(mod.preprocessing(x)) - _ref(m, x)).abs().max() <= 1e-5
+    g = torch.Generator().manual_seed(1)
+    items = [(_img(1, 33, 41, s)[0], torch.randint(0, 5, (33, 41), generator=g)) for s in range(2)]
+    by_model = evaluate(m, items, progress=False)
+    by_engine = evaluate(TorchEngine(m), items, progress=False)
+    assert by_engine["confusion"] == by_model["confusion"] and by_model["images"] == by_engine["images"] == 2
 
 
 @pytest.mark.skipif(not ort_available(), reason="onnxruntime not installed")
 def test_choose_engine_cpu_is_exact_ort():
     same = _tiny(alignment="same")
     engine = choose_engine(same, "cpu")  # no trimmed form: one dynamic-size export
-    assert engine.name == "ort-fp32" and engine.exact
+    assert engine.name == "ort-fp32@same" and engine.exact
     x = _img(1, 45, 38)
-    assert (engine.predict_scores(x) - _ref(same, x)).abs().max() <= 1e-4
+    assert (single(engine.predict_scores(x)) - _ref(same, x)).abs().max() <= 1e-4
 
 
 @pytest.mark.skipif(not ort_available(), reason="onnxruntime not installed")
@@ -195,7 +198,7 @@ def test_choose_engine_cpu_caffe_vgg_is_trimmed_ort_per_size(tmp_path):
     assert isinstance(engine, TrimmedOrtEngine) and engine.exact and engine.name == "ort-fp32-trim-lowmem"
     for i, (h, w) in enumerate([(45, 38), (45, 38), (60, 52)]):
         x = _img(1 + i % 2, h, w, i)
-        assert (engine.predict_scores(x) - _ref(m, x)).abs().max() <= 1e-4
+        assert (single(engine.predict_scores(x)) - _ref(m, x)).abs().max() <= 1e-4
         assert engine._model is None  # the caller's model is let go once a session is open
     assert len(reloads) == 1  # rebuilt once, for the second size only
     assert sorted(p.name.split("-")[2] for p in tmp_path.glob("*.onnx")) == ["45x38", "60x52"]
@@ -217,12 +220,12 @@ def test_trimmed_ort_engine_reuses_and_prunes_its_exports(tmp_path):
     again.predict_scores(_img(1, 40, 40))
     engine = TrimmedOrtEngine(m, tmp_path, keep=2)
     for size in (41, 42):
-        engine.predict_scores(_img(1, size, size))
+        single(engine.predict_scores(_img(1, size, size)))
     names = sorted(p.name for p in tmp_path.glob("*.onnx"))
     assert len(names) == 2 and first.name not in names  # the least recently used went
     for size in (43, 44):  # a third distinct size for this engine: one dynamic-size export from now on
         x = _img(1, size, size + 3)
-        assert (engine.predict_scores(x) - _ref(m, x)).abs().max() <= 1e-4
+        assert (single(engine.predict_scores(x)) - _ref(m, x)).abs().max() <= 1e-4
     assert engine._dynamic is not None and engine._session is None
     assert len(list(tmp_path.glob("*-trim.onnx"))) == 2 and len(list(tmp_path.glob("*.onnx"))) == 3
     with torch.no_grad():
@@ -241,4 +244,4 @@ def test_trim_matmul_convs_are_exact(monkeypatch, channels_last):
     for i, (h, w) in enumerate([(50, 70), (97, 51)]):
         x = _img(2, h, w, i)
         ref = _ref(_tiny(), x)
-        assert (engine.predict_scores(x) - ref).abs().max() <= 1e-5
+        assert (single(engine.predict_scores(x)) - ref).abs().max() <= 1e-5

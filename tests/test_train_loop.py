@@ -119,7 +119,8 @@ def test_best_checkpoint_keeps_the_highest_val_mean_iu(data_root, tmp_path, monk
         return {**real(*args, **kwargs), "mean_iu": next(script)}
 
     monkeypatch.setattr(loop, "evaluate", scripted)
-    res = train(cfg_for(data_root, tmp_path / "run", "data.val_split=val", "train.eval_every=1", "model.fc_channels=16"))
+    res = train(cfg_for(data_root, tmp_path / "run", "data.val_split=val", "train.eval_every=1",
+                        "model.fc_channels=16"))
     best = load_checkpoint(tmp_path / "run" / "best.pt")
     assert (best["iteration"], best["best_mean_iu"], res["best_mean_iu"]) == (3, 0.50, 0.50)
     assert load_checkpoint(tmp_path / "run" / "last.pt")["iteration"] == 4

@@ -3,8 +3,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fcnseg.train.losses import (apply_patch_sampling, check_labels, loss_denominator, patch_mask,
-                                  pixel_loss_sum, segmentation_loss)
+from fcnseg.train.losses import (
+    apply_patch_sampling,
+    check_labels,
+    loss_denominator,
+    patch_mask,
+    pixel_loss_sum,
+    segmentation_loss,
+)
 
 
 def batch(n=2, k=4, h=6, w=7, seed=0):

@@ -113,7 +113,8 @@ def test_worker_errors_keep_their_own_message():
         next(iter(loader))
     assert str(e.value).startswith("Caught DatasetError")  # what torch does
     clean = unwrap_worker_error(e.value)
-    assert type(clean) is DatasetError and str(clean) == "camvid: cannot read label /data/x.png: image file is truncated"
+    assert type(clean) is DatasetError
+    assert str(clean) == "camvid: cannot read label /data/x.png: image file is truncated"
     plain = DatasetError("not from a worker")
     assert unwrap_worker_error(plain) is plain
 

@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fault_corpus import _Evil  # noqa: E402
 
 from fcnseg import create_model  # noqa: E402
-from fcnseg.models.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
-from fcnseg.train.model import init_from_checkpoint  # noqa: E402
 from fcnseg.errors import FcnsegError  # noqa: E402
+from fcnseg.models.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 from fcnseg.models.weights import load_weights  # noqa: E402
+from fcnseg.train.model import init_from_checkpoint  # noqa: E402
 
 PACKAGE = Path(__file__).resolve().parent.parent / "fcnseg"
 FETCHERS = {"urlopen", "urlretrieve", "load_state_dict_from_url", "download_url_to_file", "hf_hub_download"}

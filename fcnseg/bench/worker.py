@@ -17,6 +17,11 @@ import torch
 
 from fcnseg.atomic import atomic_write
 from fcnseg.bench.measure import peak_rss_mb, reset_peak_rss, rss_mb, stats, time_calls
+from fcnseg.bench.peer import peer_fcn8s, torchvision_fcn_resnet50
+from fcnseg.infer.engines import build_engine
+from fcnseg.infer.spec import EngineSpec
+from fcnseg.models import create_model
+from fcnseg.models.preprocessing import Preprocessing
 
 
 class _PeerEngine:
@@ -27,9 +32,12 @@ class _PeerEngine:
     def __init__(self, model: torch.nn.Module, preprocessing, device: torch.device) -> None:
         self.model, self.preprocessing, self.device = model.to(device).eval(), preprocessing, device
 
-    def predict_scores(self, images: torch.Tensor) -> torch.Tensor:
+    def predict_scores(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            return self.model(self.preprocessing(images.to(self.device)))
+            return {"out": self.model(self.preprocessing(images.to(self.device)))}
+
+    def describe(self) -> dict:
+        return {"engine": self.name, "exact": True, "device": str(self.device)}
 
 
 def _load_state(path: str) -> dict:
@@ -40,44 +48,25 @@ def _load_state(path: str) -> dict:
 
 
 def _build(spec: dict, device: torch.device):
-    """(engine, trainable module or None, preprocessing) for the spec."""
-    from fcnseg.models import create_model
-    from fcnseg.models.preprocessing import Preprocessing
-
-    runtime = spec["runtime"]
-    if runtime == "ort":
-        from fcnseg.infer.engines import OrtEngine
-
-        return OrtEngine(spec["onnx"], threads=spec["threads"], low_memory=spec.get("low_memory", False)), None
+    """(engine, trainable module or None) for the spec; ``spec["engine"]`` is the engine's name."""
+    engine = EngineSpec.parse(spec["engine"])
+    if engine.runtime == "ort":
+        return build_engine(engine, onnx=spec["onnx"], threads=spec["threads"]), None
     cfg = dict(spec["model_config"])
     name, classes = cfg.pop("name"), cfg.pop("num_classes")
-    if runtime == "tvfcn":
-        from fcnseg.bench.peer import torchvision_fcn_resnet50
-
-        model = torchvision_fcn_resnet50(int(classes), int(spec.get("seed", 0)))
-        return _torch_engine(model, spec, device), None
-    if runtime == "peer":
-        from fcnseg.bench.peer import peer_fcn8s
-
-        state = _load_state(spec["weights"])
+    if engine.runtime == "tvfcn":
+        return build_engine(engine, torchvision_fcn_resnet50(int(classes), int(spec.get("seed", 0))), device), None
+    state = _load_state(spec["weights"])
+    pre = Preprocessing.from_dict(spec["preprocessing"])
+    if engine.runtime == "peer":
         model = peer_fcn8s(int(classes), state)
         del state
-        pre = Preprocessing.from_dict(spec["preprocessing"])
         return _PeerEngine(model, pre, device), model
     model = create_model(name, classes, **cfg)
-    state = _load_state(spec["weights"])
     model.load_state_dict(state)
     del state
-    model.preprocessing = Preprocessing.from_dict(spec["preprocessing"])
-    return _torch_engine(model, spec, device), model
-
-
-def _torch_engine(model: torch.nn.Module, spec: dict, device: torch.device):
-    from fcnseg.infer.engines import TorchEngine
-
-    return TorchEngine(model, device, channels_last=spec.get("channels_last", False),
-                       dtype=spec.get("dtype", "fp32"), trim=spec.get("trim", False),
-                       compile=spec.get("compile", False), cuda_graphs=spec.get("cuda_graphs", False))
+    model.preprocessing = pre
+    return build_engine(engine, model, device), model
 
 
 def _images(spec: dict, batch: int) -> torch.Tensor:
@@ -143,15 +132,14 @@ class Session:
         self.engine, self.trainable = _build(spec, device)
         self.result.update(load_seconds=time.perf_counter() - t0, rss_loaded_mb=rss_mb(),
                            peak_rss_load_mb=peak_rss_mb())
-        if hasattr(self.engine, "describe"):
-            self.result["describe"] = self.engine.describe()
+        self.result["describe"] = self.engine.describe()
         self.x1 = _images(spec, int(spec.get("batch", 1)))
         t0 = time.perf_counter()
         out = self.engine.predict_scores(self.x1)  # first call: lazy init, caches; kept for comparison
         if self.sync:
             self.sync()
         self.result["first_call_seconds"] = time.perf_counter() - t0  # incl. torch.compile / graph capture
-        out = out if isinstance(out, torch.Tensor) else next(iter(out.values()))
+        out = next(iter(out.values()))
         if spec.get("scores_out"):
             np.save(spec["scores_out"], out.detach().float().cpu().numpy())
         del out
@@ -193,7 +181,7 @@ class Session:
             st = stats(self.thr)
             r["throughput"] = {"seconds": st, "samples": self.thr, "batch": nb, "images_per_s": nb / st["median"]}
         self.xn = None
-        if spec.get("train_step") and self.trainable is not None and spec.get("dtype", "fp32") == "fp32":
+        if spec.get("train_step") and self.trainable is not None:
             classes = int(spec["model_config"]["num_classes"])
             r["train_step"] = _train_step(self.trainable, self.engine.preprocessing, self.x1, classes, spec,
                                           self.sync)

@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+from fcnseg.cli.common import resolve_config
 from fcnseg.config import int_argument, whole
 from fcnseg.errors import ConfigError
-from fcnseg.cli.common import resolve_config
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,9 +24,9 @@ def run(args: argparse.Namespace) -> int:
     from fcnseg.atomic import write_json, write_text
     from fcnseg.config import load_config
     from fcnseg.data import build_dataset, sample_root
-    from fcnseg.models.checkpoint import model_from_checkpoint
     from fcnseg.evaluate.scoring import format_table, save_metrics
     from fcnseg.infer.predict import format_summary, predict_paths
+    from fcnseg.models.checkpoint import model_from_checkpoint
     from fcnseg.train.loop import train
     from fcnseg.visualize import plot_confusion, plot_curves
 

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import traceback
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
-from fcnseg.errors import _ANSI, ConfigError, FcnsegError
 from fcnseg.cli.common import printable
+from fcnseg.errors import ConfigError, FcnsegError, one_line
 
 # sub-command name → module under fcnseg.cli exposing ``add_arguments(parser)`` and ``run(args)``
 COMMANDS: dict[str, str] = {
@@ -59,7 +58,7 @@ def _error(message: str, code: int) -> int:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings (e.g. items skipped with --skip-bad) as ``fcnseg: warning: <one line>``."""
-    text = _one_line(message if isinstance(message, BaseException) else category(str(message)))
+    text = one_line(message if isinstance(message, BaseException) else category(str(message)))
     print(f"fcnseg: warning: {printable(text)}", file=sys.stderr if file is None else file, flush=True)
 
 
@@ -74,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     parser.error(f"unrecognized arguments: {' '.join(extra)}")
                 args.overrides = list(args.overrides or []) + extra
         except UsageError as e:
-            return _error(_one_line(e), 2)
+            return _error(one_line(e), 2)
         return _run(args)
 
 
@@ -87,28 +86,10 @@ def _run(args: argparse.Namespace) -> int:
     except (FcnsegError, OSError) as e:  # bad input or environment: missing, unreadable, unwritable files
         if args.debug:
             traceback.print_exc()
-        return _error(_one_line(e), 2)
+        return _error(one_line(e), 2)
     except MemoryError:
         return _error("out of memory: use smaller images, --tile, or a smaller batch", 3)
     except Exception as e:  # an unexpected failure: still one line unless --debug
         if args.debug or os.environ.get("FCNSEG_DEBUG"):
             traceback.print_exc()
-        return _error(f"{type(e).__name__}: {_one_line(e)} (rerun with --debug for the traceback)", 1)
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escape(text: str) -> str:
-    """``text`` on one line: newlines and other control characters (e.g. inside a file name) escaped."""
-    return _CONTROL.sub(lambda m: _ESCAPES.get(m.group(), f"\\x{ord(m.group()):02x}"), text)
-
-
-def _one_line(e: BaseException, limit: int = 1000) -> str:
-    """The whole message of ``e`` on one line (control characters escaped, not cut), at most ``limit`` long."""
-    text = _ANSI.sub("", str(e)).strip() or type(e).__name__
-    if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
-        text = f"{e.filename}: {text}"
-    text = _escape(text)
-    return text if len(text) <= limit else text[: limit - 4] + " ..."
+        return _error(f"{type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)", 1)

@@ -7,7 +7,8 @@ from fcnseg.config import CLASS_COUNT, int_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--classes", type=int_argument(CLASS_COUNT), default=21, help="classes for the parameter count (default 21)")
+    p.add_argument("--classes", type=int_argument(CLASS_COUNT), default=21,
+                   help="classes for the parameter count (default 21)")
     p.add_argument("--weights", action="store_true",
                    help="list the released models (weights=NAME: downloaded on first use) instead")
 

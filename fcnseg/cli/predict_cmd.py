@@ -2,8 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from fcnseg.cli.common import add_device, pick_device, printable, tile_size
+from fcnseg.data.io import shown
+from fcnseg.errors import ConfigError
+from fcnseg.infer.engines import choose_engine
+from fcnseg.infer.predict import ImageReadError, format_summary, predict_paths
+from fcnseg.models.checkpoint import model_from_checkpoint
+from fcnseg.models.dense import dense, parse_dense
+from fcnseg.paths import cache_dir
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,9 +52,6 @@ def _palette(ckpt: dict, path: str, classes: int):
 
 def _densified(model, text: str):
     """``--dense F[:METHOD]``: the model with its coarse map densified (``fcnseg.models.dense``)."""
-    from fcnseg.errors import ConfigError
-    from fcnseg.models.dense import dense, parse_dense
-
     try:
         return dense(model.eval(), *parse_dense(text))
     except ValueError as e:
@@ -54,10 +59,6 @@ def _densified(model, text: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from fcnseg.models.checkpoint import model_from_checkpoint
-    from fcnseg.data.io import shown
-    from fcnseg.infer.predict import ImageReadError, format_summary, predict_paths
-
     device = pick_device(args.device)
     model, ckpt = model_from_checkpoint(args.checkpoint, map_location="cpu")
     classes = ckpt.get("classes")
@@ -68,16 +69,11 @@ def run(args: argparse.Namespace) -> int:
     if args.dense:
         model = _densified(model, args.dense)
     elif args.engine == "auto":
-        import sys
-
-        from fcnseg.infer.engines import choose_engine
-        from fcnseg.models.weights.hed import cache_dir
-
         def reload():
             return model_from_checkpoint(args.checkpoint, map_location="cpu")[0].eval()
 
-        model = choose_engine(model.eval(), device, cache_dir=cache_dir() / "engines", reload=reload,
-                              log=lambda m: print(printable(m), file=sys.stderr, flush=True)).as_module()
+        model = choose_engine(model.eval(), device, cache_dir=cache_dir("engines"), reload=reload,
+                              log=lambda m: print(printable(m), file=sys.stderr, flush=True))
     n = 0
     for summary in predict_paths(model, args.inputs, args.out, palette=palette, device=device,
                                  skip_bad=args.skip_bad, tile=args.tile, class_names=classes,

@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from fcnseg.errors import ConfigError
 from fcnseg.data.io import DatasetError
+from fcnseg.errors import ConfigError
 
 __all__ = ["IGNORE_INDEX", "Sample", "SegDataset", "DatasetInfo", "register", "build_dataset",
            "list_datasets", "dataset_info"]
@@ -225,7 +226,8 @@ def build_dataset(name: str, root: str | Path, split: str | None, **opts: Any) -
         raise TypeError(f"name must be a dataset name (str), got {type(name).__name__}; known: {list_datasets()}")
     root = path_arg(root, "root")
     if split is not None and not isinstance(split, str):
-        raise TypeError(f"split must be a str (or None where the dataset allows it), got {type(split).__name__} {split!r:.60}")
+        raise TypeError(f"split must be a str (or None where the dataset allows it), "
+                        f"got {type(split).__name__} {split!r:.60}")
     cls, _ = _lookup(name)
     return cls(root, split, **opts)
 

@@ -1,7 +1,8 @@
 """Batching items of different sizes."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

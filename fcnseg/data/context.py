@@ -22,8 +22,16 @@ import numpy as np
 import torch
 
 from fcnseg.data.base import DatasetInfo, Sample, SegDataset, register
-from fcnseg.data.io import (DatasetError, apply_lut, image_to_tensor, lines_to_ids, package_list, read_indexed_names,
-                 read_mat, read_rgb)
+from fcnseg.data.io import (
+    DatasetError,
+    apply_lut,
+    image_to_tensor,
+    lines_to_ids,
+    package_list,
+    read_indexed_names,
+    read_mat,
+    read_rgb,
+)
 from fcnseg.data.palette import voc_colormap
 from fcnseg.data.voc import find_voc_root
 

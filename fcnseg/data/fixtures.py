@@ -5,8 +5,8 @@ Each ``write_<name>(root, ...)`` creates the layout under ``root`` and returns t
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image

@@ -23,11 +23,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fcnseg.errors import ConfigError
 from fcnseg.data.base import DatasetInfo, Sample, SegDataset, register
-from fcnseg.data.io import (DatasetError, apply_lut, image_to_tensor, lines_to_ids, package_list, read_gray16,
-                 read_mat, read_names, read_rgb)
+from fcnseg.data.io import (
+    DatasetError,
+    apply_lut,
+    image_to_tensor,
+    lines_to_ids,
+    package_list,
+    read_gray16,
+    read_mat,
+    read_names,
+    read_rgb,
+)
 from fcnseg.data.palette import voc_colormap
+from fcnseg.errors import ConfigError
 
 __all__ = ["NYUD", "NYUD_CLASSES", "NYUD_MEANS", "NYUD_LOG_DEPTH_MEAN", "NYUD_MODALITIES", "nyud_channel_means"]
 

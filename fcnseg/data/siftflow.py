@@ -17,10 +17,10 @@ import re
 import numpy as np
 import torch
 
-from fcnseg.errors import ConfigError
 from fcnseg.data.base import DatasetInfo, Label, Sample, SegDataset, register
 from fcnseg.data.io import DatasetError, apply_lut, image_to_tensor, lines_to_ids, package_list, read_mat, read_rgb
 from fcnseg.data.palette import voc_colormap
+from fcnseg.errors import ConfigError
 
 __all__ = ["SiftFlow", "SIFTFLOW_CLASSES", "SIFTFLOW_GEO_CLASSES", "SIFTFLOW_ABSENT_IN_TEST",
            "SIFTFLOW_MEAN_BGR", "SIFTFLOW_UNANNOTATED"]

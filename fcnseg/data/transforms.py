@@ -6,7 +6,8 @@ global RNG (``torch.manual_seed``), so results are reproducible either way.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

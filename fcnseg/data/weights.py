@@ -1,7 +1,7 @@
 """Class-balancing weights."""
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
@@ -18,7 +18,7 @@ def median_frequency_weights(labels: Iterable[torch.Tensor] | object, num_classe
     ``load_label(i)`` is used when present, else ``dataset[i][1]``).
     """
     if num_classes is None:
-        num_classes = getattr(labels, "num_classes")
+        num_classes = labels.num_classes
     if hasattr(labels, "load_label") and hasattr(labels, "__len__"):
         it: Iterable[torch.Tensor] = (labels.load_label(i) for i in range(len(labels)))
     elif hasattr(labels, "__getitem__") and hasattr(labels, "num_classes"):

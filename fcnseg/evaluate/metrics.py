@@ -13,7 +13,7 @@ the reference; a class predicted but never labelled has IU 0 and counts (its acc
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -63,7 +63,7 @@ class ConfusionMatrix:
             raise ValueError(f"predictions outside [0, {k}): min {int(pred.min())}, max {int(pred.max())}")
         self.matrix += torch.bincount(label * k + pred, minlength=k * k).reshape(k, k)
 
-    def merge(self, other: "ConfusionMatrix | torch.Tensor") -> "ConfusionMatrix":
+    def merge(self, other: ConfusionMatrix | torch.Tensor) -> ConfusionMatrix:
         """Add another matrix (e.g. from another shard) into this one; returns self."""
         m = other.matrix if isinstance(other, ConfusionMatrix) else torch.as_tensor(other)
         if tuple(m.shape) != tuple(self.matrix.shape):
@@ -71,7 +71,7 @@ class ConfusionMatrix:
         self.matrix += m.to(self.device, torch.int64)
         return self
 
-    def all_reduce(self, reducer: Callable[[torch.Tensor], torch.Tensor | None] | None) -> "ConfusionMatrix":
+    def all_reduce(self, reducer: Callable[[torch.Tensor], torch.Tensor | None] | None) -> ConfusionMatrix:
         """Sum the matrix across processes with ``reducer`` (e.g. ``distributed.all_reduce_sum``).
 
         The reducer may reduce in place and return None, or return the summed tensor. Returns self.

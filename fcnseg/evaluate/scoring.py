@@ -119,8 +119,9 @@ def evaluate(model: nn.Module, dataset: Dataset, *, device: str | torch.device =
     ``flip`` scores each image as the mean of its and its mirror's class probabilities (test-time
     flip augmentation; twice the model time). Items may carry a third element, the frozen
     backbone prefix's features (``fcnseg.train.data.CachedItems``): the net then resumes
-    from them and the image only gives the size. Confusion matrices accumulate on ``device``; ``reducer`` (e.g. ``distributed.all_reduce_sum``) sums
-    them across processes, each rank evaluating its ``sampler`` shard.
+    from them and the image only gives the size. Confusion matrices accumulate on ``device``;
+    ``reducer`` (e.g. ``distributed.all_reduce_sum``) sums them across processes, each rank evaluating
+    its ``sampler`` shard.
 
     Returns the metrics of :func:`fcnseg.evaluate.metrics.compute_metrics` (fractions 0–1) — for a
     multi-head model one such dict per head name — plus ``images`` and ``timing`` (seconds spent waiting

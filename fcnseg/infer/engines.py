@@ -7,7 +7,8 @@
 * :func:`choose_engine` — the fastest *exact* engine for a device.
 
 Every engine takes N×C×H×W float tensors (RGB, 0–255) and returns float32 scores on the CPU
-(``TorchEngine`` on CUDA returns them on the GPU), a dict head → scores for multi-head nets.
+(``TorchEngine`` on CUDA returns them on the GPU) as a dict head → scores, always; ``predict_labels``
+follows ``SegmentationModel.predict``: a tensor for a single-head net, a dict for several heads.
 """
 from __future__ import annotations
 
@@ -18,19 +19,30 @@ import os
 import tempfile
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from fcnseg.atomic import WriteError
+from fcnseg.config import ALIGNMENTS
+from fcnseg.data.io import as_image_batch
 from fcnseg.errors import ConfigError
+from fcnseg.infer.export import decode_metadata, export_onnx, quantize_onnx
+from fcnseg.infer.spec import EngineSpec
+from fcnseg.models.base import SegmentationModel, single
+from fcnseg.models.checkpoint import state_checksum
 from fcnseg.models.preprocessing import Preprocessing
+from fcnseg.models.trimmed import TrimmedFCN, trim_supported
+from fcnseg.paths import matches_record, record_path, write_record
 
-__all__ = ["Engine", "TorchEngine", "OrtEngine", "EngineModule", "TrimmedOrtEngine", "choose_engine", "DTYPES", "ort_available"]
+__all__ = ["Engine", "TorchEngine", "OrtEngine", "TrimmedOrtEngine", "build_engine", "onnx_for", "choose_engine",
+           "DTYPES", "ort_available"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-Scores = torch.Tensor | dict[str, torch.Tensor]
+Scores = dict[str, torch.Tensor]  # head name -> float32 N×K×H×W
 
 
 def ort_available() -> bool:
@@ -41,10 +53,15 @@ def ort_available() -> bool:
     return True
 
 
-class Engine(ABC):
-    """``predict_scores(images) -> scores``; ``predict_labels`` = argmax over classes."""
+def _alignment(alignment: Any) -> str:
+    """A model's alignment as engine names spell it (nets of other alignments are named as caffe ones)."""
+    return alignment if alignment in ALIGNMENTS else "caffe"
 
-    name: str = "engine"
+
+class Engine(ABC):
+    """``predict_scores(images) -> scores``; ``predict_labels`` = argmax over classes. ``spec`` names it."""
+
+    spec: EngineSpec
     exact: bool = True          # same function as the fp32 PyTorch model (up to fp32 rounding)
     output_stride: int = 1      # tiles start on multiples of it (see fcnseg.infer.predict.predict_labels)
     input_padding: int = 0      # px the network pads its input by (the size guard counts them)
@@ -56,44 +73,21 @@ class Engine(ABC):
         """Scores (float32, N×K×H×W) for RGB 0–255 images (N×C×H×W, or C×H×W for one)."""
 
     def predict_labels(self, images: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        """Label maps (int64, N×H×W)."""
-        out = self.predict_scores(images)
-        return {k: v.argmax(1) for k, v in out.items()} if isinstance(out, dict) else out.argmax(1)
+        """Label maps (int64, N×H×W): a tensor for one head ``"out"``, else a dict head → labels."""
+        labels = {k: v.argmax(1) for k, v in self.predict_scores(images).items()}
+        return single(labels) if list(labels) == ["out"] else labels
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
     def describe(self) -> dict[str, Any]:
         return {"engine": self.name, "exact": self.exact}
 
-    def as_module(self) -> "EngineModule":
-        """An ``nn.Module`` view (for :func:`fcnseg.evaluate.scoring.evaluate`): identity preprocessing,
-        ``forward`` = ``predict_scores`` on RGB 0–255 images."""
-        return EngineModule(self)
-
     @staticmethod
     def _batch(images) -> torch.Tensor:
         """N×C×H×W float images from a tensor, PIL image or numpy array (:func:`fcnseg.data.io.as_image_batch`)."""
-        from fcnseg.data.io import as_image_batch
-
         return as_image_batch(images, "images", channels=None)[0]
-
-
-_IDENTITY = Preprocessing(bgr=False, scale=1.0, mean=(0.0, 0.0, 0.0), name="identity")
-
-
-class EngineModule(nn.Module):
-    """Wrap an :class:`Engine` as a module taking RGB 0–255 images (its ``preprocessing`` is identity)."""
-
-    def __init__(self, engine: Engine) -> None:
-        super().__init__()
-        self.engine = engine
-        self.heads = dict(engine.heads)
-        self.num_classes = self.heads["out"] if list(self.heads) == ["out"] else dict(self.heads)
-        self.preprocessing = _IDENTITY
-        self.output_stride = int(engine.output_stride)
-        self.input_padding = int(engine.input_padding)
-        self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # gives .parameters()/.to() a device
-
-    def forward(self, images: torch.Tensor) -> Scores:
-        return self.engine.predict_scores(images)
 
 
 # ---------------------------------------------------------------------------------------- PyTorch
@@ -110,7 +104,8 @@ class TorchEngine(Engine):
     :mod:`fcnseg.models.trimmed`).
     """
 
-    def __init__(self, model: nn.Module, device: str | torch.device = "cpu", *, channels_last: bool | None = None,
+    def __init__(self, model: SegmentationModel, device: str | torch.device = "cpu", *,
+                 channels_last: bool | None = None,
                  dtype: str = "fp32", compile: bool = False, cuda_graphs: bool = False, trim: bool = False,
                  max_graphs: int = 8) -> None:
         if dtype not in DTYPES:
@@ -124,19 +119,17 @@ class TorchEngine(Engine):
         self.dtype, self.compile, self.cuda_graphs = dtype, compile, cuda_graphs
         self.exact = dtype == "fp32"
         self.trim = trim
-        self.name = "torch-" + dtype + ("-cl" if self.channels_last else "") + ("-trim" if trim else "") \
-            + ("-compile" if compile else "") + ("-graphs" if cuda_graphs else "")
+        self.spec = EngineSpec("torch", dtype, channels_last=self.channels_last, trim=trim, compile=compile,
+                               cuda_graphs=cuda_graphs, alignment=_alignment(model.spec.alignment))
         self.model = model.eval().to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if trim:
-            from fcnseg.models.trimmed import TrimmedFCN
-
             # torch.compile: no strips (each strip's shape would be one more compiled graph)
             self.model = TrimmedFCN(self.model, strip_bytes=0 if compile else None)
         self.preprocessing = model.preprocessing
-        self.heads = dict(getattr(model, "heads", None) or {"out": int(model.num_classes)})
-        self.output_stride, self.input_padding = _stride(model), _padding(model)
+        self.heads = dict(model.heads)
+        self.output_stride, self.input_padding = model.output_stride, model.input_padding
         self._fn = torch.compile(self.model, dynamic=False) if compile else self.model
         self._graphs: dict[tuple, tuple[Any, torch.Tensor, Any]] = {}
         self._max_graphs = max_graphs
@@ -159,9 +152,7 @@ class TorchEngine(Engine):
 
     @staticmethod
     def _float(out: Scores) -> Scores:
-        if isinstance(out, dict):
-            return {k: v.float() for k, v in out.items()}
-        return out.float()
+        return {k: v.float() for k, v in out.items()}
 
     @torch.inference_mode()
     def predict_scores(self, images: torch.Tensor) -> Scores:
@@ -190,9 +181,7 @@ class TorchEngine(Engine):
         graph, static_in, static_out = self._graphs[key]
         static_in.copy_(x)
         graph.replay()
-        if isinstance(static_out, dict):
-            return {k: v.clone() for k, v in static_out.items()}
-        return static_out.clone()
+        return {k: v.clone() for k, v in static_out.items()}
 
 
 # ---------------------------------------------------------------------------------------- ONNX Runtime
@@ -211,8 +200,6 @@ class OrtEngine(Engine):
             import onnxruntime as ort
         except ImportError:
             raise ConfigError("the ONNX Runtime engine needs onnxruntime: pip install 'fcnseg[onnx]'") from None
-        from fcnseg.infer.export import _decode_meta
-
         path = Path(onnx_path)
         if not path.is_file():
             raise FileNotFoundError(f"ONNX file not found: {path}")
@@ -233,7 +220,7 @@ class OrtEngine(Engine):
             self.session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as e:
             raise ConfigError(f"cannot load ONNX file {path}: {str(e).splitlines()[0]}") from None
-        meta = _decode_meta(self.session.get_modelmeta().custom_metadata_map)
+        meta = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
         self.meta = meta
         if preprocessing is None:
             if "preprocessing" not in meta:
@@ -243,7 +230,7 @@ class OrtEngine(Engine):
         outs = [o.name for o in self.session.get_outputs()]
         self.heads = {str(k): int(v) for k, v in meta.get("heads", {"out": 0}).items()}
         self._names = outs
-        self._single = outs == ["scores"]
+        self._heads_out = ["out"] if outs == ["scores"] else outs  # one head's output is named "scores"
         self.threads = opts.intra_op_num_threads
         self.quantized = meta.get("quantized")
         self.exact = self.quantized is None
@@ -251,8 +238,9 @@ class OrtEngine(Engine):
         self.output_stride = int(meta.get("output_stride", 1))
         self.input_padding = int(meta.get("input_padding", 0))
         self.low_memory = low_memory
-        self.name = "ort-" + ("int8" if self.quantized else "fp32") + ("-trim" if meta.get("trim") else "") \
-            + ("-lowmem" if low_memory else "")
+        self.spec = EngineSpec("ort", "int8" if self.quantized else "fp32",
+                               dynamic_quant=self.quantized == "int8-dynamic", trim=bool(meta.get("trim")),
+                               low_memory=low_memory, alignment=_alignment(meta.get("config", {}).get("alignment")))
         self.path = path
 
     def describe(self) -> dict[str, Any]:
@@ -267,9 +255,7 @@ class OrtEngine(Engine):
                              f"got {images.shape[-2]}×{images.shape[-1]}")
         x = self.preprocessing(images.cpu()).contiguous().numpy()
         outs = self.session.run(self._names, {"input": x})
-        if self._single:
-            return torch.from_numpy(outs[0])
-        return {n: torch.from_numpy(o) for n, o in zip(self._names, outs)}
+        return {h: torch.from_numpy(o) for h, o in zip(self._heads_out, outs)}
 
 
 _M_MMAP_THRESHOLD = -3
@@ -289,36 +275,10 @@ def _map_large_buffers(threshold: int = 2**20) -> bool:
         return False
 
 
-def _stride(model: nn.Module) -> int:
-    from fcnseg.infer.predict import output_stride
-
-    return output_stride(model)
-
-
-def _padding(model: nn.Module) -> int:
-    from fcnseg.infer.predict import input_padding
-
-    return input_padding(model)
-
-
-def _model_key(model: nn.Module) -> str:
-    """Checksum of the weights, config and preprocessing: names cached exports of this exact model."""
-    from fcnseg.models.checkpoint import state_checksum
-
-    meta = json.dumps([getattr(model, "config", {}), model.preprocessing.to_dict()], sort_keys=True, default=str)
+def _model_key(model: SegmentationModel) -> str:
+    """Checksum of the weights, spec and preprocessing: names cached exports of this exact model."""
+    meta = json.dumps([model.spec.to_dict(), model.preprocessing.to_dict()], sort_keys=True, default=str)
     return state_checksum(model.state_dict())[:16] + hashlib.sha256(meta.encode()).hexdigest()[:8]
-
-
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _warn(message: str) -> None:
@@ -330,13 +290,9 @@ def _open_cached(path: Path, key: str, *, threads: int | None = None, low_memory
     """The cached export ``path`` if the checksum recorded beside it (``<file>.sha256``: the file's
     SHA-256 and the model key) matches and its metadata names this model; else None, with a warning
     when an entry was there but did not match (it is then exported again)."""
-    side = _sidecar(path)
-    if not path.exists() and not side.exists():
+    if not path.exists() and not record_path(path).exists():
         return None
-    try:
-        ok = side.read_text(encoding="utf-8").split() == [_file_sha256(path), key]
-    except (OSError, UnicodeDecodeError):
-        ok = False
+    ok = matches_record(path, key)
     engine = None
     if ok:
         try:
@@ -352,15 +308,14 @@ def _open_cached(path: Path, key: str, *, threads: int | None = None, low_memory
 def _export_cached(export, path: Path, key: str) -> bool:
     """``export(path)`` into the cache, then its checksum beside it; False (with a warning) when the
     cache folder cannot be written."""
-    from fcnseg.atomic import WriteError, write_text
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         export(path)
-        write_text(_sidecar(path), f"{_file_sha256(path)} {key}\n")
+        write_record(path, key)
         return True
     except (OSError, WriteError) as e:
-        for p in (path, _sidecar(path)):
+        for p in (path, record_path(path)):
             with contextlib.suppress(OSError):
                 p.unlink(missing_ok=True)
         _warn(f"engine cache {path.parent} cannot be written ({str(e).strip() or type(e).__name__}); "
@@ -373,8 +328,6 @@ def _ort_from_model(model: nn.Module, threads: int | None = None, cache_dir: str
     """Export ``model`` to ONNX (dynamic size) and open it. Without ``cache_dir`` (or when it cannot be
     written) the file is temporary (the session holds the weights); with it, the export is kept under the
     model's checksum and reused once verified (:func:`_open_cached`)."""
-    from fcnseg.infer.export import export_onnx
-
     key = _model_key(model)
     if cache_dir is not None:
         path = Path(cache_dir) / f"fcnseg-{key}.onnx"
@@ -400,13 +353,13 @@ class TrimmedOrtEngine(Engine):
     than ``keep`` sizes have been seen, it switches to one dynamic-size export (ONNX Runtime with its
     arena: as fast per call, more memory) for every size."""
 
-    def __init__(self, model: nn.Module, cache_dir: str | os.PathLike | None = None, *, threads: int | None = None,
-                 reload=None, keep: int = 3, log=None) -> None:
+    def __init__(self, model: SegmentationModel, cache_dir: str | os.PathLike | None = None, *,
+                 threads: int | None = None, reload=None, keep: int = 3, log=None) -> None:
         self.key = _model_key(model)
         self.preprocessing = model.preprocessing
-        self.heads = dict(getattr(model, "heads", None) or {"out": int(model.num_classes)})
-        self.name = "ort-fp32-trim-lowmem"
-        self.output_stride, self.input_padding = _stride(model), _padding(model)
+        self.heads = dict(model.heads)
+        self.spec = EngineSpec("ort", trim=True, low_memory=True)
+        self.output_stride, self.input_padding = model.output_stride, model.input_padding
         self._model: nn.Module | None = model
         self._reload = reload
         self._tmp = None if cache_dir is not None else tempfile.TemporaryDirectory(prefix="fcnseg-ort-")
@@ -425,8 +378,6 @@ class TrimmedOrtEngine(Engine):
         return self.cache_dir / f"fcnseg-{self.key}-{size[0]}x{size[1]}-trim.onnx"
 
     def _open(self, size: tuple[int, int]) -> OrtEngine:
-        from fcnseg.infer.export import export_onnx
-
         self._session = None  # free the previous size's weights before loading the next
         path = self._path(size)
         engine = _open_cached(path, self.key, threads=self.threads, low_memory=True)
@@ -469,7 +420,7 @@ class TrimmedOrtEngine(Engine):
     def _prune(self) -> None:
         files = sorted(self.cache_dir.glob(f"fcnseg-{self.key}-*x*-trim.onnx"), key=lambda p: p.stat().st_mtime)
         for old in files[:-self.keep]:
-            for p in (old, _sidecar(old)):
+            for p in (old, record_path(old)):
                 with contextlib.suppress(OSError):
                     p.unlink(missing_ok=True)
 
@@ -492,7 +443,7 @@ class TrimmedOrtEngine(Engine):
         return (self._dynamic or self._session).predict_scores(images)
 
 
-def choose_engine(model: nn.Module, device: str | torch.device = "cpu", *, exact: bool | None = None,
+def choose_engine(model: SegmentationModel, device: str | torch.device = "cpu", *, exact: bool | None = None,
                   threads: int | None = None, cache_dir: str | os.PathLike | None = None, reload=None,
                   log=None) -> Engine:
     """The fastest engine measured for ``device`` (see docs/PERFORMANCE.md) that keeps the scores.
@@ -503,8 +454,6 @@ def choose_engine(model: nn.Module, device: str | torch.device = "cpu", *, exact
     backbone allows it (exact). CUDA: PyTorch bf16 autocast + channels_last (scores differ at the
     bf16 level, labels rarely); ``exact=True`` keeps fp32 there.
     """
-    from fcnseg.models.trimmed import trim_supported
-
     device = torch.device(device)
     if device.type == "cuda":
         return TorchEngine(model, device, channels_last=True, dtype="fp32" if exact else "bf16")
@@ -515,3 +464,51 @@ def choose_engine(model: nn.Module, device: str | torch.device = "cpu", *, exact
             return TrimmedOrtEngine(model, cache_dir, threads=threads, reload=reload, log=log)
         return _ort_from_model(model, threads=threads, cache_dir=cache_dir)
     return TorchEngine(model, device, channels_last=False, trim=trim_supported(model))
+
+
+def onnx_for(spec: EngineSpec, model: SegmentationModel, folder: str | os.PathLike, *,
+             size: tuple[int, int] | None = None, calibration: Sequence[torch.Tensor] | None = None,
+             log=None) -> Path:
+    """The ONNX file the ``ort`` engine ``spec`` runs, exported from ``model`` into ``folder`` (reused when
+    there): fp32 with dynamic H×W, or trimmed at the fixed ``size``; int8 quantised from it, static on the
+    ``calibration`` images (RGB 0–255) or dynamic (``-dynamic``)."""
+    folder = Path(folder)
+    trimmed = "-trim" if spec.trim else ""
+    fp32 = folder / f"model-{spec.alignment}{trimmed}.onnx"
+    if spec.trim and size is None:
+        raise ConfigError(f"engine {spec.name}: the trimmed ONNX graph is fixed-size; give the input size")
+    if not fp32.exists():
+        if log:
+            log(f"export ONNX ({spec.alignment}{', trimmed, fixed size' if spec.trim else ', dynamic'})")
+        export_onnx(model, fp32, dynamic=not spec.trim, trim=spec.trim,
+                    example_size=size if spec.trim else (96, 112))
+    if spec.dtype == "fp32":
+        return fp32
+    mode = "dynamic" if spec.dynamic_quant else "static"
+    dst = fp32.with_suffix(f".int8-{mode}.onnx")
+    if not dst.exists():
+        if log:
+            log(f"quantize int8 {mode} ({spec.alignment}{', trimmed' if spec.trim else ''})")
+        if not spec.dynamic_quant and not calibration:
+            raise ConfigError(f"engine {spec.name}: static int8 needs calibration images")
+        quantize_onnx(fp32, dst, None if spec.dynamic_quant else calibration, mode=mode)
+    return dst
+
+
+def build_engine(spec: EngineSpec | str, model: SegmentationModel | None = None, device: str | torch.device = "cpu",
+                 *, onnx: str | os.PathLike | None = None, threads: int | None = None) -> Engine:
+    """The engine ``spec`` (or an engine name) names: a :class:`TorchEngine` around ``model`` (``torch``,
+    and ``tvfcn``: torchvision's net, run the same way), or an :class:`OrtEngine` on the exported
+    ``onnx`` file (:func:`fcnseg.infer.export.export_onnx`, then ``quantize_onnx`` for int8)."""
+    if isinstance(spec, str):
+        spec = EngineSpec.parse(spec, "engine")
+    if spec.runtime in ("torch", "tvfcn"):
+        if model is None:
+            raise ConfigError(f"engine {spec.name}: needs a model")
+        return TorchEngine(model, device, channels_last=spec.channels_last, dtype=spec.dtype, trim=spec.trim,
+                           compile=spec.compile, cuda_graphs=spec.cuda_graphs)
+    if spec.runtime == "ort":
+        if onnx is None:
+            raise ConfigError(f"engine {spec.name}: needs an exported ONNX file (onnx=)")
+        return OrtEngine(onnx, threads=threads, low_memory=spec.low_memory)
+    raise ConfigError(f"engine {spec.name}: the peer is run by fcnseg.bench, not built here")

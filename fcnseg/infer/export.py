@@ -6,25 +6,33 @@ and model config travel in the ONNX ``metadata_props`` (keys ``fcnseg.*``) so th
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
+import copy
 import inspect
 import io
 import json
+import logging
 import os
+import sys
 import tempfile
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from fcnseg import __version__
+from fcnseg.argcheck import module_arg, path_arg, size_arg
 from fcnseg.atomic import atomic_write, write_bytes
-from fcnseg.errors import ConfigError, FcnsegError
+from fcnseg.errors import FcnsegError, first_line
+from fcnseg.models.base import SegmentationModel
+from fcnseg.models.preprocessing import Preprocessing
+from fcnseg.models.trimmed import TrimmedFCN
 
-__all__ = ["ExportError", "export_onnx", "export_torch", "read_onnx_metadata", "quantize_onnx",
-           "verify_onnx", "add_export_arguments", "main_export", "model_from_args"]
+__all__ = ["ExportError", "export_onnx", "export_torch", "read_onnx_metadata", "decode_metadata", "quantize_onnx",
+           "verify_onnx", "supported_opsets"]
 
 META_PREFIX = "fcnseg."
 # Three sizes (non-square, odd) on which an export is checked against PyTorch.
@@ -44,47 +52,34 @@ class _TupleOut(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(x)
-        return tuple(out[h] for h in self.heads) if isinstance(out, dict) else (out,)
+        return tuple(out[h] for h in self.heads)
 
 
-def _heads(model: nn.Module) -> dict[str, int]:
-    heads = getattr(model, "heads", None)
-    return dict(heads) if heads else {"out": int(getattr(model, "num_classes"))}
-
-
-def _metadata(model: nn.Module) -> dict[str, str]:
-    from fcnseg import __version__
-    from fcnseg.infer.predict import input_padding, output_stride
-
-    heads = _heads(model)
-    meta = {"heads": json.dumps(heads), "num_classes": json.dumps(getattr(model, "num_classes", heads)),
-            "config": json.dumps(getattr(model, "config", {}), default=str), "version": __version__,
-            "in_channels": str(getattr(getattr(model, "backbone", None), "in_channels", 3)),
-            "output_stride": str(output_stride(model)), "input_padding": str(input_padding(model))}
-    pre = getattr(model, "preprocessing", None)
-    if pre is not None:
-        meta["preprocessing"] = json.dumps(pre.to_dict())
+def _metadata(model: SegmentationModel) -> dict[str, str]:
+    """The ``fcnseg.*`` entries an export carries (read back by :func:`decode_metadata`)."""
+    spec = model.spec
+    meta = {"heads": json.dumps(model.heads), "num_classes": json.dumps(spec.num_classes),
+            "config": json.dumps(spec.to_dict(), default=str), "version": __version__,
+            "in_channels": str(model.in_channels), "output_stride": str(model.output_stride),
+            "input_padding": str(model.input_padding), "preprocessing": json.dumps(model.preprocessing.to_dict())}
     return {META_PREFIX + k: v for k, v in meta.items()}
 
 
-def _example(model: nn.Module, size: tuple[int, int], batch: int = 1) -> torch.Tensor:
-    c = int(getattr(getattr(model, "backbone", None), "in_channels", 3))
+def _example(model: SegmentationModel, size: tuple[int, int], batch: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
-    return torch.randn(batch, c, *size, generator=g) * 50
+    return torch.randn(batch, model.in_channels, *size, generator=g) * 50
 
 
 def _cpu_fp32(model: nn.Module) -> nn.Module:
     """The model in eval mode, fp32 on the CPU (a copy when it is elsewhere, so the caller's stays put)."""
     if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in model.parameters()):
-        import copy
-
         model = copy.deepcopy(model).float().cpu()
     return model.eval()
 
 
 def _require_onnx():
     try:
-        import onnx  # noqa: F401
+        import onnx  # noqa: F401  (optional: the [onnx] extra)
     except ImportError:
         raise ExportError("ONNX export needs the 'onnx' package: pip install 'fcnseg[onnx]'") from None
     return onnx
@@ -106,8 +101,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17, d
     pad-100 border); its plan depends on the size, so it needs ``dynamic=False`` (one ``example_size``).
     ``metadata``: extra ``fcnseg.*`` entries (JSON-encoded), e.g. the engine cache's model key.
     """
-    from fcnseg.argcheck import module_arg, path_arg, size_arg
-
     model, path, example_size = module_arg(model), path_arg(path, "path"), size_arg(example_size, "example_size")
     if not atol >= 0:
         raise ValueError(f"atol must be >= 0, got {atol!r}")
@@ -116,8 +109,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17, d
         raise ValueError(f"opset must be a whole number in {low}..{high} (torch {torch.__version__}), got {opset!r}")
     onnx = _require_onnx()
     if trim:
-        from fcnseg.models.trimmed import TrimmedFCN
-
         if dynamic:
             raise ExportError("trim=True exports one fixed input size: pass dynamic=False and example_size")
         model = TrimmedFCN(_cpu_fp32(model))
@@ -126,7 +117,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17, d
     path = Path(path)
     if path.suffix.lower() != ".onnx":
         raise ExportError(f"export path {path} must end in .onnx")
-    heads = list(_heads(model))
+    heads = list(model.heads)
     names = ["scores"] if heads == ["out"] else heads
     model = _cpu_fp32(model)
     wrapped = _TupleOut(model, heads).eval()
@@ -167,8 +158,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17, d
 @contextlib.contextmanager
 def _stdout_discarded():
     """Discard what C++ code writes to file descriptor 1 (the exporter's IR dump) inside the block."""
-    import sys
-
     try:
         sys.stdout.flush()
         saved = os.dup(1)
@@ -186,8 +175,6 @@ def _stdout_discarded():
 
 def _exporter_reason(e: BaseException) -> str:
     """The exporter's reason in one short line: no IR dump (``[Caused by ...``), no issue-tracker plea."""
-    from fcnseg.errors import first_line
-
     text = first_line(e, limit=10**6).split("[Caused by")[0].split(" Please feel free")[0].strip()
     return text if len(text) <= 300 else text[:297] + "..."
 
@@ -205,7 +192,7 @@ def verify_onnx(model: nn.Module, path: str | os.PathLike, sizes: Iterable[tuple
     for i, size in enumerate(sizes):
         x = _example(model, size, batch=1 + i % 2)
         with torch.no_grad():
-            ref = _TupleOut(model, list(_heads(model)))(x)
+            ref = _TupleOut(model, list(model.heads))(x)
         try:
             got = sess.run(None, {"input": x.numpy()})
         except Exception as e:
@@ -234,10 +221,12 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict:
     except ImportError:
         onnx = _require_onnx()
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    return _decode_meta(props)
+    return decode_metadata(props)
 
 
-def _decode_meta(props: dict[str, str]) -> dict:
+def decode_metadata(props: dict[str, str]) -> dict:
+    """The ``fcnseg.*`` entries of an ONNX file's metadata properties, JSON-decoded (the one codec;
+    :func:`_metadata` writes them)."""
     out = {}
     for k, v in props.items():
         if k.startswith(META_PREFIX):
@@ -258,8 +247,6 @@ def export_torch(model: nn.Module, path: str | os.PathLike, *, dynamic: bool = T
     ceil-mode pooling and the crop/``min`` in the head produce, which hold for every size but which
     the symbolic solver cannot prove. On older torch pass ``dynamic=False`` (one fixed size).
     """
-    from fcnseg.argcheck import module_arg, path_arg, size_arg
-
     model, path, example_size = module_arg(model), path_arg(path, "path"), size_arg(example_size, "example_size")
     if path.suffix.lower() != ".pt2":
         raise ExportError(f"torch.export path {path} must end in .pt2")
@@ -297,12 +284,17 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calibration: I
     that write the scores (the 1×1 score convs and the upsampling deconvolutions) in fp32.
     Metadata is kept. Lossy: measure it with ``scripts/bench_quant_miou.py``."""
     try:
-        from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                              quantize_dynamic, quantize_static)
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_dynamic,
+            quantize_static,
+        )
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError:
         raise ExportError("int8 quantization needs onnxruntime: pip install 'fcnseg[onnx]'") from None
-    from fcnseg.models.preprocessing import Preprocessing
 
     src, dst = Path(src), Path(dst)
     if not src.is_file():
@@ -369,8 +361,6 @@ def _head_nodes(path: Path, meta: dict) -> list[str]:
 
 @contextlib.contextmanager
 def _quiet():
-    import logging
-
     log = logging.getLogger()
     level = log.level
     log.setLevel(logging.ERROR)
@@ -411,84 +401,3 @@ def supported_opsets() -> tuple[int, int]:
     except ImportError:
         pass
     return max(low, 10), high  # ceil-mode max pooling needs opset 10+
-
-def add_export_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of ``fcnseg export``."""
-    from fcnseg.cli.common import add_size, int_range, positive_int
-    from fcnseg.models.backbones import BACKBONES
-    from fcnseg.models.registry import MODELS
-
-    src = p.add_argument_group("model (a checkpoint, or a model built by name)")
-    src.add_argument("--checkpoint", help="a checkpoint written by fcnseg train")
-    src.add_argument("--model", default="fcn8s", choices=sorted(MODELS),
-                     help="model name when no --checkpoint (default fcn8s)")
-    src.add_argument("--backbone", default="vgg16", choices=sorted(BACKBONES))
-    src.add_argument("--num-classes", type=positive_int, default=21)
-    src.add_argument("--alignment", choices=("caffe", "same"), default="caffe")
-    src.add_argument("--weights", help="trunk weights (registered name or file) when no --checkpoint")
-    p.add_argument("--output", "-o", required=True, help="output file: .onnx, or .pt2 for torch.export")
-    low, high = supported_opsets()
-    p.add_argument("--opset", type=int_range(low, high, "opset"), default=min(17, high),
-                   help=f"ONNX opset, {low}..{high} here (default 17)")
-    p.add_argument("--static", action="store_true", help="fixed input size (--size) instead of dynamic N/H/W")
-    add_size(p, (96, 112), "example input size used for tracing (default 96 112)")
-    p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
-    p.add_argument("--int8", choices=("static", "dynamic"),
-                   help="also write an int8 copy (<output>.int8.onnx); static calibrates on --calibration")
-    p.add_argument("--calibration", help="folder of images for --int8 static calibration (a few are enough)")
-    p.add_argument("--calibration-count", type=positive_int, default=8, help="images used for calibration (default 8)")
-    p.add_argument("--calibrate", choices=("percentile", "minmax", "entropy"), default="percentile",
-                   help="activation range estimate for --int8 static (default percentile)")
-
-
-def model_from_args(args: argparse.Namespace) -> nn.Module:
-    """The model an ``fcnseg export``/``bench`` command names: a checkpoint or a fresh ``create_model``."""
-    if getattr(args, "checkpoint", None):
-        from fcnseg.models.checkpoint import model_from_checkpoint
-
-        return model_from_checkpoint(args.checkpoint, map_location="cpu")[0]
-    from fcnseg.models import create_model
-
-    try:
-        return create_model(args.model, args.num_classes, backbone=args.backbone, alignment=args.alignment,
-                            weights=getattr(args, "weights", None))
-    except (ValueError, TypeError) as e:
-        if isinstance(e, FcnsegError):
-            raise
-        raise ConfigError(f"--model {args.model} --backbone {args.backbone}: {e}") from None
-
-
-def _calibration_images(folder: str, count: int) -> list[torch.Tensor]:
-    from fcnseg.infer.predict import iter_image_paths, load_image
-
-    paths = list(iter_image_paths([folder]))[:count]
-    if not paths:
-        raise FileNotFoundError(f"--calibration {folder}: no images found")
-    return [load_image(p) for p in paths]
-
-
-def main_export(args: argparse.Namespace) -> int:
-    """Run ``fcnseg export``; prints what was written."""
-    out = Path(args.output)
-    if out.suffix.lower() not in (".onnx", ".pt2"):
-        raise ConfigError(f"--output {out}: must end in .onnx (ONNX) or .pt2 (torch.export)")
-    if out.is_dir():
-        raise ConfigError(f"--output {out}: is a folder, not a file")
-    if args.int8 == "static" and not args.calibration:
-        raise ConfigError("--int8 static needs --calibration FOLDER (or use --int8 dynamic)")
-    if args.int8 and out.suffix.lower() != ".onnx":
-        raise ConfigError(f"--int8: quantizes ONNX only, not {out}")
-    model = model_from_args(args)
-    if out.suffix.lower() == ".pt2":
-        export_torch(model, out, dynamic=not args.static, example_size=tuple(args.size))
-        print(f"wrote {out} (torch.export, {'static' if args.static else 'dynamic'} shapes)")
-        return 0
-    export_onnx(model, out, opset=args.opset, dynamic=not args.static, example_size=tuple(args.size),
-                verify=not args.no_verify)
-    print(f"wrote {out} (ONNX opset {args.opset}, {'static' if args.static else 'dynamic N/H/W'}"
-          f"{'' if args.no_verify else ', verified against PyTorch on 3 sizes'})")
-    if args.int8:
-        calib = _calibration_images(args.calibration, args.calibration_count) if args.int8 == "static" else None
-        q = quantize_onnx(out, out.with_suffix(".int8.onnx"), calib, mode=args.int8, calibrate=args.calibrate)
-        print(f"wrote {q} (int8 {args.int8}; lossy: check mean IU with scripts/bench_quant_miou.py)")
-    return 0

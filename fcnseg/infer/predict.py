@@ -4,21 +4,22 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 
 from fcnseg.atomic import write_error
 from fcnseg.data.io import DEFAULT_MAX_PIXELS, TooManyPixelsError, load_image_file, shown, to_rgb_uint8
-from fcnseg.errors import FcnsegError
+from fcnseg.errors import FcnsegError, one_line
+from fcnseg.infer.engines import Engine, TorchEngine
+from fcnseg.models.base import SegmentationModel
 from fcnseg.visualize import colorize, overlay, save_image
 
 __all__ = ["ImageReadError", "ImageTooLargeError", "load_image", "read_rgb_uint8", "iter_image_paths",
-           "predict_paths", "predict_labels", "output_stride", "input_padding", "make_output_dir",
+           "predict_paths", "predict_labels", "as_engine", "Predictor", "make_output_dir",
            "format_summary", "IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_TILED_PIXELS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".gif")
@@ -40,11 +41,6 @@ class ImageTooLargeError(ImageReadError):
     """An image above ``max_pixels`` with no tiling asked for."""
 
 
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text[:200]
-
-
 def _check_file(path: Path) -> None:
     """Fail early, one line, for paths that are no image file at all."""
     if not path.exists():
@@ -56,7 +52,7 @@ def _check_file(path: Path) -> None:
     try:
         size = path.stat().st_size
     except OSError as e:
-        raise ImageReadError(f"cannot read image {shown(path)}: {_one_line(e)}") from None
+        raise ImageReadError(f"cannot read image {shown(path)}: {one_line(e, 200)}") from None
     if size == 0:
         raise ImageReadError(f"cannot read image {shown(path)}: empty file (0 bytes)")
 
@@ -69,7 +65,7 @@ def read_rgb_uint8(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX
     the same pixels, the same decompression-bomb policy. Raises :class:`ImageReadError` (one line, naming
     the file) for missing, empty, truncated, corrupt or non-image files, and :class:`ImageTooLargeError`
     above ``max_pixels`` (checked before decoding; ``None`` = no limit), counting the ``pad`` px border a
-    network adds on every side (:func:`input_padding`): what the network computes on, not the file.
+    network adds on every side (its ``input_padding``): what the network computes on, not the file.
     """
     path = Path(path)
     _check_file(path)
@@ -83,13 +79,13 @@ def read_rgb_uint8(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX
     except Image.UnidentifiedImageError:
         raise ImageReadError(f"cannot read image {shown(path)}: not an image file (or an unsupported format)") from None
     except Exception as e:  # OSError, SyntaxError, ValueError, ...
-        raise ImageReadError(f"cannot read image {shown(path)}: {_one_line(e)}") from None
+        raise ImageReadError(f"cannot read image {shown(path)}: {one_line(e, 200)}") from None
     try:
         return to_rgb_uint8(im)
     except MemoryError:
         raise
     except Exception as e:
-        raise ImageReadError(f"cannot read image {shown(path)}: {_one_line(e)}") from None
+        raise ImageReadError(f"cannot read image {shown(path)}: {one_line(e, 200)}") from None
     finally:
         im.close()
 
@@ -125,32 +121,16 @@ def iter_image_paths(inputs: Sequence[str | os.PathLike], skip_dir: str | os.Pat
             yield p
 
 
-def output_stride(model: nn.Module) -> int:
-    """Stride of the model's coarsest tap (tiles start on multiples of it), looking through wrappers
-    (``.model``) and engines (``.output_stride``); 1 if unknown."""
-    try:
-        return int(model.backbone.tap(model.tap_names[0]).stride)
-    except Exception:
-        pass
-    inner = getattr(model, "model", None)
-    if isinstance(inner, nn.Module):
-        return output_stride(inner)
-    return int(getattr(model, "output_stride", 1))
+Predictor = SegmentationModel | Engine
 
 
-_output_stride = output_stride
-
-
-def input_padding(model: nn.Module) -> int:
-    """Pixels the network pads its input by on every side (100 for Caffe-aligned nets), looking through
-    wrappers and engines (``.input_padding``); 0 if it has no convolution."""
-    if hasattr(model, "input_padding"):
-        return int(model.input_padding)
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            pad = m.padding
-            return 0 if isinstance(pad, str) else int(max(pad))
-    return 0
+def as_engine(model: Predictor, device: str | torch.device = "cpu") -> Engine:
+    """``model`` itself when it is an engine, else the plain PyTorch fp32 engine for it on ``device``."""
+    if isinstance(model, Engine):
+        return model
+    if not isinstance(model, SegmentationModel):
+        raise TypeError(f"model must be a fcnseg SegmentationModel or an engine, got {type(model).__name__}")
+    return TorchEngine(model, device, channels_last=False)
 
 
 def _starts(length: int, tile: int, overlap: int, align: int) -> list[tuple[int, int]]:
@@ -175,18 +155,17 @@ def _cores(wins: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return list(zip(bounds, bounds[1:]))
 
 
-def _scores(model: nn.Module, rgb: np.ndarray, device: torch.device, head: str | None) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].to(device).float()
-    out = model(model.preprocessing(x))
-    if isinstance(out, dict):
-        out = out[head] if head is not None else next(iter(out.values()))
-    return out[0]
+def _scores(engine: Engine, rgb: np.ndarray, head: str | None) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].float()
+    out = engine.predict_scores(x)
+    return (out[head] if head is not None else next(iter(out.values())))[0]
 
 
 @torch.inference_mode()
-def predict_labels(model: nn.Module, rgb: np.ndarray, *, device: str | torch.device = "cpu",
+def predict_labels(model: Predictor, rgb: np.ndarray, *, device: str | torch.device = "cpu",
                    tile: int | None = None, overlap: int | None = None, head: str | None = None) -> np.ndarray:
-    """Label map (H, W) uint8/int64 for a uint8 (H, W, 3) RGB image; the model must be in eval mode.
+    """Label map (H, W) uint8/int64 for a uint8 (H, W, 3) RGB image, by a model (run by the PyTorch
+    engine on ``device``) or an engine; ``head``: which head's labels (default the first).
 
     With ``tile``, the image is cut into ``tile``×``tile`` windows (the last of a row/column up to one
     output stride larger) overlapping by ``overlap`` (default ``tile // 4``) whose starts are multiples
@@ -194,23 +173,22 @@ def predict_labels(model: nn.Module, rgb: np.ndarray, *, device: str | torch.dev
     pixel takes the label from the window whose centre part owns it (overlaps split in the middle).
     Away from window edges (beyond the receptive field) this equals whole-image prediction.
     """
-    device = torch.device(device)
+    engine = as_engine(model, device)
     h, w = rgb.shape[:2]
-    heads = getattr(model, "heads", None) or {"": 256}
-    dtype = np.uint8 if max(heads.values()) <= 255 else np.int64
+    dtype = np.uint8 if max(engine.heads.values()) <= 255 else np.int64
     if tile is None or (h <= tile and w <= tile):
-        return _scores(model, rgb, device, head).argmax(0).cpu().numpy().astype(dtype)
+        return _scores(engine, rgb, head).argmax(0).cpu().numpy().astype(dtype)
     if tile < 1:
         raise ValueError(f"tile must be >= 1, got {tile}")
     overlap = tile // 4 if overlap is None else int(overlap)
     if not 0 <= overlap < tile:
         raise ValueError(f"overlap must be in [0, tile), got {overlap} for tile {tile}")
-    align = _output_stride(model)
+    align = engine.output_stride
     out = np.empty((h, w), dtype)
     rows, cols = _starts(h, tile, overlap, align), _starts(w, tile, overlap, align)
     for (y0, y1), (cy0, cy1) in zip(rows, _cores(rows)):
         for (x0, x1), (cx0, cx1) in zip(cols, _cores(cols)):
-            lab = _scores(model, rgb[y0:y1, x0:x1], device, head).argmax(0).cpu().numpy()
+            lab = _scores(engine, rgb[y0:y1, x0:x1], head).argmax(0).cpu().numpy()
             out[cy0:cy1, cx0:cx1] = lab[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
     return out
 
@@ -245,7 +223,7 @@ def _relative(path: Path, inputs: list[Path]) -> Path:
     return Path(path.name)
 
 
-def predict_paths(model: nn.Module, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
+def predict_paths(model: Predictor, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                   palette: np.ndarray | Sequence, device: str | torch.device = "cpu", skip_bad: bool = False,
                   tile: int | None = None, overlap: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                   max_tiled_pixels: int | None = DEFAULT_MAX_TILED_PIXELS,
@@ -258,7 +236,7 @@ def predict_paths(model: nn.Module, inputs: Sequence[str | os.PathLike], out_dir
     stems get ``-1``, ``-2``) and yields per image ``{"path", "size": (H, W), "seconds", "top":
     [(class, fraction), ...] (3 largest), "label_path", "overlay_path", "tiled"}``.
 
-    Images above ``max_pixels`` (counted with the network's input padding, :func:`input_padding`)
+    Images above ``max_pixels`` (counted with the network's ``input_padding``)
     raise :class:`ImageTooLargeError` unless ``tile`` is given (then the
     limit is ``max_tiled_pixels``, the decoded image still has to fit in memory). Unreadable
     files raise :class:`ImageReadError` naming the file; with ``skip_bad`` they (and too-large images)
@@ -270,8 +248,8 @@ def predict_paths(model: nn.Module, inputs: Sequence[str | os.PathLike], out_dir
     out_dir = make_output_dir(out_dir)
     roots = [Path(p) for p in inputs]
     paths = iter_image_paths(roots, skip_dir=out_dir)
-    model.to(device).eval()
-    pad = input_padding(model)
+    engine = as_engine(model, device)
+    pad = engine.input_padding
     used: set[str] = set()
     for path in paths:
         t0 = time.perf_counter()
@@ -289,7 +267,7 @@ def predict_paths(model: nn.Module, inputs: Sequence[str | os.PathLike], out_dir
                 raise
             warnings.warn(f"{e}; skipped", stacklevel=2)
             continue
-        label = predict_labels(model, rgb, device=device, tile=tile, overlap=overlap, head=head)
+        label = predict_labels(engine, rgb, device=device, tile=tile, overlap=overlap, head=head)
         stem = _unique_stem(_relative(path, roots), used)
         label_path = out_dir / f"{stem}_label.png"
         save_image(colorize(label, palette), label_path)

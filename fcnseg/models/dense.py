@@ -60,7 +60,7 @@ class _Geometry:
     ceil: bool
 
     @classmethod
-    def of(cls, m: nn.Module) -> "_Geometry":
+    def of(cls, m: nn.Module) -> _Geometry:
         if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
             raise ValueError(f"dense output needs zero-padded convs, got padding_mode={m.padding_mode!r}")
         k, s = _single(m.kernel_size), _single(m.stride or m.kernel_size)

@@ -69,7 +69,7 @@ class FCN(SegmentationModel):
         per_head_up: dict[str, list[Upsample]] = {h: [] for h in self.heads}
         for deeper, skip in zip(taps, taps[1:]):
             factor = deeper.stride // skip.stride
-            kernel, up_map = _choose_kernel(frame, factor, lambda m: crop_offset(m, maps[skip.name]))
+            kernel, up_map = _choose_kernel(frame, factor, lambda m, to=maps[skip.name]: crop_offset(m, to))
             d = crop_offset(up_map, maps[skip.name])
             self._fuse.append(_Fuse(up=max(d, 0), skip=max(-d, 0)))
             frame = maps[skip.name] if d >= 0 else up_map

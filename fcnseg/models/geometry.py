@@ -27,7 +27,7 @@ class CoordMap:
     scale: Fraction = Fraction(1)
     offset: Fraction = Fraction(0)
 
-    def then(self, inner: "CoordMap") -> "CoordMap":
+    def then(self, inner: CoordMap) -> CoordMap:
         """Compose: ``self`` maps layer-k indices to input; ``inner`` maps layer-(k+1) to layer-k."""
         return CoordMap(self.scale * inner.scale, self.scale * inner.offset + self.offset)
 

@@ -37,7 +37,7 @@ class Preprocessing:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocessing":
+    def from_dict(cls, d: dict) -> Preprocessing:
         return cls(bgr=bool(d["bgr"]), scale=float(d["scale"]), mean=tuple(d["mean"]),
                    std=tuple(d.get("std", (1.0, 1.0, 1.0))), name=d.get("name", "custom"))
 

@@ -114,7 +114,8 @@ def create_model(name: str, num_classes: int | dict[str, int] | None = None, *, 
         spec = ModelSpec(name, num_classes, backbone, alignment, learn_upsampling, dict(streams),
                          {"fusion": fusion, **backbone_kwargs})
         kwargs = {k: v for k, v in backbone_kwargs.items() if k != "in_channels"}
-        fused_file = weights is not None and (_is_caffemodel(weights) or (release is not None and release.streams is not None))
+        fused_file = weights is not None and (_is_caffemodel(weights)
+                                              or (release is not None and release.streams is not None))
         fused = LateFusion({s: create_model(name, num_classes, backbone=backbone, alignment=alignment,
                                             weights=None if fused_file else weights, depth_init=depth_init,
                                             learn_upsampling=learn_upsampling, in_channels=c, **kwargs)

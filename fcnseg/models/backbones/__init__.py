@@ -1,7 +1,7 @@
 """Backbones: each is a chain of stages declaring its taps (name, stride, channels)."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from fcnseg.models.backbones.alexnet import alexnet
 from fcnseg.models.backbones.base import ALIGNMENTS, Backbone, Tap

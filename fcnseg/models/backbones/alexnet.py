@@ -6,8 +6,8 @@ from collections import OrderedDict
 
 from torch import nn
 
-from fcnseg.models.preprocessing import CAFFE_VGG, TORCHVISION, Preprocessing
 from fcnseg.models.backbones.base import Backbone, Tap, alignment_pads, scaled
+from fcnseg.models.preprocessing import CAFFE_VGG, TORCHVISION, Preprocessing
 
 __all__ = ["alexnet"]
 

@@ -6,12 +6,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fcnseg.config import ALIGNMENTS
 from fcnseg.models.geometry import CoordMap, coord_map
 from fcnseg.models.preprocessing import Preprocessing
 
 __all__ = ["Tap", "Backbone", "scaled", "alignment_pads", "ALIGNMENTS"]
-
-ALIGNMENTS = ("caffe", "same")
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from fcnseg.models.preprocessing import Preprocessing
 from fcnseg.models.backbones.base import Backbone, Tap, alignment_pads, scaled
+from fcnseg.models.preprocessing import Preprocessing
 
 __all__ = ["BasicConv2d", "Inception", "googlenet", "TORCHVISION_GOOGLENET", "TORCHVISION_NAMES",
            "TORCHVISION_PREPROCESSING"]

@@ -6,8 +6,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from fcnseg.models.preprocessing import TORCHVISION, Preprocessing
 from fcnseg.models.backbones.base import Backbone, Tap, alignment_pads, scaled
+from fcnseg.models.preprocessing import TORCHVISION, Preprocessing
 
 __all__ = ["Bottleneck", "resnet50", "resnet101", "TORCHVISION_NAMES"]
 

@@ -5,8 +5,8 @@ from collections import OrderedDict
 
 from torch import nn
 
-from fcnseg.models.preprocessing import CAFFE_VGG, Preprocessing
 from fcnseg.models.backbones.base import Backbone, Tap, alignment_pads, scaled
+from fcnseg.models.preprocessing import CAFFE_VGG, Preprocessing
 
 __all__ = ["vgg16", "VGG16_BLOCKS"]
 
@@ -34,7 +34,7 @@ def vgg16(*, alignment: str = "caffe", fc_channels: int = 4096, width: float = 1
     for stride_exp, (tap, convs, c) in enumerate(VGG16_BLOCKS, start=1):
         c = scaled(c, width)
         layers = OrderedDict()
-        for i, conv in enumerate(convs):
+        for conv in convs:
             pad = input_pad if conv == "conv1_1" else 1
             layers[conv] = nn.Conv2d(c_in, c, 3, padding=pad)
             layers["relu" + conv[4:]] = nn.ReLU(inplace=True)

