@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fcnseg import __version__
+from fcnseg._version import __version__
 from fcnseg.argcheck import module_arg, path_arg, size_arg
 from fcnseg.atomic import atomic_write, write_bytes
 from fcnseg.errors import FcnsegError, first_line
