@@ -74,14 +74,14 @@ forward makes no host-to-device copies, so it can be captured in a CUDA graph. N
 needs: the fc7 map's receptive field covers the whole padded image, so simply computing a smaller
 region would *not* be exact — only the image-independent part is skipped. Every output pixel goes
 through the same arithmetic, so scores equal the plain forward's to fp32 rounding (checked on
-many sizes in `tests/test_runtime.py`).
+many sizes in `tests/infer/test_runtime.py`).
 
 **Not used.** Winograd: oneDNN (PyTorch) and MLAS (ONNX Runtime) choose their own convolution
 algorithms on this CPU, and the 3×3 convs here already run near the sgemm rate; no exact
 Winograd path was added. fp16 on CPU: no native fp16 arithmetic on this CPU (it has AVX512-BF16),
 so bf16 is the half-precision path. `torch.compile` (engine suffix `-compile`, also with `-trim`,
 which then runs without strips) needs a C++ toolchain at run time and compiles once per input size
-(checked on a small net in `tests/test_runtime.py`); it is measured in its own run, next to the
+(checked on a small net in `tests/infer/test_runtime.py`); it is measured in its own run, next to the
 default engine, in the section "CPU, torch.compile" below. It is not a default: its first call per
 size costs the compilation (the first-call line; that run found torch's on-disk inductor cache warm
 from an earlier one, and a cold cache takes longer), and without strips the trimmed net's peak

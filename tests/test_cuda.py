@@ -5,17 +5,18 @@ the trimmed net exact against eager CUDA, evaluation's confusion matrix on the d
 training steps under bf16 autocast.
 """
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from support.nets import reference_scores as _cpu_scores
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_runtime import _img, _tiny  # noqa: E402
-from test_runtime import _ref as _cpu_scores  # noqa: E402
-
-from fcnseg.infer.engines import TorchEngine, choose_engine  # noqa: E402
+from fcnseg.config import load_config
+from fcnseg.data import build_dataset, sample_root
+from fcnseg.evaluate.scoring import evaluate
+from fcnseg.infer.engines import TorchEngine, choose_engine
+from fcnseg.models.base import single
+from fcnseg.models.checkpoint import load_checkpoint
+from fcnseg.train.loop import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -30,62 +31,55 @@ def _no_tf32():
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"channels_last": False}, {"trim": True}])
-def test_cuda_fp32_matches_cpu(kwargs):
-    m = _tiny()
-    ref = {s: _cpu_scores(m, _img(2, *s, i)) for i, s in enumerate([(64, 80), (97, 51)])}
-    engine = TorchEngine(_tiny(), "cuda", **kwargs)
+def test_cuda_fp32_matches_cpu(kwargs, tiny_fcn, random_images):
+    m = tiny_fcn()
+    ref = {s: _cpu_scores(m, random_images(2, *s, i)) for i, s in enumerate([(64, 80), (97, 51)])}
+    engine = TorchEngine(tiny_fcn(), "cuda", **kwargs)
     for i, s in enumerate(ref):
-        out = engine.predict_scores(_img(2, *s, i))
+        out = single(engine.predict_scores(random_images(2, *s, i)))
         assert out.is_cuda and out.dtype == torch.float32
         assert (out.cpu() - ref[s]).abs().max() <= 1e-3 * max(1.0, ref[s].abs().max().item())
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
-def test_cuda_half_precision_is_close(dtype):
-    m = _tiny()
-    x = _img(2, 64, 80)
+def test_cuda_half_precision_is_close(dtype, tiny_fcn, random_images):
+    m = tiny_fcn()
+    x = random_images(2, 64, 80)
     ref = _cpu_scores(m, x)
-    out = TorchEngine(_tiny(), "cuda", dtype=dtype, trim=True).predict_scores(x).cpu()
-    assert not TorchEngine(_tiny(), "cuda", dtype=dtype).exact
+    out = single(TorchEngine(tiny_fcn(), "cuda", dtype=dtype, trim=True).predict_scores(x)).cpu()
+    assert not TorchEngine(tiny_fcn(), "cuda", dtype=dtype).exact
     assert (out - ref).abs().max() <= 0.05 * ref.abs().max()
     assert (out.argmax(1) == ref.argmax(1)).float().mean() > 0.9
 
 
 @pytest.mark.parametrize("trim", [False, True])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_cuda_graphs_replay_equals_eager(trim, dtype):
-    eager = TorchEngine(_tiny(), "cuda", dtype=dtype, trim=trim)
-    graphs = TorchEngine(_tiny(), "cuda", dtype=dtype, trim=trim, cuda_graphs=True)
+def test_cuda_graphs_replay_equals_eager(trim, dtype, tiny_fcn, random_images):
+    eager = TorchEngine(tiny_fcn(), "cuda", dtype=dtype, trim=trim)
+    graphs = TorchEngine(tiny_fcn(), "cuda", dtype=dtype, trim=trim, cuda_graphs=True)
     for i, s in enumerate([(64, 80), (64, 80), (50, 70)]):  # a repeat replays; a new size captures again
-        x = _img(2, *s, i)
-        a, b = eager.predict_scores(x), graphs.predict_scores(x)
+        x = random_images(2, *s, i)
+        a, b = single(eager.predict_scores(x)), single(graphs.predict_scores(x))
         assert (a - b).abs().max() <= 1e-3 * max(1.0, a.abs().max().item())
     assert len(graphs._graphs) == 2
 
 
-def test_choose_engine_on_cuda():
-    fast, exact = choose_engine(_tiny(), "cuda"), choose_engine(_tiny(), "cuda", exact=True)
+def test_choose_engine_on_cuda(tiny_fcn):
+    fast, exact = choose_engine(tiny_fcn(), "cuda"), choose_engine(tiny_fcn(), "cuda", exact=True)
     assert (fast.dtype, fast.channels_last, fast.exact) == ("bf16", True, False)
     assert (exact.dtype, exact.exact) == ("fp32", True)
 
 
-def test_evaluate_on_cuda_equals_cpu():
-    from fcnseg.data import build_dataset, sample_root
-    from fcnseg.evaluate.scoring import evaluate
-
+def test_evaluate_on_cuda_equals_cpu(tiny_fcn):
     ds = torch.utils.data.Subset(build_dataset("camvid", sample_root(), "val"), range(3))
-    m = _tiny(classes=11)
+    m = tiny_fcn(classes=11)
     cpu = evaluate(m, ds, device="cpu", progress=False)
-    gpu = evaluate(_tiny(classes=11).cuda(), ds, device="cuda", progress=False)
-    assert abs(cpu["mean_iu"] - gpu["mean_iu"]) <= 1e-3 and abs(cpu["pixel_accuracy"] - gpu["pixel_accuracy"]) <= 1e-3
+    gpu = evaluate(tiny_fcn(classes=11).cuda(), ds, device="cuda", progress=False)
+    assert abs(cpu["mean_iu"] - gpu["mean_iu"]) <= 1e-3
+    assert abs(cpu["pixel_accuracy"] - gpu["pixel_accuracy"]) <= 1e-3
 
 
 def test_training_steps_on_cuda_with_bf16_autocast(tmp_path):
-    from fcnseg.config import load_config
-    from fcnseg.data import sample_root
-    from fcnseg.models.checkpoint import load_checkpoint
-    from fcnseg.train.loop import train
-
     cfg = load_config(None, ["data.dataset=camvid", f"data.root={sample_root()}", "model.name=fcn8s",
                              "model.width=0.0625", "model.fc_channels=64", "train.progress=false",
                              "train.eval_every=0", "data.batch_size=2", "train.iterations=4", "train.amp=bf16",

@@ -5,17 +5,13 @@ Each case of :mod:`fault_corpus` runs ``fcnseg.cli.main.main(argv)`` in-process 
 from __future__ import annotations
 
 import os
-import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
+from support.fault_corpus import CASES_MIN, Case, Ctx, Shared, all_cases, own_cases
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fault_corpus import CASES_MIN, Case, Ctx, Shared, all_cases, own_cases  # noqa: E402
-
-from fcnseg.cli.main import main  # noqa: E402
+from fcnseg.cli.main import main
 
 CASES = all_cases()
 MAX_LINE = 1500  # a clear error is one line of readable length

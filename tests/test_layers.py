@@ -93,6 +93,31 @@ def test_the_import_graph_has_no_cycle():
             visit(m)
 
 
-def test_the_checker_sees_a_planted_violation():
-    assert _layer("fcnseg.models.fcn") < _layer("fcnseg.train.loop") < _layer("fcnseg.cli.main")
-    assert "fcnseg.models.base" in GRAPH["fcnseg.infer.engines"]
+def test_the_checker_sees_a_planted_violation(tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text("def f():\n    from fcnseg.cli import main\n    import fcnseg.train.loop\n")
+    found = _imports(planted)
+    assert found == {"fcnseg.cli.main", "fcnseg.train.loop"}
+    assert all(_layer(m) > _layer("fcnseg.models.fcn") for m in found)  # a models module importing these fails
+
+REPO = PACKAGE.parent
+
+
+def test_no_test_imports_another_test_module():
+    """Shared helpers live in tests/support/ (and fixtures in tests/conftest.py), never in a test module."""
+    for path in (REPO / "tests").rglob("test_*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            bad = [n for n in names if n.split(".")[-1].startswith("test_")]
+            assert not bad, f"{path.relative_to(REPO)} imports test module(s) {bad}"
+
+
+def test_nothing_edits_sys_path():
+    """Scripts run as ``python -m scripts.NAME``; tests find tests/support/ through pytest's ``pythonpath``."""
+    for folder in ("fcnseg", "scripts", "tests"):
+        for path in (REPO / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Attribute) and node.attr == "path" and \
+                        isinstance(node.value, ast.Name) and node.value.id == "sys":
+                    pytest.fail(f"{path.relative_to(REPO)}:{node.lineno} uses sys.path")

@@ -5,26 +5,23 @@
 ``yaml.load``/``unsafe_load``, ``torch.jit.load``, ``eval``/``exec``) and for network fetches in a
 module that does not verify a SHA-256; (b) malicious pickles (raw pickle, torch legacy, torch zip)
 handed to every loader are refused and their payload never runs. The hed-vgg16 cache and source
-tampering cases live in tests/test_weights_hed.py (API) and tests/fault_corpus.py (CLI).
+tampering cases live in tests/models/weights/test_weights_hed.py (API) and tests/support/fault_corpus.py (CLI).
 """
 from __future__ import annotations
 
 import ast
 import pickle
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from support.fault_corpus import _Evil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fault_corpus import _Evil  # noqa: E402
-
-from fcnseg import create_model  # noqa: E402
-from fcnseg.errors import FcnsegError  # noqa: E402
-from fcnseg.models.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
-from fcnseg.models.weights import load_weights  # noqa: E402
-from fcnseg.train.model import init_from_checkpoint  # noqa: E402
+from fcnseg import create_model
+from fcnseg.errors import FcnsegError
+from fcnseg.models.checkpoint import load_checkpoint, model_from_checkpoint
+from fcnseg.models.weights import load_weights
+from fcnseg.train.model import init_from_checkpoint
 
 PACKAGE = Path(__file__).resolve().parent.parent / "fcnseg"
 FETCHERS = {"urlopen", "urlretrieve", "load_state_dict_from_url", "download_url_to_file", "hf_hub_download"}

@@ -6,12 +6,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from support.datasets import make_camvid
 
 from fcnseg import create_model
 from fcnseg.config import load_config
@@ -22,25 +20,6 @@ from fcnseg.train.loop import train
 from fcnseg.train.model import init_from_checkpoint
 
 H, W = 32, 40
-
-
-def make_camvid(root: Path, n_train: int = 8, n_val: int = 3, seed: int = 0) -> Path:
-    """Blocky random scenes in the SegNet CamVid layout (classes 0..10, 11 = void)."""
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("val", n_val)):
-        (root / split).mkdir(parents=True, exist_ok=True)
-        (root / f"{split}annot").mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            lab = np.kron(rng.integers(0, 12, (H // 8, W // 8)), np.ones((8, 8), np.int64)).astype(np.uint8)
-            img = (lab[..., None] * np.array([20, 7, 13]) + rng.integers(0, 30, (H, W, 3))).clip(0, 255)
-            Image.fromarray(img.astype(np.uint8)).save(root / split / f"{i:03d}.png")
-            Image.fromarray(lab).save(root / f"{split}annot" / f"{i:03d}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return make_camvid(tmp_path_factory.mktemp("camvid"))
 
 
 BASE = ["data.dataset=camvid", "model.name=fcn8s", "model.width=0.0625", "model.fc_channels=64",
@@ -81,9 +60,9 @@ class Wrap(torch.utils.data.Dataset):
         return getattr(self.ds, name)
 
 
-def test_run_writes_log_checkpoints_and_evaluates(data_root, tmp_path):
+def test_run_writes_log_checkpoints_and_evaluates(blocky_camvid, tmp_path):
     out = tmp_path / "run"
-    cfg = cfg_for(data_root, out, "data.val_split=val", "train.eval_every=2", "train.checkpoint_every=2",
+    cfg = cfg_for(blocky_camvid, out, "data.val_split=val", "train.eval_every=2", "train.checkpoint_every=2",
                   "train.class_weights=median-frequency", "train.tensorboard=true", "train.amp=fp16",
                   "train.channels_last=true", "train.deterministic=true")
     with pytest.warns(UserWarning) as rec:
@@ -108,7 +87,7 @@ def test_run_writes_log_checkpoints_and_evaluates(data_root, tmp_path):
     assert not torch.are_deterministic_algorithms_enabled()  # global flags restored
 
 
-def test_best_checkpoint_keeps_the_highest_val_mean_iu(data_root, tmp_path, monkeypatch):
+def test_best_checkpoint_keeps_the_highest_val_mean_iu(blocky_camvid, tmp_path, monkeypatch):
     """Val mean IU goes down, up, down again: best.pt is the iteration of the maximum, not of the minimum."""
     from fcnseg.evaluate import scoring as ev
     from fcnseg.train import loop
@@ -119,7 +98,7 @@ def test_best_checkpoint_keeps_the_highest_val_mean_iu(data_root, tmp_path, monk
         return {**real(*args, **kwargs), "mean_iu": next(script)}
 
     monkeypatch.setattr(loop, "evaluate", scripted)
-    res = train(cfg_for(data_root, tmp_path / "run", "data.val_split=val", "train.eval_every=1",
+    res = train(cfg_for(blocky_camvid, tmp_path / "run", "data.val_split=val", "train.eval_every=1",
                         "model.fc_channels=16"))
     best = load_checkpoint(tmp_path / "run" / "best.pt")
     assert (best["iteration"], best["best_mean_iu"], res["best_mean_iu"]) == (3, 0.50, 0.50)
@@ -131,22 +110,22 @@ AUGMENTED = ["train.schedule=poly", "train.momentum=0.9", "data.flip=true", "dat
              "train.checkpoint_every=100"]
 
 
-def test_sigint_saves_and_resume_is_bit_identical(data_root, tmp_path, capsys):
+def test_sigint_saves_and_resume_is_bit_identical(blocky_camvid, tmp_path, capsys):
     """Train 2K straight == train K (stopped by SIGINT), resume, train the rest: same weights exactly
     (dropout, random augmentation, patch sampling, momentum and a poly schedule all in play)."""
-    ref = train(cfg_for(data_root, tmp_path / "ref", *AUGMENTED))
-    ds = build_dataset("camvid", data_root, "train")
+    ref = train(cfg_for(blocky_camvid, tmp_path / "ref", *AUGMENTED))
+    ds = build_dataset("camvid", blocky_camvid, "train")
 
     def sigint_at_step_4(call, item):  # 2 items per step: call 7 is loaded by step 4
         if call == 7:
             signal.raise_signal(signal.SIGINT)
         return item
 
-    cut = train(cfg_for(data_root, tmp_path / "cut", *AUGMENTED), train_set=Wrap(ds, sigint_at_step_4))
+    cut = train(cfg_for(blocky_camvid, tmp_path / "cut", *AUGMENTED), train_set=Wrap(ds, sigint_at_step_4))
     assert cut["interrupted"] and cut["iterations"] == 3 + 1
     assert "stopped at iteration 4/6" in capsys.readouterr().err
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["iteration"] == 4
-    done = train(cfg_for(data_root, tmp_path / "cut", *AUGMENTED, "train.resume=auto"))
+    done = train(cfg_for(blocky_camvid, tmp_path / "cut", *AUGMENTED, "train.resume=auto"))
     assert done["iterations"] == 6 and not done["interrupted"]
     assert_same(weights(tmp_path / "ref" / "last.pt"), weights(tmp_path / "cut" / "last.pt"))
     assert ref["loss"] == done["loss"]
@@ -176,10 +155,10 @@ train(cfg, train_set=Slow(build_dataset("camvid", sys.argv[1], "train")))
 
 
 @pytest.mark.slow
-def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(data_root, tmp_path):
-    args = [*BASE, *AUGMENTED, f"data.root={data_root}", "train.iterations=24", "train.checkpoint_every=3"]
+def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(blocky_camvid, tmp_path):
+    args = [*BASE, *AUGMENTED, f"data.root={blocky_camvid}", "train.iterations=24", "train.checkpoint_every=3"]
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(data_root), *args, f"out={out}"],
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(blocky_camvid), *args, f"out={out}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
@@ -207,10 +186,10 @@ def poison_step_4(call, item):  # the first item of step 4 holds an inf pixel
     return image, label
 
 
-def test_nonfinite_stop_keeps_last_good_checkpoint(data_root, tmp_path):
+def test_nonfinite_stop_keeps_last_good_checkpoint(blocky_camvid, tmp_path):
     out = tmp_path / "nan"
-    ds = Wrap(build_dataset("camvid", data_root, "train"), poison_step_4)
-    cfg = cfg_for(data_root, out, "train.checkpoint_every=2", "train.iterations=6")
+    ds = Wrap(build_dataset("camvid", blocky_camvid, "train"), poison_step_4)
+    cfg = cfg_for(blocky_camvid, out, "train.checkpoint_every=2", "train.iterations=6")
     with pytest.raises(FcnsegError, match="non-finite loss at iteration 4") as e:
         train(cfg, train_set=ds)
     assert "\n" not in str(e.value) and "last.pt" in str(e.value)
@@ -219,29 +198,29 @@ def test_nonfinite_stop_keeps_last_good_checkpoint(data_root, tmp_path):
     assert [r.split(",")[0] for r in (out / "log.csv").read_text().splitlines()[1:]] == ["1", "2", "3"]
 
 
-def test_nonfinite_skip_warns_and_continues(data_root, tmp_path):
-    ds = Wrap(build_dataset("camvid", data_root, "train"), poison_step_4)
-    cfg = cfg_for(data_root, tmp_path / "skip", "train.nonfinite=skip", "train.iterations=6")
+def test_nonfinite_skip_warns_and_continues(blocky_camvid, tmp_path):
+    ds = Wrap(build_dataset("camvid", blocky_camvid, "train"), poison_step_4)
+    cfg = cfg_for(blocky_camvid, tmp_path / "skip", "train.nonfinite=skip", "train.iterations=6")
     with pytest.warns(UserWarning, match="non-finite loss at iteration 4: step skipped"):
         res = train(cfg, train_set=ds)
     assert res["iterations"] == 6 and res["skipped_steps"] == 1
     assert all(torch.isfinite(v).all() for v in weights(tmp_path / "skip" / "last.pt").values())
 
 
-def cached_and_plain(data_root, tmp_path, capsys, *common, store=None):
+def cached_and_plain(blocky_camvid, tmp_path, capsys, *common, store=None):
     """Train with and without train.cache_features; assert equal weights; return them and the cached run's log."""
-    train(cfg_for(data_root, tmp_path / "cached", *common, "train.cache_features=true"), store=store)
+    train(cfg_for(blocky_camvid, tmp_path / "cached", *common, "train.cache_features=true"), store=store)
     err = capsys.readouterr().err
-    train(cfg_for(data_root, tmp_path / "plain", *common))
+    train(cfg_for(blocky_camvid, tmp_path / "plain", *common))
     a, b = weights(tmp_path / "cached" / "last.pt"), weights(tmp_path / "plain" / "last.pt")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
     return a, b, err
 
 
-def test_frozen_trunk_with_feature_cache_matches_uncached(data_root, tmp_path, capsys):
+def test_frozen_trunk_with_feature_cache_matches_uncached(blocky_camvid, tmp_path, capsys):
     common = ["train.freeze_backbone=true", "data.resize=2", "model.dropout=0", "train.lr=1e-2"]
-    a, _, err = cached_and_plain(data_root, tmp_path, capsys, *common)
+    a, _, err = cached_and_plain(blocky_camvid, tmp_path, capsys, *common)
     assert "cached pool3/pool4/pool5 features of 8 images" in err
     torch.manual_seed(1337)
     init = create_model("fcn8s", 11, width=0.0625, fc_channels=64, alignment="same").state_dict()
@@ -251,7 +230,7 @@ def test_frozen_trunk_with_feature_cache_matches_uncached(data_root, tmp_path, c
 
 
 @pytest.mark.parametrize("flip", [False, True])
-def test_validation_from_cached_features_scores_as_uncached(data_root, tmp_path, capsys, flip):
+def test_validation_from_cached_features_scores_as_uncached(blocky_camvid, tmp_path, capsys, flip):
     """With a frozen trunk and train.cache_features the validation split is scored from its cached
     features (and their mirrors for train.eval_flip): the same metrics as scoring the images."""
     from fcnseg.train.cache import FeatureStore
@@ -259,17 +238,17 @@ def test_validation_from_cached_features_scores_as_uncached(data_root, tmp_path,
     common = ["train.freeze_backbone=true", "model.dropout=0", "train.lr=5e-2", "data.val_split=val",
               "train.iterations=12", "train.eval_every=6", f"train.eval_flip={str(flip).lower()}"]
     store = FeatureStore()
-    cached = train(cfg_for(data_root, tmp_path / "cached", *common, "train.cache_features=true"), store=store)
+    cached = train(cfg_for(blocky_camvid, tmp_path / "cached", *common, "train.cache_features=true"), store=store)
     err = capsys.readouterr().err
     assert "scoring from cached pool3/pool4/pool5 features of 3 validation images" in err
     assert ("and their mirrors" in err.split("validation images")[1].splitlines()[0]) == flip
-    plain = train(cfg_for(data_root, tmp_path / "plain", *common))
+    plain = train(cfg_for(blocky_camvid, tmp_path / "plain", *common))
     assert cached["metrics"]["confusion"] == plain["metrics"]["confusion"]
     assert len(store.entries) == 2   # the training split's cache and the validation split's, in the caller's store
 
 
 @pytest.mark.parametrize("flip", [False, True])
-def test_scoring_cached_items_equals_scoring_images(data_root, flip):
+def test_scoring_cached_items_equals_scoring_images(blocky_camvid, flip):
     """evaluate() on a FeatureCache's items (features, mirrors) gives the confusion matrix of
     evaluate() on the images, for a net whose predictions vary from pixel to pixel."""
     from fcnseg.evaluate.scoring import evaluate
@@ -280,7 +259,7 @@ def test_scoring_cached_items_equals_scoring_images(data_root, flip):
     with torch.no_grad():
         for name, prm in model.score.named_parameters():
             prm.normal_(0, 50.0) if name.endswith("weight") else prm.zero_()   # the trunk's features are small
-    val = build_dataset("camvid", data_root, "val")
+    val = build_dataset("camvid", blocky_camvid, "val")
     frozen = ["pool1", "pool2", "pool3", "pool4", "pool5"]
     cache = FeatureCache(model, val, frozen, torch.device("cpu"), mirror=flip)
     a = evaluate(model, val, progress=False, flip=flip)
@@ -291,13 +270,13 @@ def test_scoring_cached_items_equals_scoring_images(data_root, flip):
         assert a["confusion"] != evaluate(model, val, progress=False)["confusion"]   # flipping changed labels
 
 
-def test_cache_needs_deterministic_transforms(data_root, tmp_path, capsys):
-    train(cfg_for(data_root, tmp_path / "r", "train.freeze_backbone=true", "train.cache_features=true",
+def test_cache_needs_deterministic_transforms(blocky_camvid, tmp_path, capsys):
+    train(cfg_for(blocky_camvid, tmp_path / "r", "train.freeze_backbone=true", "train.cache_features=true",
                   "data.crop=24", "train.iterations=1"))
     assert "training transforms are random" in capsys.readouterr().err
 
 
-def test_random_flip_with_feature_cache_matches_uncached(data_root, tmp_path, capsys):
+def test_random_flip_with_feature_cache_matches_uncached(blocky_camvid, tmp_path, capsys):
     """The cache holds each image's and its mirror's features and flips exactly the items the
     uncached loader flips, so both runs train the same net."""
     from fcnseg.train.cache import FeatureStore
@@ -306,11 +285,11 @@ def test_random_flip_with_feature_cache_matches_uncached(data_root, tmp_path, ca
     common = ["train.freeze_backbone=true", "model.dropout=0", "train.lr=1e-2", "data.flip=true",
               "train.iterations=6"]
     store = FeatureStore()
-    a, _, err = cached_and_plain(data_root, tmp_path, capsys, *common, store=store)
+    a, _, err = cached_and_plain(blocky_camvid, tmp_path, capsys, *common, store=store)
     assert "features of 8 images and their mirrors" in err
     draws = [flipped(item_seed(1337, 0, p)) for p in range(8)]
     assert any(draws) and not all(draws)   # both orientations were trained on
-    train(cfg_for(data_root, tmp_path / "noflip", *common[:-2], "train.iterations=6",
+    train(cfg_for(blocky_camvid, tmp_path / "noflip", *common[:-2], "train.iterations=6",
                   "train.cache_features=true"), store=store)
     c = weights(tmp_path / "noflip" / "last.pt")
     assert not torch.equal(a["score.out.fc7.weight"], c["score.out.fc7.weight"])
@@ -318,8 +297,8 @@ def test_random_flip_with_feature_cache_matches_uncached(data_root, tmp_path, ca
     assert cache.mirrors is not None and not cache.flip   # reused without flipping
 
 
-def test_staged_init_from_previous_stage(data_root, tmp_path):
-    train(cfg_for(data_root, tmp_path / "s32", "model.name=fcn32s", "train.iterations=2"))
+def test_staged_init_from_previous_stage(blocky_camvid, tmp_path):
+    train(cfg_for(blocky_camvid, tmp_path / "s32", "model.name=fcn32s", "train.iterations=2"))
     path = tmp_path / "s32" / "last.pt"
     m16 = create_model("fcn16s", 11, width=0.0625, fc_channels=64, alignment="same")
     up_before = m16.upsample["out"][0].weight.clone()
@@ -328,19 +307,19 @@ def test_staged_init_from_previous_stage(data_root, tmp_path):
     assert "score.out.fc7.weight" in copied and all(torch.equal(m16.state_dict()[k], src[k]) for k in copied)
     assert "score.out.pool4.weight" in fresh and not m16.score["out"]["pool4"].weight.any()
     assert torch.equal(m16.upsample["out"][0].weight, up_before)  # 2x kernel: not the 32x one
-    res = train(cfg_for(data_root, tmp_path / "s16", "model.name=fcn16s", f"model.init_from={path}",
+    res = train(cfg_for(blocky_camvid, tmp_path / "s16", "model.name=fcn16s", f"model.init_from={path}",
                         "train.iterations=1"))
     assert res["iterations"] == 1
 
 
-def test_accumulation_and_global_normalisation(data_root, tmp_path):
+def test_accumulation_and_global_normalisation(blocky_camvid, tmp_path):
     """Batch 4 in one pass == batch 4 as 2 micro-batches (loss normalised by the global batch)."""
     common = ["data.batch_size=4", "model.dropout=0", "train.patch_p=0.5", "data.flip=true",
               "train.class_weights=[1,2,1,1,1,1,1,1,1,1,0.5]", "train.iterations=3"]
     for red in ("mean", "sum"):
         lr = "1e-3" if red == "mean" else "1e-6"
-        train(cfg_for(data_root, tmp_path / f"one-{red}", *common, f"train.loss_reduction={red}", f"train.lr={lr}"))
-        train(cfg_for(data_root, tmp_path / f"two-{red}", *common, f"train.loss_reduction={red}", f"train.lr={lr}",
+        train(cfg_for(blocky_camvid, tmp_path / f"one-{red}", *common, f"train.loss_reduction={red}", f"train.lr={lr}"))
+        train(cfg_for(blocky_camvid, tmp_path / f"two-{red}", *common, f"train.loss_reduction={red}", f"train.lr={lr}",
                       "train.accumulate=2"))
         a, b = weights(tmp_path / f"one-{red}" / "last.pt"), weights(tmp_path / f"two-{red}" / "last.pt")
         for k in a:
@@ -348,15 +327,15 @@ def test_accumulation_and_global_normalisation(data_root, tmp_path):
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_mixed_precision_path_trains_like_fp32(data_root, tmp_path, monkeypatch, amp):
+def test_mixed_precision_path_trains_like_fp32(blocky_camvid, tmp_path, monkeypatch, amp):
     """train.amp's autocast + grad-scaler path (CUDA's), run here under CPU autocast: finite losses,
     weights close to (not equal to) an fp32 run's, and with fp16 every step taken by the scaler."""
     import fcnseg.train.loop as tr
 
-    train(cfg_for(data_root, tmp_path / "fp32"))
+    train(cfg_for(blocky_camvid, tmp_path / "fp32"))
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     monkeypatch.setattr(tr, "_amp_dtype", lambda amp, device: dtype)
-    res = train(cfg_for(data_root, tmp_path / amp, "data.val_split=val", "train.eval_every=2"))
+    res = train(cfg_for(blocky_camvid, tmp_path / amp, "data.val_split=val", "train.eval_every=2"))
     assert math.isfinite(res["loss"]) and 0 <= res["metrics"]["mean_iu"] <= 1
     a, ckpt = weights(tmp_path / "fp32" / "last.pt"), load_checkpoint(tmp_path / amp / "last.pt")
     rel = [((a[k] - v).abs().max() / a[k].abs().max().clamp_min(1e-12)).item()
@@ -389,22 +368,22 @@ def test_multi_head_training(tmp_path):
     assert "score.semantic.fc7.weight" in w and "score.geometric.pool3.weight" in w
 
 
-def test_bad_setup_errors_are_one_line(data_root, tmp_path):
+def test_bad_setup_errors_are_one_line(blocky_camvid, tmp_path):
     from fcnseg.errors import CheckpointError, ConfigError
 
     with pytest.raises(ConfigError, match="larger than the training set"):
-        train(cfg_for(data_root, tmp_path / "a", "data.batch_size=16"))
+        train(cfg_for(blocky_camvid, tmp_path / "a", "data.batch_size=16"))
     with pytest.raises(ConfigError, match="data.root is not set"):
         train(load_config(None, [*BASE, f"out={tmp_path / 'b'}"]))
     with pytest.raises(CheckpointError, match="not found"):
-        train(cfg_for(data_root, tmp_path / "c", f"train.resume={tmp_path / 'none.pt'}"))
+        train(cfg_for(blocky_camvid, tmp_path / "c", f"train.resume={tmp_path / 'none.pt'}"))
     with pytest.raises(ConfigError, match="class_weights needs 11"):
-        train(cfg_for(data_root, tmp_path / "d", "train.class_weights=[1, 2]"))
+        train(cfg_for(blocky_camvid, tmp_path / "d", "train.class_weights=[1, 2]"))
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
-            train(cfg_for(data_root, tmp_path / "f", "train.device=cuda"))
+            train(cfg_for(blocky_camvid, tmp_path / "f", "train.device=cuda"))
     with pytest.raises(ValueError, match="label value 42"):
-        train(cfg_for(data_root, tmp_path / "e"), train_set=Wrap(build_dataset("camvid", data_root, "train"),
+        train(cfg_for(blocky_camvid, tmp_path / "e"), train_set=Wrap(build_dataset("camvid", blocky_camvid, "train"),
                                                                  lambda c, it: (it[0], it[1] * 0 + 42)))
 
 
@@ -460,20 +439,20 @@ def test_iter_size_20_of_batch_1_equals_one_batch_of_20_image_mean(tmp_path):
     assert any(not torch.equal(a[k], start[k]) for k in a if k.startswith("score."))
 
 
-def test_score_evaluates_the_net_without_building_a_training_run(data_root, tmp_path):
+def test_score_evaluates_the_net_without_building_a_training_run(blocky_camvid, tmp_path):
     """score() builds the net and evaluates it: no optimizer or batch schedule (a batch larger than the
     training set is no obstacle), nothing written; an earlier run's final net scores as its last evaluation."""
     from fcnseg.train.loop import score
 
-    run = train(cfg_for(data_root, tmp_path / "run", "data.val_split=val"))
-    got = score(cfg_for(data_root, tmp_path / "score", "data.val_split=val", "data.batch_size=100",
+    run = train(cfg_for(blocky_camvid, tmp_path / "run", "data.val_split=val"))
+    got = score(cfg_for(blocky_camvid, tmp_path / "score", "data.val_split=val", "data.batch_size=100",
                         f"model.init_from={tmp_path / 'run' / 'last.pt'}"))
     assert got["confusion"] == run["metrics"]["confusion"]
     assert not (tmp_path / "score").exists()
-    assert score(cfg_for(data_root, tmp_path / "none")) is None   # no validation split
+    assert score(cfg_for(blocky_camvid, tmp_path / "none")) is None   # no validation split
 
 
-def test_score_adapt_scores_the_adapted_net_from_the_built_nets_cached_trunk(data_root, tmp_path):
+def test_score_adapt_scores_the_adapted_net_from_the_built_nets_cached_trunk(blocky_camvid, tmp_path):
     """score(adapt=) builds the net, caches its frozen trunk's features in the caller's store, and
     scores the adapted net (a changed head) from them: as scoring the adapted net on the images."""
     from fcnseg.train.cache import FeatureStore
@@ -488,9 +467,10 @@ def test_score_adapt_scores_the_adapted_net_from_the_built_nets_cached_trunk(dat
 
     common = ["data.val_split=val", "train.freeze_backbone=true", "model.dropout=0"]
     store = FeatureStore()
-    cached = score(cfg_for(data_root, tmp_path / "a", *common, "train.cache_features=true"), store=store, adapt=adapt)
-    plain = score(cfg_for(data_root, tmp_path / "b", *common), adapt=adapt)
-    unchanged = score(cfg_for(data_root, tmp_path / "c", *common))
+    cached = score(cfg_for(blocky_camvid, tmp_path / "a", *common, "train.cache_features=true"), store=store,
+                   adapt=adapt)
+    plain = score(cfg_for(blocky_camvid, tmp_path / "b", *common), adapt=adapt)
+    unchanged = score(cfg_for(blocky_camvid, tmp_path / "c", *common))
     assert cached["confusion"] == plain["confusion"] != unchanged["confusion"]
     assert len(store.entries) == 1   # the validation split's features, held by the caller
 

@@ -1481,7 +1481,8 @@ def cache_cases() -> Iterator[Case]:
     yield Case("train-hed-source-tampered", "untrusted/cache", "error", tampered_source)
 
 
-EXTENSIONS = ("faults_predict", "faults_config", "faults_train", "faults_cli")  # more cases, one module per area
+# more cases, one module per area
+EXTENSIONS = ("support.faults_predict", "support.faults_config", "support.faults_train", "support.faults_cli")
 
 
 # --- causes ------------------------------------------------------------------------------------------

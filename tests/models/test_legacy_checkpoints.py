@@ -1,6 +1,6 @@
 """Checkpoints saved by earlier fcnseg versions still load and compute what they computed then.
 
-The fixtures in tests/data/legacy/ were written by tests/data/legacy/make_legacy.py with the code as it stood
+The fixtures in tests/fixtures/legacy/ were written by tests/fixtures/legacy/make_legacy.py with the code as it stood
 before the model contract (issue 15); never regenerate them with newer code."""
 from pathlib import Path
 
@@ -10,7 +10,7 @@ import torch
 
 from fcnseg.models.checkpoint import model_from_checkpoint
 
-LEGACY = Path(__file__).resolve().parent / "data" / "legacy"
+LEGACY = Path(__file__).resolve().parents[1] / "fixtures" / "legacy"
 STEMS = ["fcn8s-k5", "fcn16s-two-heads", "fcn32s-late-fusion"]
 
 

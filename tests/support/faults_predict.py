@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from fault_corpus import Case, Ctx, Plan, png_bytes
+from support.fault_corpus import Case, Ctx, Plan, png_bytes
 
 
 def _cache(ctx: Ctx) -> dict[str, str]:

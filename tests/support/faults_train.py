@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from fault_corpus import Case, Ctx, Plan, _train, base_config
+
+from support.fault_corpus import Case, Ctx, Plan, _train, base_config
 
 _TRAINED: dict[Path, Path] = {}
 

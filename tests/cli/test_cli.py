@@ -2,6 +2,7 @@
 import json
 
 import pytest
+from support.faults_cli import TINY_BENCH
 
 from fcnseg.cli.main import main
 from fcnseg.data import sample_root
@@ -105,11 +106,6 @@ def test_export_on_a_full_disk_names_the_output(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_bench_report_on_a_full_disk_names_the_path(tmp_path, monkeypatch, capsys):
-    import sys
-
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-    from faults_cli import TINY_BENCH
-
     _disk_full(monkeypatch)
     out = tmp_path / "bench.json"
     assert main(["bench", *TINY_BENCH, "--out", str(out)]) == 2

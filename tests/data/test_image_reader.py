@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 from PIL import Image
+from support.fault_corpus import png_bytes
 
 from fcnseg.data.camvid import CamVid
 from fcnseg.data.fixtures import write_camvid
@@ -30,8 +31,6 @@ def test_16bit_grey_png_reads_the_same_in_datasets_and_predict(tmp_path):
 
 
 def test_one_pixel_limit_for_datasets_and_predict(tmp_path):
-    from fault_corpus import png_bytes
-
     from fcnseg.data.io import DATASET_MAX_PIXELS, DEFAULT_MAX_PIXELS
 
     path = tmp_path / "big.png"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from fault_corpus import Case, Ctx, Plan, _train
+from support.fault_corpus import Case, Ctx, Plan, _train
 
 # (case name, overrides, strings the error must name, words of the reason)
 _OVERRIDES: list[tuple[str, list[str], list[str], list[str]]] = [

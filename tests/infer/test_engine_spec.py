@@ -12,7 +12,7 @@ from fcnseg.infer.engines import TorchEngine, build_engine, ort_available
 from fcnseg.infer.spec import EngineSpec
 from scripts.bench_quant_miou import ENGINES as QUANT_ENGINES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _report_names() -> set[str]:

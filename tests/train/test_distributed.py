@@ -3,20 +3,16 @@ give the same weights up to summation order; resuming a 1-process checkpoint on 
 the same run; all_reduce_sum of per-rank confusion matrices equals the 1-process matrix exactly."""
 import os
 import socket
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from support.datasets import make_camvid
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train_loop import make_camvid  # noqa: E402
-
-from fcnseg.config import load_config  # noqa: E402
-from fcnseg.distributed import all_reduce_sum  # noqa: E402
-from fcnseg.models.checkpoint import load_checkpoint  # noqa: E402
-from fcnseg.train.loop import train  # noqa: E402
+from fcnseg.config import load_config
+from fcnseg.distributed import all_reduce_sum
+from fcnseg.models.checkpoint import load_checkpoint
+from fcnseg.train.loop import train
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 """``predict`` over 1,000 mixed images keeps memory bounded (resident set size from /proc/self/statm).
 
-Complements tests/test_predict.py::test_memory_flat_over_200_images (200 identical 128×128 PNGs):
+Complements tests/infer/test_predict.py::test_memory_flat_over_200_images (200 identical 128×128 PNGs):
 here sizes (16–48 px), formats (PNG/JPEG), modes (RGB, L, P, RGBA, 1-bit, 16-bit, CMYK) and a few bad
 files (skipped with skip_bad=True) vary, so per-shape caches and the error path are exercised too.
 """

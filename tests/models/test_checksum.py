@@ -1,4 +1,5 @@
-"""The checkpoint checksum covers names, bytes and dtypes (tests/fault_corpus.py runs the same through the CLI)."""
+"""The checkpoint checksum covers names, bytes and dtypes (tests/support/fault_corpus.py runs the same through
+the CLI)."""
 import torch
 
 from fcnseg.models.checkpoint import state_checksum

@@ -3,6 +3,9 @@ import logging
 
 import pytest
 import torch
+from support.nets import random_images as _img
+from support.nets import reference_scores as _ref
+from support.nets import tiny_fcn as _tiny
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -11,27 +14,6 @@ from fcnseg.errors import ConfigError
 from fcnseg.infer.engines import TorchEngine, choose_engine, ort_available
 from fcnseg.models.base import single
 from fcnseg.models.trimmed import TrimmedFCN, trim_supported
-
-
-def _tiny(alignment="caffe", classes=5, name="fcn8s"):
-    torch.manual_seed(0)
-    m = fcnseg.create_model(name, classes, width=1 / 16, fc_channels=64, alignment=alignment).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0, 0.1)
-        for mod in m.modules():  # positive biases: a non-zero background, as trained nets have
-            if isinstance(mod, torch.nn.Conv2d) and mod.bias is not None:
-                mod.bias.uniform_(0, 0.5)
-    return m
-
-
-def _ref(m, x):
-    with torch.no_grad():
-        return single(m(m.preprocessing(x)))
-
-
-def _img(n, h, w, seed=0):
-    return torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(seed)) * 255
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"channels_last": True}, {"trim": True}, {"trim": True, "channels_last": True}])

@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_weights_torchvision import TINY, tv_vgg16_state
+from support.weights import TINY, tv_vgg16_state
 
 from fcnseg.models import create_model
 from fcnseg.models.preprocessing import TORCHVISION
 from fcnseg.models.weights import WeightsError, hub
 from fcnseg.models.weights.caffe import write_caffemodel
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 class Files(http.server.BaseHTTPRequestHandler):

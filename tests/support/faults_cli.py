@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from fault_corpus import Case, Ctx, Plan
+from support.fault_corpus import Case, Ctx, Plan
 
 # a bench that measures next to nothing: one tiny torch engine, no peer, no sgemm, no training step
 TINY_BENCH = ["--size", "32", "32", "--width", "0.0625", "--fc-channels", "16", "--num-classes", "3", "--engines",

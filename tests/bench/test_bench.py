@@ -10,6 +10,7 @@ import torch
 import fcnseg
 from fcnseg.bench import count_flops, run_bench
 from fcnseg.bench.measure import peak_rss_mb, reset_peak_rss, stats
+from fcnseg.models.base import single
 
 
 def test_flop_count_of_convs():
@@ -85,7 +86,7 @@ def test_peer_with_our_weights_gives_our_scores():
     peer = peer_fcn8s(3, m.state_dict())
     x = torch.randn(1, 3, 20, 26) * 50
     with torch.no_grad():
-        a, b = m(x), peer(x)
+        a, b = single(m(x)), peer(x)
     assert a.shape == b.shape and a.abs().max() > 0
     assert (a - b).abs().max() <= 1e-6
 
@@ -94,13 +95,24 @@ STUB_TORCHVISION = """
 import torch
 
 
-class _Net(torch.nn.Module):
+class _Backbone(torch.nn.Module):
     def __init__(self, num_classes):
         super().__init__()
         self.conv = torch.nn.Conv2d(3, num_classes, 3, padding=1)
 
     def forward(self, x):
         return {"out": self.conv(x)}
+
+
+class _Net(torch.nn.Module):  # torchvision's layout: backbone (a dict of taps), classifier
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.backbone = _Backbone(num_classes)
+        self.classifier = torch.nn.Identity()
+
+    def forward(self, x):
+        return {"out": self.classifier(self.backbone(x)["out"])}
 
 
 def fcn_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=None):

@@ -238,7 +238,7 @@ def _crop_reference():
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).with_name("data") / "make_crop_reference.py"
+    path = Path(__file__).resolve().parents[1] / "fixtures" / "make_crop_reference.py"
     spec = importlib.util.spec_from_file_location("make_crop_reference", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -250,7 +250,7 @@ CROP = _crop_reference()
 
 @pytest.mark.parametrize("name", CROP.NAMES)
 def test_caffe_crops_reproduce_the_stored_reference_scores(name):
-    # the stored scores (tests/data/make_crop_reference.py) pin every fusion crop and the final H×W slice
+    # the stored scores (tests/fixtures/make_crop_reference.py) pin every fusion crop and the final H×W slice
     import numpy as np
 
     stored = np.load(CROP.FILE)
