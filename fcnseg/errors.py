@@ -20,14 +20,17 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
-def one_line(e: BaseException, limit: int = 1000, *, first: bool = False) -> str:
+def one_line(e: BaseException, limit: int = 1000, *, first: bool = False, join: bool = False) -> str:
     """The message of ``e`` on one line, the one way every error is shown: terminal escapes removed,
     an OSError's file name put in front when the message lacks it, control characters (e.g. inside a
     file name) escaped, cut to ``limit``. ``first``: only its first non-empty line (for a message
-    quoted inside another one). The type name when the message is empty."""
+    quoted inside another one); ``join``: all its lines, joined by single spaces (for a library's
+    multi-line report, e.g. ``load_state_dict``'s). The type name when the message is empty."""
     text = _ANSI.sub("", str(e)).strip()
     if first:
         text = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    if join:
+        text = " ".join(text.split())
     text = text or type(e).__name__
     if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
         text = f"{e.filename}: {text}"

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fcnseg.errors import FcnsegError
-from fcnseg.models.base import ModelSpec, SegmentationModel
+from fcnseg.models.base import HEAD, ModelSpec, SegmentationModel
 from fcnseg.models.preprocessing import TORCHVISION
 
 __all__ = ["PeerUnavailable", "load_peer_models", "peer_fcn8s", "peer_state_dict", "torchvision_fcn_resnet50",
@@ -94,7 +94,7 @@ class _TorchvisionFCN(SegmentationModel):
 
     def __init__(self, net: nn.Module, num_classes: int) -> None:
         super().__init__()
-        self.net, self.heads, self.preprocessing = net, {"out": int(num_classes)}, TORCHVISION
+        self.net, self.heads, self.preprocessing = net, {HEAD: int(num_classes)}, TORCHVISION
         self.spec = ModelSpec("fcn_resnet50", int(num_classes), "torchvision-resnet50")
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

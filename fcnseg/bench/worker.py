@@ -21,6 +21,7 @@ from fcnseg.bench.peer import peer_fcn8s, torchvision_fcn_resnet50
 from fcnseg.infer.engines import build_engine
 from fcnseg.infer.spec import EngineSpec
 from fcnseg.models import create_model
+from fcnseg.models.base import HEAD
 from fcnseg.models.preprocessing import Preprocessing
 
 
@@ -34,7 +35,7 @@ class _PeerEngine:
 
     def predict_scores(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            return {"out": self.model(self.preprocessing(images.to(self.device)))}
+            return {HEAD: self.model(self.preprocessing(images.to(self.device)))}
 
     def describe(self) -> dict:
         return {"engine": self.name, "exact": True, "device": str(self.device)}

@@ -22,7 +22,7 @@ from fcnseg.atomic import atomic_write
 from fcnseg.data.collate import collate_pad
 from fcnseg.errors import ConfigError, FcnsegError, unwrap_worker_error
 from fcnseg.evaluate.metrics import METRIC_NAMES, ConfusionMatrix
-from fcnseg.models.base import SegmentationModel
+from fcnseg.models.base import HEAD, SegmentationModel, is_single, unwrap
 
 __all__ = ["Scorer", "evaluate", "format_table", "save_metrics", "plain"]
 
@@ -84,26 +84,26 @@ def _per_head_exclude(exclude: Exclude, heads: dict[str, int]) -> dict[str, list
 
 def _labels_by_head(labels: Any, heads: dict[str, int], label_key: str | None) -> dict[str, torch.Tensor]:
     if isinstance(labels, Mapping):
-        if list(heads) == ["out"]:
+        if is_single(heads):
             if label_key is None and len(labels) == 1:
                 label_key = next(iter(labels))
             if label_key not in labels:
                 raise ConfigError(f"dataset labels are a dict with keys {sorted(labels)}; the model has one "
                                   f"head: pass label_key= to pick one")
-            return {"out": labels[label_key]}
+            return {HEAD: labels[label_key]}
         missing = [h for h in heads if h not in labels]
         if missing:
             raise ConfigError(f"model heads {missing} have no labels; dataset label keys: {sorted(labels)}")
         return {h: labels[h] for h in heads}
-    if list(heads) != ["out"]:
+    if not is_single(heads):
         raise ConfigError(f"model has heads {sorted(heads)} but the dataset gives a single label map")
-    return {"out": labels}
+    return {HEAD: labels}
 
 
 def _check_classes(dataset: Dataset, heads: dict[str, int]) -> None:
     k = getattr(dataset, "num_classes", None)
-    if list(heads) == ["out"] and isinstance(k, int) and k > 0 and k != heads["out"]:
-        raise ConfigError(f"model predicts {heads['out']} classes but dataset "
+    if is_single(heads) and isinstance(k, int) and k > 0 and k != heads[HEAD]:
+        raise ConfigError(f"model predicts {heads[HEAD]} classes but dataset "
                           f"{getattr(dataset, 'name', type(dataset).__name__)} has {k}")
 
 
@@ -189,7 +189,7 @@ def evaluate(model: nn.Module, dataset: Dataset, *, device: str | torch.device =
                           f"images{where} (every label is void); the metrics are null", stacklevel=2)
     timing["metrics"] += time.perf_counter() - t0
     timing["total"] = time.perf_counter() - start
-    out = dict(results["out"]) if list(results) == ["out"] else dict(results)
+    out = dict(unwrap(results))
     out["images"] = images
     out["timing"] = timing
     return out

@@ -32,7 +32,7 @@ from fcnseg.data.io import as_image_batch
 from fcnseg.errors import ConfigError
 from fcnseg.infer.export import decode_metadata, export_onnx, quantize_onnx
 from fcnseg.infer.spec import EngineSpec
-from fcnseg.models.base import SegmentationModel, single
+from fcnseg.models.base import HEAD, SegmentationModel, unwrap
 from fcnseg.models.checkpoint import state_checksum
 from fcnseg.models.preprocessing import Preprocessing
 from fcnseg.models.trimmed import TrimmedFCN, trim_supported
@@ -74,8 +74,7 @@ class Engine(ABC):
 
     def predict_labels(self, images: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         """Label maps (int64, N×H×W): a tensor for one head ``"out"``, else a dict head → labels."""
-        labels = {k: v.argmax(1) for k, v in self.predict_scores(images).items()}
-        return single(labels) if list(labels) == ["out"] else labels
+        return unwrap({k: v.argmax(1) for k, v in self.predict_scores(images).items()})
 
     @property
     def name(self) -> str:
@@ -228,9 +227,9 @@ class OrtEngine(Engine):
             preprocessing = Preprocessing.from_dict(meta["preprocessing"])
         self.preprocessing = preprocessing
         outs = [o.name for o in self.session.get_outputs()]
-        self.heads = {str(k): int(v) for k, v in meta.get("heads", {"out": 0}).items()}
+        self.heads = {str(k): int(v) for k, v in meta.get("heads", {HEAD: 0}).items()}
         self._names = outs
-        self._heads_out = ["out"] if outs == ["scores"] else outs  # one head's output is named "scores"
+        self._heads_out = [HEAD] if outs == ["scores"] else outs  # one head's output is named "scores"
         self.threads = opts.intra_op_num_threads
         self.quantized = meta.get("quantized")
         self.exact = self.quantized is None

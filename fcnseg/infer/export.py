@@ -27,7 +27,7 @@ from fcnseg._version import __version__
 from fcnseg.argcheck import module_arg, path_arg, size_arg
 from fcnseg.atomic import atomic_write, write_bytes
 from fcnseg.errors import FcnsegError, first_line
-from fcnseg.models.base import SegmentationModel
+from fcnseg.models.base import SegmentationModel, is_single
 from fcnseg.models.preprocessing import Preprocessing
 from fcnseg.models.trimmed import TrimmedFCN
 
@@ -118,7 +118,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17, d
     if path.suffix.lower() != ".onnx":
         raise ExportError(f"export path {path} must end in .onnx")
     heads = list(model.heads)
-    names = ["scores"] if heads == ["out"] else heads
+    names = ["scores"] if is_single(model.heads) else heads
     model = _cpu_fp32(model)
     wrapped = _TupleOut(model, heads).eval()
     x = _example(model, example_size)

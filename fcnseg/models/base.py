@@ -18,7 +18,7 @@ from torch import nn
 from fcnseg.data.io import as_image_batch
 from fcnseg.models.preprocessing import Preprocessing, StreamPreprocessing
 
-__all__ = ["CUSTOM", "ModelSpec", "SegmentationModel", "single"]
+__all__ = ["CUSTOM", "HEAD", "ModelSpec", "SegmentationModel", "is_single", "single", "unwrap"]
 
 CUSTOM = "custom"  # name and backbone of a spec for a net built without create_model
 
@@ -69,11 +69,24 @@ class ModelSpec:
                          self.streams, {**self.options, **options})
 
 
+HEAD = "out"  # the head of a single-head model
+
+
+def is_single(heads: Mapping[str, Any]) -> bool:
+    """True for the heads (or outputs) of a single-head model: exactly the head ``"out"``."""
+    return list(heads) == [HEAD]
+
+
 def single(out: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """The one single-head convenience: the scores of head ``"out"``; a clear ValueError for other nets."""
-    if "out" not in out:
+    """The scores of head ``"out"``; a clear ValueError for other nets."""
+    if HEAD not in out:
         raise ValueError(f"expected a single-head model (head 'out'), got heads {', '.join(out) or 'none'}")
-    return out["out"]
+    return out[HEAD]
+
+
+def unwrap(out: Mapping[str, Any]) -> Any:
+    """The single-head convenience for results: head ``"out"``'s value for a single-head model, else the dict."""
+    return out[HEAD] if is_single(out) else dict(out)
 
 
 class SegmentationModel(nn.Module, metaclass=ABCMeta):
@@ -126,5 +139,4 @@ class SegmentationModel(nn.Module, metaclass=ABCMeta):
         x, one = as_image_batch(images, "images", self.in_channels)
         device = next(self.parameters()).device
         out = self(self.preprocessing(x.to(device)))
-        labels = {k: (v.argmax(1)[0] if one else v.argmax(1)) for k, v in out.items()}
-        return single(labels) if list(labels) == ["out"] else labels
+        return unwrap({k: (v.argmax(1)[0] if one else v.argmax(1)) for k, v in out.items()})

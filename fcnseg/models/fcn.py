@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fcnseg.models.backbones.base import Backbone
-from fcnseg.models.base import CUSTOM, ModelSpec, SegmentationModel
+from fcnseg.models.base import CUSTOM, HEAD, ModelSpec, SegmentationModel
 from fcnseg.models.geometry import CoordMap, crop_offset, layer_map
 from fcnseg.models.preprocessing import Preprocessing
 from fcnseg.models.upsample import Upsample
@@ -58,7 +58,7 @@ class FCN(SegmentationModel):
         self.tap_names = [t.name for t in taps]
         self.tap_scales = {t.name: float(spec.tap_scales.get(s, spec.tap_scales.get(t.name, 1.0)))
                            for t, s in zip(taps, spec.taps)}
-        self.heads = dict(num_classes) if isinstance(num_classes, dict) else {"out": int(num_classes)}
+        self.heads = dict(num_classes) if isinstance(num_classes, dict) else {HEAD: int(num_classes)}
         self.score = nn.ModuleDict({
             h: nn.ModuleDict({t.name: _zero_conv(t.channels, k) for t in taps}) for h, k in self.heads.items()
         })

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fcnseg.models.base import CUSTOM, ModelSpec, SegmentationModel
+from fcnseg.models.base import CUSTOM, HEAD, ModelSpec, SegmentationModel, is_single
 from fcnseg.models.fcn import FCN
 from fcnseg.models.preprocessing import StreamPreprocessing
 
@@ -29,7 +29,7 @@ class LateFusion(SegmentationModel):
         self.fusion = fusion
         first = next(iter(streams.values()))
         self.heads = dict(first.heads)
-        self.spec = spec or ModelSpec(CUSTOM, self.heads if list(self.heads) != ["out"] else self.heads["out"],
+        self.spec = spec or ModelSpec(CUSTOM, self.heads if not is_single(self.heads) else self.heads[HEAD],
                                       backbone=CUSTOM, streams={n: m.in_channels for n, m in streams.items()},
                                       options={"fusion": fusion})
         self.refresh_preprocessing()

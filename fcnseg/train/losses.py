@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fcnseg.models.base import HEAD
+
 __all__ = ["IGNORE_INDEX", "REDUCTIONS", "pixel_loss_sum", "loss_numerator", "loss_denominator", "segmentation_loss",
            "patch_mask", "apply_patch_sampling", "check_labels"]
 
@@ -26,7 +28,7 @@ def _pairs(scores: Scores, labels: Labels) -> list[tuple[str, torch.Tensor, torc
     if isinstance(scores, dict) != isinstance(labels, dict):
         raise ValueError("multi-head scores need a dict of labels with the same heads (and vice versa)")
     if not isinstance(scores, dict):
-        return [("out", scores, labels)]
+        return [(HEAD, scores, labels)]
     if set(scores) != set(labels):
         raise ValueError(f"heads {sorted(scores)} do not match label heads {sorted(labels)}")
     return [(h, scores[h], labels[h]) for h in sorted(scores)]
@@ -87,7 +89,7 @@ def segmentation_loss(scores: Scores, labels: Labels, reduction: str = "mean", c
 def check_labels(labels: Labels, classes: int | dict, ignore_index: int = IGNORE_INDEX,
                  where: str = "batch") -> None:
     """Raise a one-line ValueError when a label is neither a class index nor void."""
-    items = labels.items() if isinstance(labels, dict) else [("out", labels)]
+    items = labels.items() if isinstance(labels, dict) else [(HEAD, labels)]
     for head, lab in items:
         k = classes[head] if isinstance(classes, dict) else classes
         bad = (lab != ignore_index) & ((lab < 0) | (lab >= k))

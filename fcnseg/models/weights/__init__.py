@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fcnseg.errors import one_line
 from fcnseg.models.base import SegmentationModel
 from fcnseg.models.preprocessing import CAFFE_HED, Preprocessing, preprocessing_from_dict
 from fcnseg.models.weights.caffe import load_caffe, read_caffemodel
@@ -180,5 +181,5 @@ def _strict_load(model: nn.Module, state: dict, path: Path) -> None:
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, AttributeError) as e:
-        detail = " ".join(str(e).split())[:300] or type(e).__name__
+        detail = one_line(e, 300, join=True)
         raise WeightsError(f"{path}: does not match this model ({detail})") from None

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fcnseg.models.base import HEAD
 from fcnseg.models.preprocessing import CAFFE_VGG
 from fcnseg.models.weights.caffe_proto import V1_TYPES, caffe_messages
 from fcnseg.models.weights.common import WeightsError, fit, load_into, set_preprocessing, trunk_of
@@ -171,9 +172,9 @@ def caffe_names(model: nn.Module) -> dict[str, str]:
     if "conv1_1" in names:  # nyud-fcn32s-color-d (early fusion, 4 input channels)
         names["conv1_1_bgrd"] = names["conv1_1"]
     for head in getattr(model, "heads", {}) if trunk is not model else {}:
-        for sfx in ("",) if head == "out" else (f"_{head}", *HEAD_SUFFIXES.get(head, ())):
+        for sfx in ("",) if head == HEAD else (f"_{head}", *HEAD_SUFFIXES.get(head, ())):
             for i, tap in enumerate(model.tap_names):
-                caffe = "score_fr" if i == 0 and tap == "fc7" else f"score_{tap}"
+                caffe = "score_fr" if i == 0 and tap == trunk.classifier_tap else f"score_{tap}"  # the classifier's
                 names[caffe + sfx] = f"score.{head}.{tap}"
             for i, caffe in enumerate(_upsample_names(len(model.upsample[head]))):
                 names[caffe + sfx] = f"upsample.{head}.{i}"

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from fcnseg.atomic import write_bytes, write_json
+from fcnseg.errors import one_line
 from fcnseg.models.preprocessing import CAFFE_VGG, TORCHVISION, Preprocessing, StreamPreprocessing
 from fcnseg.models.weights.caffe import CaffeLayer, read_caffemodel
 from fcnseg.models.weights.common import WeightsError
@@ -306,7 +307,7 @@ def fetch(release: Release, *, progress: bool = True) -> Path:
 def _reason(e: Any) -> str:
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
-    return " ".join(str(e).split()) or type(e).__name__
+    return one_line(e, join=True)
 
 
 def _convert(release: Release, raw: Path, digest: str, target: Path) -> None:
