@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from tqdm import tqdm
 
 from fcnseg.argcheck import whole_number
@@ -48,10 +48,12 @@ class _ModelScorer:
         self.model = model
         self.heads = dict(model.heads)
 
-    def predict_scores(self, images: torch.Tensor, features: Features | None = None) -> dict[str, torch.Tensor]:
-        if features is None:
-            return self.model(self.model.preprocessing(images))
-        return self.model.forward_features(features, tuple(images.shape[-2:]))
+    def predict_scores(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model(self.model.preprocessing(images))
+
+    def resume(self, features: Features, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Scores at ``size`` from cached backbone taps (the model's explicit entry for them)."""
+        return self.model.forward_features(features, size)
 
 
 def _as_scorer(model: Any) -> _ModelScorer | Scorer:
@@ -117,11 +119,11 @@ def evaluate(model: nn.Module, dataset: Dataset, *, device: str | torch.device =
     Images keep their size (batch 1 by default); larger batches are padded with void labels by
     ``fcnseg.data.collate_pad`` so padding is never counted (the model still sees the padded image).
     ``flip`` scores each image as the mean of its and its mirror's class probabilities (test-time
-    flip augmentation; twice the model time). Items may carry a third element, the frozen
-    backbone prefix's features (``fcnseg.train.data.CachedItems``): the net then resumes
-    from them and the image only gives the size. Confusion matrices accumulate on ``device``;
-    ``reducer`` (e.g. ``distributed.all_reduce_sum``) sums them across processes, each rank evaluating
-    its ``sampler`` shard.
+    flip augmentation; twice the model time). Items may instead be dicts ``{"label", "features"[,
+    "mirrored"]}`` holding a frozen backbone prefix's taps (``fcnseg.train.cache.CachedItems``): the
+    net then resumes from them at the label's size (``forward_features``), with no image. Confusion
+    matrices accumulate on ``device``; ``reducer`` (e.g. ``distributed.all_reduce_sum``) sums them
+    across processes, each rank evaluating its ``sampler`` shard.
 
     Returns the metrics of :func:`fcnseg.evaluate.metrics.compute_metrics` (fractions 0–1) — for a
     multi-head model one such dict per head name — plus ``images`` and ``timing`` (seconds spent waiting
@@ -138,7 +140,7 @@ def evaluate(model: nn.Module, dataset: Dataset, *, device: str | torch.device =
     excl = _per_head_exclude(exclude, heads)
     ignore = int(getattr(dataset, "ignore_index", 255))
     if collate_fn is None and batch_size > 1:
-        collate_fn = functools.partial(collate_pad, ignore_index=ignore)
+        collate_fn = functools.partial(_collate, ignore_index=ignore)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=workers,
                         collate_fn=collate_fn, pin_memory=device.type == "cuda")
     cms = {h: ConfusionMatrix(k, device, ignore) for h, k in heads.items()}
@@ -153,14 +155,16 @@ def evaluate(model: nn.Module, dataset: Dataset, *, device: str | torch.device =
     try:
         with torch.inference_mode():
             for batch in loader:
-                image, labels = batch[0], batch[1]
-                cached = _to(batch[2], device) if len(batch) > 2 else None
-                image = image.to(device, non_blocking=True)
+                if isinstance(batch, Mapping):  # cached items: the trunk's taps in place of the image
+                    image, labels = None, batch["label"]
+                    cached = _to({k: v for k, v in batch.items() if k != "label"}, device)
+                else:
+                    image, labels, cached = batch[0].to(device, non_blocking=True), batch[1], None
                 labels = {h: v.to(device, non_blocking=True)
                           for h, v in _labels_by_head(labels, heads, label_key).items()}
                 t0 = time.perf_counter()
                 timing["data"] += t0 - tick
-                outs = _scores(scorer, image, flip, cached, device)
+                outs = _scores(scorer, image, flip, cached, device, _size(labels))
                 preds = {h: outs[h].argmax(1) for h in heads}
                 _sync(device)
                 t1 = time.perf_counter()
@@ -170,7 +174,7 @@ def evaluate(model: nn.Module, dataset: Dataset, *, device: str | torch.device =
                 _sync(device)
                 tick = time.perf_counter()
                 timing["metrics"] += tick - t1
-                images += image.shape[0]
+                images += next(iter(labels.values())).shape[0]
                 if bar is not None:
                     bar.update(1)
     except FcnsegError as e:  # raised in a DataLoader worker: its own message, not torch's wrapper
@@ -195,21 +199,31 @@ def evaluate(model: nn.Module, dataset: Dataset, *, device: str | torch.device =
     return out
 
 
-def _scores(scorer: _ModelScorer | Scorer, image: torch.Tensor, flip: bool, cached: dict | None,
-            device: torch.device) -> dict[str, torch.Tensor]:
+def _collate(batch: list, ignore_index: int) -> Any:
+    """Padded images and labels (:func:`collate_pad`); cached items (dicts of equal-sized taps) stacked."""
+    return default_collate(batch) if isinstance(batch[0], Mapping) else collate_pad(batch, ignore_index)
+
+
+def _size(labels: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """H×W of a batch's label maps: the size its scores are wanted at."""
+    return tuple(next(iter(labels.values())).shape[-2:])
+
+
+def _scores(scorer: _ModelScorer | Scorer, image: torch.Tensor | None, flip: bool, cached: dict | None,
+            device: torch.device, size: tuple[int, int]) -> dict[str, torch.Tensor]:
     """Head name → scores on ``device`` (with ``flip``: the mean softmax of the image and its mirror).
-    ``cached``: the item's backbone taps (``"features"``, and ``"mirrored"`` for flips) to resume from."""
+    ``cached``: the item's backbone taps (``"features"``, and ``"mirrored"`` for flips) to resume from
+    at ``size``, in place of ``image``."""
     if cached is not None and not isinstance(scorer, _ModelScorer):
         raise ConfigError("cached features can only be scored by a model, not an inference engine")
     if flip and cached is not None and "mirrored" not in cached:
         raise ConfigError("flip needs the mirrored features in cached items")
 
     def run(mirrored: bool) -> dict[str, torch.Tensor]:
-        x = image.flip(-1) if mirrored else image
         if cached is None:
-            out = scorer.predict_scores(x)
+            out = scorer.predict_scores(image.flip(-1) if mirrored else image)
         else:
-            out = scorer.predict_scores(x, cached["mirrored" if mirrored else "features"])
+            out = scorer.resume(cached["mirrored" if mirrored else "features"], size)
         return {h: v.to(device) for h, v in out.items()}
 
     outs = run(False)

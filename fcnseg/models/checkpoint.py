@@ -140,7 +140,7 @@ def _byte_state(v: Any, field: str, n: int | None) -> None:
 
 
 def _rng_state(s: Any, field: str) -> None:
-    """One rank's RNG states as :func:`fcnseg.train.loop.rng_state` writes them."""
+    """One rank's RNG states as :func:`fcnseg.train.state.rng_state` writes them."""
     if not isinstance(s, dict) or not {"torch", "numpy", "python"} <= set(s):
         raise _Bad(field, "must be a mapping with torch, numpy and python states")
     _byte_state(s["torch"], f"{field}.torch", _TORCH_RNG_BYTES)

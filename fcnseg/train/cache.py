@@ -189,9 +189,9 @@ def _data_key(model: FCN, dataset: Any, transform, device: torch.device) -> tupl
 
 class CachedItems(Wrapper):
     """A :class:`FeatureCache` of ``dataset`` as items for :func:`fcnseg.evaluate.scoring.evaluate`:
-    an image ``(0, H, W)`` that only gives the size (evaluate reads the size from it), the label, and
-    ``{"features": ..., "mirrored": ...}`` (mirrored when the cache holds mirrors), so scoring resumes
-    the net after the frozen prefix. Other attributes (classes, ignore_index, ...) are the dataset's."""
+    ``{"label": ..., "features": ..., "mirrored": ...}`` (mirrored when the cache holds mirrors) in place of
+    ``(image, label)``, so scoring resumes the net after the frozen prefix at the label's size. Other
+    attributes (classes, ignore_index, ...) are the dataset's."""
 
     def __init__(self, cache: FeatureCache, dataset: Any) -> None:
         super().__init__(dataset)
@@ -201,8 +201,8 @@ class CachedItems(Wrapper):
         return len(self.cache.items)
 
     def __getitem__(self, i: int):
-        feats, label, (h, w) = self.cache.items[i]
-        pick = {"features": {t: feats[t] for t in self.cache.needed}}
+        feats, label, _ = self.cache.items[i]
+        item = {"label": label, "features": {t: feats[t] for t in self.cache.needed}}
         if self.cache.mirrors is not None:
-            pick["mirrored"] = {t: self.cache.mirrors[i][0][t] for t in self.cache.needed}
-        return torch.empty(0, h, w), label, pick
+            item["mirrored"] = {t: self.cache.mirrors[i][0][t] for t in self.cache.needed}
+        return item

@@ -266,6 +266,10 @@ def test_scoring_cached_items_equals_scoring_images(blocky_camvid, flip):
     b = evaluate(model, cache.scoring_items(val), progress=False, flip=flip)
     assert sum(1 for col in zip(*a["confusion"]) if any(col)) > 1   # not one class everywhere
     assert a["confusion"] == b["confusion"] and a["mean_iu"] == b["mean_iu"]
+    item = cache.scoring_items(val)[0]
+    assert set(item) == {"label", "features"} | ({"mirrored"} if flip else set())  # no stand-in image
+    batched = evaluate(model, cache.scoring_items(val), batch_size=3, progress=False, flip=flip)
+    assert batched["confusion"] == a["confusion"]
     if flip:
         assert a["confusion"] != evaluate(model, val, progress=False)["confusion"]   # flipping changed labels
 
