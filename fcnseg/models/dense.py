@@ -377,7 +377,8 @@ class DenseFCN(SegmentationModel):
         return self._coarse_all(x)
 
     def _scores(self, x: torch.Tensor | None, start: dict | None = None) -> dict[str, torch.Tensor]:
-        feats = self.net.backbone(x, {self.tap}, start=start)[self.tap]
+        wanted = {self.tap}
+        feats = (self.net.backbone(x, wanted) if not start else self.net.backbone.resume(start, wanted))[self.tap]
         feats = _scaled(feats, self.net.tap_scales[self.tap])
         return {h: self.net.score[h][self.tap](feats) for h in self.net.heads}
 

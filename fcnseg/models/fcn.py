@@ -117,10 +117,10 @@ class FCN(SegmentationModel):
     def forward_features(self, features: dict[str, torch.Tensor], size: tuple[int, int]
                          ) -> dict[str, torch.Tensor]:
         """Scores at H×W = ``size`` from backbone taps: the head's own, or earlier ones the trunk resumes
-        from (see ``Backbone.forward``'s ``start``)."""
+        from (:meth:`Backbone.resume`)."""
         h, w = size
         if not set(self.tap_names) <= set(features):
-            features = self.backbone(None, set(self.tap_names), start=features)
+            features = self.backbone.resume(features, set(self.tap_names))
         return {head: self._head(head, features, h, w) for head in self.heads}
 
     def _head(self, head: str, feats: dict[str, torch.Tensor], h: int, w: int) -> torch.Tensor:

@@ -72,21 +72,22 @@ class Backbone(nn.Module):
             maps[t.name] = acc
         return maps
 
-    def forward(self, x: torch.Tensor | None, wanted: set[str] | None = None,
-                start: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """Run up to the deepest wanted tap; return ``{tap name: feature map}``.
+    def forward(self, x: torch.Tensor, wanted: set[str] | None = None) -> dict[str, torch.Tensor]:
+        """Run up to the deepest wanted tap; return ``{tap name: feature map}``."""
+        return self._run(x, 0, {}, wanted)
 
-        ``start`` holds already computed taps (e.g. cached outputs of a frozen trunk): the
-        chain resumes after the deepest of them and ``x`` is not used.
-        """
-        wanted = set(self.stages.keys()) if wanted is None else wanted
-        out: dict[str, torch.Tensor] = {}
+    def resume(self, taps: dict[str, torch.Tensor], wanted: set[str] | None = None) -> dict[str, torch.Tensor]:
+        """As ``forward``, from already computed stage outputs (e.g. a frozen trunk's cached ones): the
+        chain resumes after the deepest of ``taps``; wanted taps among them are returned as they are."""
         names = list(self.stages.keys())
-        begin = 0
-        if start:
-            begin = max(names.index(n) for n in start) + 1
-            x = start[names[begin - 1]]
-            out = {n: t for n, t in start.items() if n in wanted}
+        begin = max(names.index(n) for n in taps) + 1
+        wanted = set(names) if wanted is None else wanted
+        return self._run(taps[names[begin - 1]], begin, {n: t for n, t in taps.items() if n in wanted}, wanted)
+
+    def _run(self, x: torch.Tensor, begin: int, out: dict[str, torch.Tensor], wanted: set[str] | None
+             ) -> dict[str, torch.Tensor]:
+        wanted = set(self.stages.keys()) if wanted is None else wanted
+        names = list(self.stages.keys())
         for name in names[begin:]:
             if len(out) == len(wanted):
                 break
