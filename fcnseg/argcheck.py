@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 __all__ = ["path_arg", "module_arg", "whole_number", "size_arg"]
 
 
@@ -19,8 +21,6 @@ def path_arg(value: Any, name: str) -> Path:
 
 def module_arg(value: Any, name: str = "model"):
     """``value`` must be a torch ``nn.Module``."""
-    from torch import nn
-
     if not isinstance(value, nn.Module):
         raise TypeError(f"{name} must be a torch.nn.Module, got {type(value).__name__}")
     return value

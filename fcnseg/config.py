@@ -9,6 +9,7 @@ all at load, before any work, and ``create_model`` checks its arguments with the
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import numbers
@@ -584,8 +585,6 @@ def _coerce(value: Any, hint: Any, path: str, source: str) -> Any:
 
 def int_argument(r: Rule) -> Callable[[str], int]:
     """An argparse ``type`` reading a whole number checked by ``r`` (the option is named by argparse)."""
-    import argparse
-
     def parse(text: str) -> int:
         try:
             value = int(text)

@@ -7,6 +7,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import torch
+
 __all__ = ["commit", "cpu_model", "loadavg", "machine"]
 
 
@@ -40,8 +42,6 @@ def loadavg() -> list[float] | None:
 
 def machine() -> dict[str, Any]:
     """CPU, usable cores, GPU, torch and python versions."""
-    import torch
-
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu_model(), "cores": cores, "gpu": gpu, "torch": torch.__version__,

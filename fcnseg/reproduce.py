@@ -24,12 +24,15 @@ import json
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from fcnseg.atomic import write_bytes, write_json, write_text
+from fcnseg.bench.measure import count_flops
 from fcnseg.config import load_config
 from fcnseg.data import dataset_info
 from fcnseg.errors import ConfigError
+from fcnseg.models.checkpoint import model_from_checkpoint
 from fcnseg.models.dense import dense, parse_dense
 from fcnseg.provenance import commit, loadavg, machine
 from fcnseg.train.cache import FeatureStore
@@ -243,11 +246,6 @@ def _score_dense(cfg, text: str, store: FeatureStore) -> dict | None:
 def measure_cost(checkpoint: str, dense_text: str | None, size: list[int], repeats: int = 5) -> dict:
     """FLOPs (``torch.utils.flop_counter``, conv/matmul) and time of one forward on a ``size`` (H, W)
     image: process CPU seconds and wall seconds, best of ``repeats``, with the load average."""
-    import torch
-
-    from fcnseg.bench.measure import count_flops
-    from fcnseg.models.checkpoint import model_from_checkpoint
-
     model = model_from_checkpoint(checkpoint, map_location="cpu")[0].eval()
     if dense_text:
         model = dense(model, *_dense_args(dense_text))
@@ -345,9 +343,9 @@ def write_results(proto: dict, out: Path, seconds: float | None = None) -> Path:
 def _plot_curves(records: list[dict], path: Path) -> Path | None:
     if not records:
         return None
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 (optional: heavy, ~0.25 s with pyplot; only the RQ4 figure needs it)
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (optional: as above; imported after choosing the Agg backend)
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for r in records:

@@ -90,8 +90,8 @@ def overlay(image_rgb: torch.Tensor | np.ndarray | Image.Image, label: torch.Ten
 
 
 def _figure(w: float, h: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 (optional: heavy, ~0.2 s; only plots need it)
+    from matplotlib.figure import Figure  # noqa: PLC0415 (optional: as above)
 
     fig = Figure(figsize=(w, h))
     FigureCanvasAgg(fig)
@@ -182,7 +182,6 @@ def _read_val(val_json: str | os.PathLike) -> list[dict]:
         raise FileNotFoundError(f"validation metrics file not found: {path}")
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".csv":  # the training engine's eval.csv: iter, mean_iu, ...
-        import csv
         return [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(text.splitlines())]
     try:
         data = json.loads(text)

@@ -1,9 +1,11 @@
 """``run_bench``: every engine in its own process, side by side with the peer, one JSON out."""
 from __future__ import annotations
 
+import copy
 import errno
 import json
 import os
+import select
 import subprocess
 import sys
 import tempfile
@@ -17,9 +19,16 @@ import torch
 
 from fcnseg.atomic import write_error, write_text
 from fcnseg.bench.measure import count_flops, machine_info, sgemm_gflops, stats
+from fcnseg.bench.peer import PeerUnavailable, torchvision_fcn_resnet50
+from fcnseg.bench.report import bench_markdown
+from fcnseg.data import build_dataset, sample_root
 from fcnseg.errors import ConfigError, FcnsegError
+from fcnseg.evaluate.scoring import evaluate
 from fcnseg.infer.engines import onnx_for
 from fcnseg.infer.spec import EngineSpec
+from fcnseg.models import create_model
+from fcnseg.models.checkpoint import model_from_checkpoint
+from fcnseg.models.trimmed import TrimmedFCN
 
 __all__ = ["run_bench", "DEFAULT_ENGINES", "BenchError"]
 
@@ -48,8 +57,6 @@ def _models_config(model: str, backbone: str, num_classes: int, alignment: str, 
 
 
 def _build(cfg: dict, device: str | None = None):
-    from fcnseg.models import create_model
-
     c = dict(cfg)
     name, classes = c.pop("name"), c.pop("num_classes")
     if device == "meta":
@@ -64,8 +71,6 @@ def _flops(cfg: dict, size: tuple[int, int], in_channels: int, trim: bool) -> in
         model = _build(cfg, "meta").eval()
         x = torch.empty(1, in_channels, *size, device="meta")
         if trim:
-            from fcnseg.models.trimmed import TrimmedFCN
-
             model = TrimmedFCN(model)
             with torch.no_grad():
                 model(x)  # builds the background skeleton: a one-off per size residue, not counted
@@ -76,8 +81,6 @@ def _flops(cfg: dict, size: tuple[int, int], in_channels: int, trim: bool) -> in
 
 def _tvfcn_flops(num_classes: int, size: tuple[int, int]) -> int | None:
     """FLOPs of torchvision's FCN-ResNet50 (None without torchvision)."""
-    from fcnseg.bench.peer import PeerUnavailable, torchvision_fcn_resnet50
-
     try:
         with torch.device("meta"):
             model = torchvision_fcn_resnet50(num_classes)
@@ -101,8 +104,6 @@ def _calibration(cfg_in_channels: int, size: tuple[int, int], count: int, seed: 
     """Calibration images for int8: the bundled CamVid sample's train split when present (real image
     statistics), else smooth random images."""
     try:
-        from fcnseg.data import build_dataset, sample_root
-
         ds = build_dataset("camvid", sample_root(), "train")
         imgs = [ds[i][0] for i in range(min(count, len(ds)))]
         if imgs and imgs[0].shape[0] == cfg_in_channels:
@@ -140,8 +141,6 @@ class _Worker:
             self.close()
 
     def _read(self) -> str:
-        import select
-
         ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
         line = self.proc.stdout.readline() if ready else None
         if not line:
@@ -269,8 +268,6 @@ def run_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classes: int
         for al in sorted({s.alignment for s in specs} | {"caffe"} if any(s.runtime == "peer" for s in specs)
                          else {s.alignment for s in specs}):
             if checkpoint:
-                from fcnseg.models.checkpoint import model_from_checkpoint
-
                 m, _ = model_from_checkpoint(checkpoint)
                 cfg = m.spec.to_dict()
                 cfg.pop("weights", None)
@@ -364,8 +361,6 @@ def run_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classes: int
     if out_json:
         write_text(out_json, json.dumps(report, indent=1) + "\n")
     if out_md:
-        from fcnseg.bench.report import bench_markdown
-
         write_text(out_md, bench_markdown(report))
     return report
 
@@ -450,22 +445,12 @@ def _eval_split(model, device: str, log) -> dict | None:
     """``evaluate()``'s time split (data / model / metrics) on the bundled CamVid sample's val split,
     with this model's architecture (random weights: the split, not the scores, is the point)."""
     try:
-        from fcnseg.data import build_dataset, sample_root
-        from fcnseg.evaluate.scoring import evaluate
-    except ImportError as e:
-        log(f"eval split skipped: {e}")
-        return None
-    try:
         ds = build_dataset("camvid", sample_root(), "val")
     except Exception as e:
         log(f"eval split skipped: {e}")
         return None
-    import copy
-
     m = copy.deepcopy(model)
     if list(m.heads.values()) != [ds.num_classes]:
-        from fcnseg.models import create_model
-
         cfg = m.spec.to_dict()
         name, _ = cfg.pop("name"), cfg.pop("num_classes")
         cfg.pop("weights", None)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from fcnseg.provenance import commit, cpu_model
 
@@ -83,8 +84,6 @@ def count_flops(module: nn.Module, *inputs: torch.Tensor) -> dict:
     """FLOPs of one forward, counted by ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add
     is 2 FLOPs; conv/matmul only: bias adds, ReLU and pooling are not counted). Runs on whatever
     device the module is on — use ``meta`` to count without computing."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         module(*inputs)
     by_op: dict[str, int] = {}
@@ -125,7 +124,7 @@ def machine_info() -> dict:
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
             "torch": torch.__version__, "platform": platform.platform(), "commit": commit()}
     try:
-        import onnxruntime
+        import onnxruntime  # noqa: PLC0415 (optional: the [onnx] extra; kept out of torch bench workers)
 
         info["onnxruntime"] = onnxruntime.__version__
     except ImportError:

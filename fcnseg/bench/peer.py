@@ -110,7 +110,7 @@ def torchvision_fcn_resnet50(num_classes: int, seed: int = 0) -> nn.Module:
     """torchvision's FCN-ResNet50 with seeded random weights: a speed reference on the GPU (another
     architecture, so its scores are not compared). torchvision is needed (absent on CPU-only torch here)."""
     try:
-        from torchvision.models.segmentation import fcn_resnet50
+        from torchvision.models.segmentation import fcn_resnet50  # noqa: PLC0415 (optional: torchvision is not a dependency)
     except ImportError as e:
         raise PeerUnavailable(f"torchvision is not installed ({e}): the tvfcn engines need it") from None
     torch.manual_seed(seed)

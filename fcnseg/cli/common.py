@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from fcnseg.data import Resize, build_dataset
 from fcnseg.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -129,8 +130,6 @@ def add_device(p: argparse.ArgumentParser) -> None:
 def dataset_from_checkpoint(ckpt: dict, dataset: str | None, root: str | None, split: str | None,
                             skip_bad: bool = False, resize: float | None = None):
     """Build the split to score: explicit arguments win over the checkpoint's own run config."""
-    from fcnseg.data import Resize, build_dataset
-
     run = ckpt.get("run_config") or {}
     data = run.get("data", {})
     # the run's validation data (SBD-trained VOC nets score on VOC seg11valid)

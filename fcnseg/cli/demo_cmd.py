@@ -9,9 +9,19 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from fcnseg.atomic import write_json, write_text
 from fcnseg.cli.common import resolve_config
-from fcnseg.config import int_argument, whole
+from fcnseg.config import int_argument, load_config, whole
+from fcnseg.data import build_dataset, sample_root
 from fcnseg.errors import ConfigError
+from fcnseg.evaluate.scoring import format_table, save_metrics
+from fcnseg.infer.predict import format_summary, predict_paths
+from fcnseg.models.checkpoint import model_from_checkpoint
+from fcnseg.provenance import machine
+from fcnseg.train.loop import train
+from fcnseg.visualize import plot_confusion, plot_curves
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,15 +31,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fcnseg.atomic import write_json, write_text
-    from fcnseg.config import load_config
-    from fcnseg.data import build_dataset, sample_root
-    from fcnseg.evaluate.scoring import format_table, save_metrics
-    from fcnseg.infer.predict import format_summary, predict_paths
-    from fcnseg.models.checkpoint import model_from_checkpoint
-    from fcnseg.train.loop import train
-    from fcnseg.visualize import plot_confusion, plot_curves
-
     t0 = time.perf_counter()
     root = sample_root("camvid")
     # JSON strings are YAML scalars: any path survives, and "" reaches the schema (not Path("") == ".")
@@ -63,7 +64,6 @@ def run(args: argparse.Namespace) -> int:
     minutes = (time.perf_counter() - t0) / 60
     report = _report(cfg, result, metrics, table, shown, out, minutes)
     write_text(out / "report.md", report)
-    from fcnseg.provenance import machine
     summary = {"command": "make demo", "mean_iu": metrics["mean_iu"], "pixel_accuracy": metrics["pixel_accuracy"],
                "mean_accuracy": metrics["mean_accuracy"], "fw_iu": metrics["fw_iu"], "minutes": round(minutes, 1),
                "iterations": result.get("iterations"), "val_images": len(val), "machine": machine(),
@@ -107,5 +107,4 @@ def _cores() -> int:
 
 
 def _torch() -> str:
-    import torch
     return torch.__version__

@@ -8,10 +8,20 @@ import traceback
 import warnings
 from collections.abc import Callable, Sequence
 
+from fcnseg.cli import (
+    bench_cmd,
+    demo_cmd,
+    eval_cmd,
+    export_cmd,
+    models_cmd,
+    predict_cmd,
+    reproduce_cmd,
+    train_cmd,
+)
 from fcnseg.cli.common import printable
 from fcnseg.errors import ConfigError, FcnsegError, one_line
 
-# sub-command name → module under fcnseg.cli exposing ``add_arguments(parser)`` and ``run(args)``
+# sub-command name → help text; its module (_MODULES) exposes ``add_arguments(parser)`` and ``run(args)``
 COMMANDS: dict[str, str] = {
     "train": "Train an FCN from a YAML config (key=value overrides).",
     "eval": "Score a checkpoint on a dataset split: the paper's four metrics and per-class IU.",
@@ -22,6 +32,8 @@ COMMANDS: dict[str, str] = {
     "reproduce": "Run the paper's ablations (RQ1-RQ4) on CamVid and write RESULTS.md.",
     "models": "List the model names and their backbones.",
 }
+_MODULES = {"train": train_cmd, "eval": eval_cmd, "predict": predict_cmd, "demo": demo_cmd, "export": export_cmd,
+            "bench": bench_cmd, "reproduce": reproduce_cmd, "models": models_cmd}
 
 
 class UsageError(ConfigError):
@@ -37,14 +49,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import importlib
-
     parser = _Parser(prog="fcnseg", description="Fully Convolutional Networks for Semantic "
                                      "Segmentation (Long, Shelhamer, Darrell), in PyTorch.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in COMMANDS.items():
-        module = importlib.import_module(f".{name}_cmd", __package__)
+        module = _MODULES[name]
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)
         p.set_defaults(run=module.run)

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from fcnseg.config import CLASS_COUNT, int_argument
+from fcnseg.models import create_model, list_models
+from fcnseg.models.weights.hub import describe_releases
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -14,12 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from fcnseg.models import create_model, list_models
-
     if args.weights:
-        from fcnseg.models.weights.hub import describe_releases
         print(describe_releases())
         return 0
     print(f"{'model':28s} {'output stride':>13s} {'params (M)':>11s}")

@@ -4,9 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+import numpy as np
+
 from fcnseg.cli.common import add_device, pick_device, printable, tile_size
+from fcnseg.data import voc_colormap
 from fcnseg.data.io import shown
-from fcnseg.errors import ConfigError
+from fcnseg.errors import CheckpointError, ConfigError
 from fcnseg.infer.engines import choose_engine
 from fcnseg.infer.predict import ImageReadError, format_summary, predict_paths
 from fcnseg.models.checkpoint import model_from_checkpoint
@@ -33,11 +36,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _palette(ckpt: dict, path: str, classes: int):
     """The checkpoint's palette (one RGB triple per class at least), else the VOC colour map."""
-    import numpy as np
-
-    from fcnseg.data import voc_colormap
-    from fcnseg.errors import CheckpointError
-
     raw = ckpt.get("palette")
     if raw is None:
         return voc_colormap()

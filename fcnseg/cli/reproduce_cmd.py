@@ -3,11 +3,12 @@ real data (protocols: ``fcnseg/configs/reproduce/camvid-*.yaml``)."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from fcnseg.reproduce import list_protocols, load_protocol, run_study, write_results
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from fcnseg.reproduce import list_protocols
-
     p.add_argument("dataset", choices=["camvid"], help="dataset of the study")
     p.add_argument("--protocol", choices=list_protocols("camvid"), default="cpu",
                    help="cpu: half resolution, frozen trunk, ≤ 60 min on 2 cores; cpu-fullres: the best FCN-8s "
@@ -21,10 +22,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from fcnseg.reproduce import load_protocol, run_study, write_results
-
     if args.report_only:
         path = write_results(load_protocol(args.dataset, args.protocol), Path(args.out))
     else:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 
 from fcnseg.cli.common import resolve_config
+from fcnseg.config import load_config
+from fcnseg.train.loop import train
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,9 +23,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fcnseg.config import load_config
-    from fcnseg.train.loop import train
-
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"out={args.out}")

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from fcnseg.argcheck import path_arg
 from fcnseg.data.io import DatasetError
 from fcnseg.errors import ConfigError
 
@@ -220,8 +221,6 @@ def _lookup(name: str) -> tuple[type[SegDataset], DatasetInfo]:
 
 def build_dataset(name: str, root: str | Path, split: str | None, **opts: Any) -> SegDataset:
     """Build registered dataset ``name`` (see :func:`list_datasets`) on ``root`` for ``split``."""
-    from fcnseg.argcheck import path_arg
-
     if not isinstance(name, str):
         raise TypeError(f"name must be a dataset name (str), got {type(name).__name__}; known: {list_datasets()}")
     root = path_arg(root, "root")

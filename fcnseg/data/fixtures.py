@@ -31,7 +31,7 @@ def _mkdirs(*dirs: Path) -> None:
 
 
 def _savemat(path: Path, data: dict) -> None:
-    import scipy.io
+    import scipy.io  # noqa: PLC0415 (optional: heavy, ~0.15 s to import; only the .mat writers need it)
 
     scipy.io.savemat(str(path), data)  # MATLAB v5; a dict value becomes a struct
 
@@ -79,7 +79,7 @@ def write_voc(root: Path, splits: dict[str, Sequence[str]] | None = None, size=(
 
 def write_sbd(root: Path, splits: dict[str, Sequence[str]] | None = None, size=(6, 8), seed: int = 0) -> Path:
     """``benchmark_RELEASE/dataset/`` with img/, cls/*.mat (struct GTcls.Segmentation), train/val.txt."""
-    import scipy.sparse
+    import scipy.sparse  # noqa: PLC0415 (optional: heavy, ~0.1 s to import; only write_sbd needs it)
 
     rng = np.random.default_rng(seed)
     base = Path(root) / "benchmark_RELEASE" / "dataset"

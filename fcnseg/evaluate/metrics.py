@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
+from fcnseg.argcheck import whole_number
+
 __all__ = ["ConfusionMatrix", "compute_metrics", "METRIC_NAMES"]
 
 # Summary metrics in the paper's order, with their display names.
@@ -32,8 +34,6 @@ class ConfusionMatrix:
     """
 
     def __init__(self, num_classes: int, device: str | torch.device = "cpu", ignore_index: int = 255) -> None:
-        from fcnseg.argcheck import whole_number
-
         if whole_number(num_classes, "num_classes") < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = int(num_classes)

@@ -13,6 +13,8 @@ follows ``SegmentationModel.predict``: a tensor for a single-head net, a dict fo
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import os
@@ -47,7 +49,7 @@ Scores = dict[str, torch.Tensor]  # head name -> float32 N×K×H×W
 
 def ort_available() -> bool:
     try:
-        import onnxruntime  # noqa: F401
+        import onnxruntime  # noqa: F401, PLC0415 (optional: the [onnx] extra; kept out of torch bench workers)
     except ImportError:
         return False
     return True
@@ -196,7 +198,7 @@ class OrtEngine(Engine):
                  providers: list[str] | None = None, preprocessing: Preprocessing | None = None,
                  low_memory: bool = False) -> None:
         try:
-            import onnxruntime as ort
+            import onnxruntime as ort  # noqa: PLC0415 (optional: the [onnx] extra; kept out of torch bench workers)
         except ImportError:
             raise ConfigError("the ONNX Runtime engine needs onnxruntime: pip install 'fcnseg[onnx]'") from None
         path = Path(onnx_path)
@@ -264,9 +266,6 @@ def _map_large_buffers(threshold: int = 2**20) -> bool:
     """glibc only: serve allocations over ``threshold`` bytes by their own mmap (freed ones go straight
     back to the system; this also stops glibc raising the threshold as it does by default, which keeps
     freed activation buffers in the heap). Process-wide; returns False where it does not apply."""
-    import ctypes
-    import ctypes.util
-
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))

@@ -79,7 +79,7 @@ def _cpu_fp32(model: nn.Module) -> nn.Module:
 
 def _require_onnx():
     try:
-        import onnx  # noqa: F401  (optional: the [onnx] extra)
+        import onnx  # noqa: PLC0415 (optional: the [onnx] extra)
     except ImportError:
         raise ExportError("ONNX export needs the 'onnx' package: pip install 'fcnseg[onnx]'") from None
     return onnx
@@ -184,7 +184,7 @@ def verify_onnx(model: nn.Module, path: str | os.PathLike, sizes: Iterable[tuple
     """Max |Δ| (relative to max |score|) between ONNX Runtime and PyTorch over ``sizes``; raises
     :class:`ExportError` above ``atol``. Returns 0.0 without checking when onnxruntime is missing."""
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # noqa: PLC0415 (optional: the [onnx] extra; kept out of torch bench workers)
     except ImportError:
         return 0.0
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -214,7 +214,7 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"ONNX file not found: {path}")
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # noqa: PLC0415 (optional: the [onnx] extra; kept out of torch bench workers)
 
         props = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) \
             .get_modelmeta().custom_metadata_map
@@ -284,7 +284,7 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calibration: I
     that write the scores (the 1×1 score convs and the upsampling deconvolutions) in fp32.
     Metadata is kept. Lossy: measure it with ``scripts/bench_quant_miou.py``."""
     try:
-        from onnxruntime.quantization import (
+        from onnxruntime.quantization import (  # noqa: PLC0415 (optional: the [onnx] extra)
             CalibrationDataReader,
             CalibrationMethod,
             QuantFormat,
@@ -292,7 +292,7 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calibration: I
             quantize_dynamic,
             quantize_static,
         )
-        from onnxruntime.quantization.shape_inference import quant_pre_process
+        from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: PLC0415 (optional: the [onnx] extra)
     except ImportError:
         raise ExportError("int8 quantization needs onnxruntime: pip install 'fcnseg[onnx]'") from None
 
@@ -388,14 +388,14 @@ def _set_metadata(path: Path, props: dict[str, str], dst: Path | None = None) ->
 def supported_opsets() -> tuple[int, int]:
     """The ONNX opsets the installed torch (TorchScript exporter) and onnx can both write."""
     try:
-        from torch.onnx import _constants as c
+        from torch.onnx import _constants as c  # noqa: PLC0415 (optional: private torch module, varies by version)
 
         low = int(c.ONNX_MIN_OPSET)
         high = int(getattr(c, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", c.ONNX_MAX_OPSET))
     except (ImportError, AttributeError):
         low, high = 7, 17
     try:
-        import onnx.defs
+        import onnx.defs  # noqa: PLC0415 (optional: the [onnx] extra)
 
         high = min(high, int(onnx.defs.onnx_opset_version()))
     except ImportError:

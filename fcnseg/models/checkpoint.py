@@ -4,14 +4,17 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import reprlib
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fcnseg.argcheck import module_arg, path_arg
 from fcnseg.atomic import atomic_write
-from fcnseg.errors import CheckpointError, first_line
+from fcnseg.config import RunConfig
+from fcnseg.errors import CheckpointError, ConfigError, first_line
 from fcnseg.models import create_model
 from fcnseg.models.base import ModelSpec, SegmentationModel
 from fcnseg.models.preprocessing import Preprocessing, preprocessing_from_dict
@@ -39,8 +42,6 @@ def save_checkpoint(path: str | os.PathLike, model: SegmentationModel, **extra: 
     ``extra`` holds only tensors, numbers, strings, lists and dicts (optimizer state, step,
     RNG states, train config), so it loads with ``weights_only=True``.
     """
-    from fcnseg.argcheck import module_arg, path_arg
-
     path, model = path_arg(path, "path"), module_arg(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -53,8 +54,6 @@ def save_checkpoint(path: str | os.PathLike, model: SegmentationModel, **extra: 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and verify a checkpoint; any defect is a one-line ``CheckpointError`` naming the file."""
-    from fcnseg.argcheck import path_arg
-
     path = path_arg(path, "path")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a file" if path.exists() else f"checkpoint not found: {path}")
@@ -104,8 +103,6 @@ def _number(v: Any, field: str, lo: float | None = None, hi: float | None = None
 
 
 def _short(v: Any) -> str:
-    import reprlib
-
     return reprlib.repr(v) if not isinstance(v, torch.Tensor) else f"a {v.dtype} tensor of shape {tuple(v.shape)}"
 
 
@@ -177,9 +174,6 @@ def _mapping(v: Any, field: str) -> None:
 
 
 def _run_config(v: Any, field: str) -> None:
-    from fcnseg.config import RunConfig
-    from fcnseg.errors import ConfigError
-
     _mapping(v, field)
     try:
         RunConfig.from_dict(v, source=field)

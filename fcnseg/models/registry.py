@@ -13,6 +13,8 @@ from fcnseg.models.base import ModelSpec, SegmentationModel
 from fcnseg.models.fcn import FCN, HeadSpec
 from fcnseg.models.fusion import LateFusion
 from fcnseg.models.surgery import widening
+from fcnseg.models.weights import WEIGHTS, detect_format, load_weights
+from fcnseg.models.weights.hub import release_arguments, resolve
 
 __all__ = ["create_model", "list_models", "MODELS"]
 
@@ -94,7 +96,6 @@ def create_model(name: str, num_classes: int | dict[str, int] | None = None, *, 
         raise TypeError(f"name: must be a model name string, got {type(name).__name__}; choose from {list_models()}")
     if isinstance(weights, os.PathLike):
         weights = os.fspath(weights)
-    from fcnseg.models.weights.hub import release_arguments, resolve
     release = resolve(weights, backbone or (name.split("@", 1)[1] if "@" in name else None))
     if release is not None:
         name, num_classes, backbone, streams, backbone_kwargs = release_arguments(
@@ -121,7 +122,6 @@ def create_model(name: str, num_classes: int | dict[str, int] | None = None, *, 
                                             learn_upsampling=learn_upsampling, in_channels=c, **kwargs)
                             for s, c in streams.items()}, fusion=fusion, spec=spec)
         if fused_file:  # one file holds every stream (a late-fusion caffemodel or release)
-            from fcnseg.models.weights import load_weights
             with widening(depth_init):
                 load_weights(fused, weights)  # warns about unused layers itself; records weights in the spec
         return fused
@@ -138,7 +138,6 @@ def create_model(name: str, num_classes: int | dict[str, int] | None = None, *, 
     spec = ModelSpec(name, num_classes, backbone, alignment, learn_upsampling, options=dict(backbone_kwargs))
     model = FCN(trunk, num_classes, MODELS[name], learn_upsampling=learn_upsampling, spec=spec)
     if weights is not None:
-        from fcnseg.models.weights import load_weights
         with widening(depth_init):
             unused = load_weights(model, weights)
         if unused and not _is_caffemodel(weights):  # the Caffe loader warns itself
@@ -148,6 +147,5 @@ def create_model(name: str, num_classes: int | dict[str, int] | None = None, *, 
 
 
 def _is_caffemodel(weights: str | os.PathLike) -> bool:
-    from fcnseg.models.weights import WEIGHTS, detect_format
     return not (isinstance(weights, str) and weights in WEIGHTS) and Path(weights).is_file() \
         and detect_format(weights) == "caffe"

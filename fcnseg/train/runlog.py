@@ -76,7 +76,7 @@ class TensorBoard:
         if not enabled:
             return
         try:  # optional dependency: imported only when wanted
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 (optional: tensorboard is not a dependency)
         except Exception:  # tensorboard not installed
             warnings.warn("train.tensorboard is on but tensorboard is not installed; logging to CSV only",
                           stacklevel=2)

@@ -206,7 +206,7 @@ class RunLock:
 
     def __enter__(self) -> RunLock:
         try:
-            import fcntl  # optional: POSIX only
+            import fcntl  # noqa: PLC0415 (optional: POSIX only; absent on Windows, where runs go unlocked)
         except ImportError:  # no flock (Windows): unlocked, as before
             return self
         try:

@@ -79,7 +79,7 @@ def load_hed(model: nn.Module) -> list[str]:
 
 
 def _convert(h5: bytes) -> dict[str, torch.Tensor]:
-    import h5py
+    import h5py  # noqa: PLC0415 (optional: heavy, ~0.1 s to import; only the one-off HED conversion reads h5)
 
     out: dict[str, torch.Tensor] = {}
     with h5py.File(io.BytesIO(h5), "r") as f:

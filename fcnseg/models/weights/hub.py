@@ -31,19 +31,28 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save
 from torch import nn
+from tqdm import tqdm
 
 from fcnseg.atomic import write_bytes, write_json
 from fcnseg.errors import one_line
 from fcnseg.models.preprocessing import CAFFE_VGG, TORCHVISION, Preprocessing, StreamPreprocessing
-from fcnseg.models.weights.caffe import CaffeLayer, read_caffemodel
+from fcnseg.models.weights.caffe import read_caffemodel
 from fcnseg.models.weights.common import WeightsError
+from fcnseg.models.weights.files import (
+    CAFFE_LAYERS_FORMAT,
+    is_caffe_layers,
+    load_weights_file,
+    read_caffe_layers,
+    read_tensors,
+    record_weights,
+)
 from fcnseg.paths import cache_dir, matches_record, sha256_file, write_record
 
 __all__ = ["Release", "RELEASES", "DownloadError", "resolve", "release_arguments", "fetch", "load_release",
            "read_caffe_layers", "is_caffe_layers", "download"]
 
-CAFFE_LAYERS_FORMAT = "fcnseg-caffe-layers"
 TIMEOUT_S = 30.0
 ATTEMPTS = 3   # one download plus two resumes after a dropped connection
 
@@ -231,8 +240,6 @@ def download(url: str, dest: Path, *, attempts: int = ATTEMPTS, progress: bool =
 
 def _get(url: str, part: Path, progress: bool) -> int | None:
     """One request, appending to ``part`` from its current size; returns the expected total size."""
-    from tqdm import tqdm
-
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
@@ -311,8 +318,6 @@ def _reason(e: Any) -> str:
 
 
 def _convert(release: Release, raw: Path, digest: str, target: Path) -> None:
-    from safetensors.torch import save
-
     meta = {"release": release.name, "source": release.url, "source_sha256": digest}
     if release.kind == "caffe":
         layers = read_caffemodel(raw)
@@ -321,8 +326,7 @@ def _convert(release: Release, raw: Path, digest: str, target: Path) -> None:
         meta.update(format=CAFFE_LAYERS_FORMAT,
                     layers=json.dumps([[layer.name, layer.type, len(layer.blobs)] for layer in layers]))
     else:
-        from fcnseg.models.weights import _read_tensors
-        state = _read_tensors(raw, "torch")
+        state = read_tensors(raw, "torch")
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -333,35 +337,6 @@ def _convert(release: Release, raw: Path, digest: str, target: Path) -> None:
     write_record(target, target.name, hashlib.sha256(data).hexdigest())
 
 
-def _metadata(path: Path) -> dict:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}
-
-
-def is_caffe_layers(path: str | os.PathLike) -> bool:
-    """Whether a safetensors file holds converted caffemodel layers (see :func:`fetch`)."""
-    try:
-        return _metadata(Path(path)).get("format") == CAFFE_LAYERS_FORMAT
-    except Exception:   # not safetensors after all: the caller's reader words the error
-        return False
-
-
-def read_caffe_layers(path: str | os.PathLike) -> list[CaffeLayer]:
-    """The layers of a converted caffemodel, in the file's order."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    try:
-        spec = json.loads(_metadata(path)["layers"])
-        tensors = load_file(str(path))
-        return [CaffeLayer(name, kind, [tensors[f"{i:04d}/{b}"].numpy() for b in range(n)])
-                for i, (name, kind, n) in enumerate(spec)]
-    except (KeyError, ValueError, TypeError, OSError) as e:
-        raise WeightsError(f"{path}: corrupt converted caffemodel ({type(e).__name__}: {e}); delete it") from None
-
-
 # ---------------------------------------------------------------- loading
 
 def load_release(model: nn.Module, release: Release, *, progress: bool = True) -> list[str]:
@@ -370,10 +345,9 @@ def load_release(model: nn.Module, release: Release, *, progress: bool = True) -
     A Caffe release's every layer with blobs must find a place in the model: one left over
     means the net or the layer-name mapping is wrong, and is an error rather than silently random.
     """
-    from fcnseg.models.weights import load_weights
-
     path = fetch(release, progress=progress)
-    unused = load_weights(model, path)
+    unused = load_weights_file(model, path)
+    record_weights(model, path)
     if release.kind == "caffe" and unused:
         raise WeightsError(f"{release.name}: {len(unused)} layer(s) of the release have no place in the model "
                            f"({', '.join(unused[:6])}); build it with create_model({release.model!r}, "

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from fcnseg.models.backbones import BACKBONES
 from fcnseg.models.base import SegmentationModel
 from fcnseg.models.preprocessing import TORCHVISION, Preprocessing
 from fcnseg.models.weights.common import WeightsError, backbone_name, fit, load_into, set_preprocessing, trunk_of
@@ -21,7 +22,6 @@ __all__ = ["torchvision_names", "torchvision_preprocessing", "convert_torchvisio
 
 
 def _backbone_module(backbone: str):
-    from fcnseg.models.backbones import BACKBONES
     if backbone not in BACKBONES:
         raise WeightsError(f"unknown backbone {backbone!r}; choose from {sorted(BACKBONES)}")
     return importlib.import_module(BACKBONES[backbone].__module__)
