@@ -7,8 +7,9 @@ dependencies = ["torch"]
 
 
 def _create(name: str, weights=None, num_classes=None, **kwargs):
-    from fcnseg.models import create_model
-    from fcnseg.models.weights.hub import resolve
+    # torch.hub imports this file to read `dependencies` first: importing the package at call time
+    from fcnseg.models import create_model  # noqa: PLC0415 (optional: torch.hub checks dependencies first)
+    from fcnseg.models.weights.hub import resolve  # noqa: PLC0415 (optional: as above)
 
     release = resolve(weights, kwargs.get("backbone"))
     if num_classes is None and (release is None or release.num_classes is None):
