@@ -218,7 +218,7 @@ def run_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classes: int
     throughput, peak memory (RSS on CPU, ``max_memory_allocated`` on CUDA), counted FLOPs and achieved
     GFLOP/s against the machine's sgemm rate, max |Δ| of the scores against the peer (or our fp32
     model at the same alignment), and for the plain fp32 engines one training step. ``engines``
-    default: :data:`DEFAULT_ENGINES`; names ``<runtime>[-dtype][-cl][-trim][@alignment]``.
+    default: :data:`DEFAULT_ENGINES`; names as :class:`fcnseg.infer.spec.EngineSpec` reads them.
     ``alignment`` is the default for names without ``@``. The peer is ``torchfcn==1.9.7``'s FCN8s
     holding the same weights (needs model fcn8s@vgg16, caffe alignment). It stays loaded in its own
     process for the whole run and each engine's timed runs alternate with the peer's, so speed-ups
@@ -233,30 +233,18 @@ def run_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classes: int
     if device != "cpu" and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available on this machine")
     dev_kind = "cuda" if device.startswith("cuda") else "cpu"
-    names = list(engines) if engines else list(DEFAULT_ENGINES[dev_kind])
-    specs = [EngineSpec.parse(n if "@" in n or alignment == "caffe" else f"{n}@{alignment}") for n in names]
-    if dtype is not None and not engines:  # the default list, narrowed to one precision (the peer stays)
-        specs = [s for s in specs if s.dtype == dtype or s.runtime == "peer"]
-    if not peer:
-        specs = [s for s in specs if s.runtime != "peer"]
-    if any(s.runtime == "peer" for s in specs) and (model != "fcn8s" or backbone != "vgg16" or width != 1.0
-                                                     or fc_channels not in (None, 4096)):
-        log("peer skipped: torchfcn offers the full-width FCN8s-VGG16 only")
-        specs = [s for s in specs if s.runtime != "peer"]
-    if dev_kind == "cuda" and any(s.runtime == "ort" for s in specs):
-        raise ConfigError("--engines: ONNX Runtime engines are benchmarked on the CPU only here")
+    peer_fits = model == "fcn8s" and backbone == "vgg16" and width == 1.0 and fc_channels in (None, 4096)
+    specs = _select(engines, dev_kind, alignment, dtype, peer, peer_fits, log)
     threads = int(threads or torch.get_num_threads())
     torch.set_num_threads(threads)
     size = (int(size[0]), int(size[1]))
+    options = {"model": model, "backbone": backbone, "num_classes": num_classes, "size": list(size), "batch": batch,
+               "throughput_batch": throughput_batch, "warmup": warmup, "repeats": repeats,
+               "throughput_repeats": throughput_repeats, "threads": threads, "alignment": alignment,
+               "checkpoint": checkpoint, "width": width, "fc_channels": fc_channels, "seed": seed}
     report: dict[str, Any] = {"schema": SCHEMA, "created": time.strftime("%Y-%m-%d %H:%M:%S %z"),
                               "command": command or " ".join(["python", *sys.argv]), "machine": machine_info(),
-                              "device": device,
-                              "options": {"model": model, "backbone": backbone, "num_classes": num_classes,
-                                          "size": list(size), "batch": batch, "throughput_batch": throughput_batch,
-                                          "warmup": warmup, "repeats": repeats,
-                                          "throughput_repeats": throughput_repeats, "threads": threads,
-                                          "alignment": alignment, "checkpoint": checkpoint, "width": width,
-                                          "fc_channels": fc_channels, "seed": seed}}
+                              "device": device, "options": options}
     if sgemm_n:
         log(f"sgemm {sgemm_n}x{sgemm_n}")
         report["sgemm"] = sgemm_gflops(sgemm_n, device=device)
@@ -264,33 +252,17 @@ def run_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classes: int
             report["gemm_bf16"] = sgemm_gflops(sgemm_n, repeats=10, device=device, dtype=torch.bfloat16)
     with tempfile.TemporaryDirectory(prefix="fcnseg-bench-") as tmp_s:
         tmp = Path(tmp_s)
-        models, weights, cfgs = {}, {}, {}
-        for al in sorted({s.alignment for s in specs} | {"caffe"} if any(s.runtime == "peer" for s in specs)
-                         else {s.alignment for s in specs}):
-            if checkpoint:
-                m, _ = model_from_checkpoint(checkpoint)
-                cfg = m.spec.to_dict()
-                cfg.pop("weights", None)
-                if cfg.get("alignment") != al:  # same weights, other padding
-                    cfg["alignment"] = al
-                    m2 = _build(cfg)
-                    m2.load_state_dict(m.state_dict())
-                    m2.preprocessing = m.preprocessing
-                    m = m2
-            else:
-                cfg = _models_config(model, backbone, num_classes, al, width, fc_channels)
-                m = _seeded_model(cfg, seed)
-            models[al], cfgs[al] = m.eval(), cfg
+        alignments = {s.alignment for s in specs} | ({"caffe"} if any(s.runtime == "peer" for s in specs) else set())
+        models, cfgs, weights = {}, {}, {}
+        for al in sorted(alignments):
+            cfg = None if checkpoint else _models_config(model, backbone, num_classes, al, width, fc_channels)
+            models[al], cfgs[al] = _bench_model(al, checkpoint, cfg, seed)
             weights[al] = tmp / f"weights-{al}.pt"
-            torch.save(m.state_dict(), weights[al])
+            torch.save(models[al].state_dict(), weights[al])
         in_ch = next(iter(models.values())).in_channels
         onnx_files = _exports(specs, models, size, tmp, calibration_count, seed, log)
-        report["flops"] = {}
-        for s in specs:
-            key = _flops_key(s)
-            if key not in report["flops"]:
-                report["flops"][key] = _tvfcn_flops(num_classes, size) if key == "tvfcn" else \
-                    _flops(cfgs[s.alignment], size, in_ch, s.trim)
+        report["flops"] = _flops_table(specs, cfgs, size, in_ch, num_classes)
+
         def make_spec(s: EngineSpec) -> dict:
             tag = s.name.replace("@", "_")
             return {"engine": s.name, "model_config": cfgs[s.alignment], "weights": str(weights[s.alignment]),
@@ -303,54 +275,9 @@ def run_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classes: int
                     "seed": seed, "in_channels": in_ch, "scores_out": str(tmp / f"scores-{tag}.npy"),
                     "result_out": str(tmp / f"result-{tag}.json")}
 
-        results = []
-        peer_s = next((s for s in specs if s.runtime == "peer"), None)
-        peer_w = None
-        if peer_s is not None:
-            log("engine peer (kept loaded: each engine's timed runs alternate with the peer's)")
-            peer_w = _Worker(make_spec(peer_s), tmp, timeout)
-            if peer_w.error:
-                log(f"  peer failed: {peer_w.error}")
-                results.append({"engine": "peer", "error": peer_w.error})
-                peer_w = None
-        for s in specs:
-            if s.runtime == "peer":
-                continue
-            log(f"engine {s.name}")
-            w = _Worker(make_spec(s), tmp, timeout)
-            paired: list[float] = []
-            try:
-                if w.error:
-                    raise BenchError(w.error)
-                w.cmd(f"lat {warmup} 0")
-                if peer_w:
-                    peer_w.cmd(f"lat {warmup} 0")
-                for i in range(repeats):
-                    order = [w, peer_w] if i % 2 else [peer_w, w]
-                    for worker in order:
-                        if worker is None:
-                            continue
-                        got = worker.cmd("lat 0 1")
-                        if worker is peer_w:
-                            paired += got
-                if throughput_batch > 1:
-                    w.cmd(f"thr 1 {throughput_repeats}")
-                r = w.finish()
-            except BenchError as e:
-                w.close()
-                r = {"engine": s.name, "error": str(e)}
-            if paired and "error" not in r:
-                r["peer_paired"] = {"seconds": stats(paired), "samples": paired}
-            results.append(_annotate(r, s, report["flops"], log))
-        if peer_w is not None:
-            try:
-                if throughput_batch > 1:
-                    peer_w.cmd(f"thr 1 {throughput_repeats}")
-                r = peer_w.finish()
-            except BenchError as e:
-                peer_w.close()
-                r = {"engine": "peer", "error": str(e)}
-            results.insert(0, _annotate(r, peer_s, report["flops"], log))
+        runs = _Runs(make_spec, tmp, timeout, warmup, repeats, throughput_batch, throughput_repeats,
+                     report["flops"], log)
+        results = runs.all(specs)
         _add_comparisons(results, specs, tmp)
         report["engines"] = results
         if eval_split:
@@ -363,6 +290,116 @@ def run_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classes: int
     if out_md:
         write_text(out_md, bench_markdown(report))
     return report
+
+
+def _flops_table(specs: list[EngineSpec], cfgs: dict, size: tuple[int, int], in_channels: int,
+                 num_classes: int) -> dict[str, int | None]:
+    """Counted FLOPs of each net the engines run (by :func:`_flops_key`)."""
+    table: dict[str, int | None] = {}
+    for s in specs:
+        key = _flops_key(s)
+        if key not in table:
+            table[key] = _tvfcn_flops(num_classes, size) if key == "tvfcn" else \
+                _flops(cfgs[s.alignment], size, in_channels, s.trim)
+    return table
+
+
+def _select(engines: Sequence[str] | None, dev_kind: str, alignment: str, dtype: str | None, peer: bool,
+            peer_fits: bool, log) -> list[EngineSpec]:
+    """The engines to measure: the given names (``alignment`` for those without ``@``) or the device's
+    defaults (narrowed to ``dtype``); the peer only where asked for and where torchfcn has the net."""
+    names = list(engines) if engines else list(DEFAULT_ENGINES[dev_kind])
+    specs = [EngineSpec.parse(n if "@" in n or alignment == "caffe" else f"{n}@{alignment}") for n in names]
+    if dtype is not None and not engines:  # the default list, narrowed to one precision (the peer stays)
+        specs = [s for s in specs if s.dtype == dtype or s.runtime == "peer"]
+    if not peer:
+        specs = [s for s in specs if s.runtime != "peer"]
+    if any(s.runtime == "peer" for s in specs) and not peer_fits:
+        log("peer skipped: torchfcn offers the full-width FCN8s-VGG16 only")
+        specs = [s for s in specs if s.runtime != "peer"]
+    if dev_kind == "cuda" and any(s.runtime == "ort" for s in specs):
+        raise ConfigError("--engines: ONNX Runtime engines are benchmarked on the CPU only here")
+    return specs
+
+
+def _bench_model(alignment: str, checkpoint: str | None, cfg: dict | None, seed: int):
+    """(model in eval mode, its config) at ``alignment``: the checkpoint's weights (re-padded when it was
+    trained at the other alignment), else ``cfg`` with seeded random weights."""
+    if not checkpoint:
+        return _seeded_model(cfg, seed).eval(), cfg
+    m, _ = model_from_checkpoint(checkpoint)
+    cfg = m.spec.to_dict()
+    cfg.pop("weights", None)
+    if cfg.get("alignment") != alignment:  # same weights, other padding
+        cfg["alignment"] = alignment
+        m2 = _build(cfg)
+        m2.load_state_dict(m.state_dict())
+        m2.preprocessing = m.preprocessing
+        m = m2
+    return m.eval(), cfg
+
+
+class _Runs:
+    """Each engine in its own worker process; the peer's worker stays loaded and its timed runs
+    alternate with each engine's, so both are timed under the same load."""
+
+    def __init__(self, make_spec, tmp: Path, timeout: float, warmup: int, repeats: int, throughput_batch: int,
+                 throughput_repeats: int, flops: dict, log) -> None:
+        self.make_spec, self.tmp, self.timeout, self.log, self.flops = make_spec, tmp, timeout, log, flops
+        self.warmup, self.repeats = warmup, repeats
+        self.throughput_batch, self.throughput_repeats = throughput_batch, throughput_repeats
+        self.peer: _Worker | None = None
+
+    def all(self, specs: list[EngineSpec]) -> list[dict]:
+        results = []
+        peer_s = next((s for s in specs if s.runtime == "peer"), None)
+        if peer_s is not None:
+            self.log("engine peer (kept loaded: each engine's timed runs alternate with the peer's)")
+            self.peer = _Worker(self.make_spec(peer_s), self.tmp, self.timeout)
+            if self.peer.error:
+                self.log(f"  peer failed: {self.peer.error}")
+                results.append({"engine": "peer", "error": self.peer.error})
+                self.peer = None
+        for s in specs:
+            if s.runtime != "peer":
+                results.append(_annotate(self.one(s), s, self.flops, self.log))
+        if self.peer is not None:
+            results.insert(0, _annotate(self._finish(self.peer, "peer"), peer_s, self.flops, self.log))
+        return results
+
+    def one(self, s: EngineSpec) -> dict:
+        """One engine's result: warm-up, timed batch-1 runs paired with the peer's, throughput, finish."""
+        self.log(f"engine {s.name}")
+        w = _Worker(self.make_spec(s), self.tmp, self.timeout)
+        paired: list[float] = []
+        try:
+            if w.error:
+                raise BenchError(w.error)
+            w.cmd(f"lat {self.warmup} 0")
+            if self.peer:
+                self.peer.cmd(f"lat {self.warmup} 0")
+            for i in range(self.repeats):
+                for worker in ([w, self.peer] if i % 2 else [self.peer, w]):
+                    if worker is not None:
+                        got = worker.cmd("lat 0 1")
+                        if worker is self.peer:
+                            paired += got
+        except BenchError as e:
+            w.close()
+            return {"engine": s.name, "error": str(e)}
+        r = self._finish(w, s.name)
+        if paired and "error" not in r:
+            r["peer_paired"] = {"seconds": stats(paired), "samples": paired}
+        return r
+
+    def _finish(self, w: _Worker, name: str) -> dict:
+        try:
+            if self.throughput_batch > 1:
+                w.cmd(f"thr 1 {self.throughput_repeats}")
+            return w.finish()
+        except BenchError as e:
+            w.close()
+            return {"engine": name, "error": str(e)}
 
 
 def _check_writable(path: str | os.PathLike) -> None:
