@@ -9,7 +9,6 @@ all at load, before any work, and ``create_model`` checks its arguments with the
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import numbers
@@ -581,19 +580,3 @@ def _coerce(value: Any, hint: Any, path: str, source: str) -> Any:
             pass
     names = " or ".join(getattr(t, "__name__", str(t)) for t in options if t is not type(None))
     raise ConfigError(f"{source}: '{path}' expects {names}, got {reprlib.repr(value)}")
-
-
-def int_argument(r: Rule) -> Callable[[str], int]:
-    """An argparse ``type`` reading a whole number checked by ``r`` (the option is named by argparse)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        try:
-            r.check(value)
-        except Bad as e:
-            raise argparse.ArgumentTypeError(f"{e}, got {value}") from None
-        return value
-    parse.__name__ = "whole number"
-    return parse

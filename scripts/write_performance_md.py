@@ -258,6 +258,33 @@ def bench_section(name: str, report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def redesign_section(folder: Path) -> str:
+    """The same engines measured before and after the redesign of issue 15, on one machine, one after the
+    other (``before-*.json`` at the commit named, ``after.json`` at the commit recorded)."""
+    before = sorted(folder.glob("before-*.json"))
+    if not before or not (folder / "after.json").is_file():
+        return ""
+    runs = [("before", json.loads(before[0].read_text())), ("after", json.loads((folder / "after.json").read_text()))]
+    lines = ["## Before and after the layout redesign", "",
+             "The same engines on the same machine, the two runs back to back, to show what the redesign "
+             "(issue 15: one model contract, the code laid out by lifecycle) did to speed and memory.", ""]
+    for tag, r in runs:
+        lines.append(f"- {tag}: `{r['command']}`; {machine_line(r)}")
+    lines += ["", "| engine | " + " | ".join(f"{t}: median s (× peer alongside), peak RSS MiB" for t, _ in runs) + " |",
+              "|---|---|---|"]
+    by = [{e["engine"]: e for e in r["engines"]} for _, r in runs]
+    for name in by[0]:
+        cells = []
+        for engines in by:
+            e = engines.get(name, {})
+            lat = e.get("latency", {}).get("seconds", {}).get("median")
+            pp = e.get("peer_paired", {}).get("seconds", {}).get("median")
+            ratio = f" (×{pp / lat:.2f})" if lat and pp else ""
+            cells.append(f"{lat:.3f}{ratio}, {e.get('peak_mem_b1_mb', 0):.0f}" if lat else "–")
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--bench-dir", default=str(ROOT / "docs" / "bench"))
@@ -278,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             parts.append(gpu_targets(benches[k]))
     if not any(b.get("device", "cpu").startswith("cuda") for b in benches.values()):
         parts.append(GPU_PENDING)
-    parts += [quant_section(quant), PATHS, EXPORT]
+    parts += [quant_section(quant), redesign_section(bench_dir / "redesign"), PATHS, EXPORT]
     Path(args.out).write_text("\n".join(parts))
     print(f"wrote {args.out}")
     return 0

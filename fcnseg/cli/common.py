@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from fcnseg.config import Bad, Rule
 from fcnseg.data import Resize, build_dataset
 from fcnseg.errors import ConfigError
 
@@ -44,6 +46,22 @@ def _at_least(low: int):
             raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
         return value
     return check
+
+
+def int_argument(r: Rule) -> Callable[[str], int]:
+    """An argparse ``type`` reading a whole number checked by ``r`` (the option is named by argparse)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        try:
+            r.check(value)
+        except Bad as e:
+            raise argparse.ArgumentTypeError(f"{e}, got {value}") from None
+        return value
+    parse.__name__ = "whole number"
+    return parse
 
 
 def positive_int(text: str) -> int:

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 from fcnseg.atomic import write_json, write_text
-from fcnseg.cli.common import resolve_config
-from fcnseg.config import int_argument, load_config, whole
+from fcnseg.cli.common import int_argument, resolve_config
+from fcnseg.config import load_config, whole
 from fcnseg.data import build_dataset, sample_root
 from fcnseg.errors import ConfigError
 from fcnseg.evaluate.scoring import format_table, save_metrics

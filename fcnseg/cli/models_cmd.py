@@ -5,7 +5,8 @@ import argparse
 
 import torch
 
-from fcnseg.config import CLASS_COUNT, int_argument
+from fcnseg.cli.common import int_argument
+from fcnseg.config import CLASS_COUNT
 from fcnseg.models import create_model, list_models
 from fcnseg.models.weights.hub import describe_releases
 
