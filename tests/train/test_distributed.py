@@ -1,13 +1,11 @@
 """Two gloo processes (torch.multiprocessing.spawn) against one process: same global batch and seed
 give the same weights up to summation order; resuming a 1-process checkpoint on 2 processes continues
 the same run; all_reduce_sum of per-rank confusion matrices equals the 1-process matrix exactly."""
-import os
-import socket
-
 import pytest
 import torch
 import torch.multiprocessing as mp
 from support.datasets import make_camvid
+from support.processes import free_port, torchrun_env
 
 from fcnseg.config import load_config
 from fcnseg.distributed import all_reduce_sum
@@ -38,8 +36,7 @@ def cm_data():
 
 
 def _worker(rank, world, port, root, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    torchrun_env(rank, world, port)
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo")
     try:
@@ -54,12 +51,6 @@ def _worker(rank, world, port, root, out):
         torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def max_diff(a, b):
