@@ -1,12 +1,19 @@
-"""``fcnseg predict``: palette label PNGs and overlays, one summary line per image."""
+"""``fcnseg predict``: palette label PNGs and overlays (overlay videos for videos), one summary line per file.
+
+Under ``torchrun --nproc_per_node N -m fcnseg predict ...`` each process predicts its share of the files
+(every N-th), writing exactly the files one process would; rank 0 prints the total."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 
 import numpy as np
+import torch
 
-from fcnseg.cli.common import add_device, pick_device, printable, tile_size
+from fcnseg import distributed as D
+from fcnseg.cli.common import add_device, pick_device, positive_int, printable, tile_size
 from fcnseg.data import voc_colormap
 from fcnseg.data.io import shown
 from fcnseg.errors import CheckpointError, ConfigError
@@ -18,7 +25,7 @@ from fcnseg.paths import cache_dir
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("inputs", nargs="+", help="image or video files, or folders (searched recursively)")
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by fcnseg train")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
@@ -31,7 +38,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dense", metavar="F[:METHOD]",
                    help="densify the coarse score map F× (FCN-32s-like nets) by rarefaction (default) or "
                         "shift-and-stitch, then upsample bilinearly; implies --engine torch")
+    p.add_argument("--frames", action="store_true",
+                   help="videos: also write each frame's label PNG (<stem>_frames/000000_label.png, ...)")
+    p.add_argument("--batch-size", type=positive_int,
+                   help="videos: frames per forward pass (default 8 on CUDA, 1 on CPU)")
+    p.add_argument("--no-progress", action="store_true", help="no frames/s bar for videos")
     add_device(p)
+
+
+@contextlib.contextmanager
+def _processes(device: str) -> Iterator[tuple[torch.device, tuple[int, int]]]:
+    """The device and this process's ``(rank, world)`` share: ``(0, 1)`` alone, the process group's
+    under torchrun (each rank on its own GPU, gloo on CPU), left when the block ends."""
+    if D.env_world_size() <= 1:
+        yield pick_device(device), (0, 1)
+        return
+    ctx = D.setup(device)
+    ok = False
+    try:
+        yield ctx.device, (ctx.rank, ctx.world_size)
+        ok = True
+    finally:
+        D.cleanup(ctx, ok)
 
 
 def _palette(ckpt: dict, path: str, classes: int):
@@ -57,7 +85,11 @@ def _densified(model, text: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    device = pick_device(args.device)
+    with _processes(args.device) as (device, shard):
+        return _run(args, device, shard)
+
+
+def _run(args: argparse.Namespace, device: torch.device, shard: tuple[int, int]) -> int:
     model, ckpt = model_from_checkpoint(args.checkpoint, map_location="cpu")
     classes = ckpt.get("classes")
     if not (isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes)):
@@ -72,14 +104,19 @@ def run(args: argparse.Namespace) -> int:
 
         model = choose_engine(model.eval(), device, cache_dir=cache_dir("engines"), reload=reload,
                               log=lambda m: print(printable(m), file=sys.stderr, flush=True))
-    n = 0
+    counts = torch.zeros(2, dtype=torch.int64)  # images, videos
+    batch = args.batch_size or (8 if device.type == "cuda" else 1)
     for summary in predict_paths(model, args.inputs, args.out, palette=palette, device=device,
                                  skip_bad=args.skip_bad, tile=args.tile, class_names=classes,
-                                 overlay_format=None if args.overlay == "none" else args.overlay):
+                                 overlay_format=None if args.overlay == "none" else args.overlay,
+                                 frames=args.frames, batch_size=batch, progress=not args.no_progress, shard=shard):
         print(printable(format_summary(summary)), flush=True)
-        n += 1
-    if n == 0:
+        counts[int("frames" in summary)] += 1
+    images, videos = D.all_reduce_sum(counts).tolist()  # over all processes under torchrun
+    if images + videos == 0:
         raise ImageReadError(f"no image predicted: {', '.join(map(shown, args.inputs))} "
                              f"{'held no readable image' if args.skip_bad else 'held no image files'}")
-    print(printable(f"{n} image(s) → {args.out}"))
+    if shard[0] == 0:
+        done = [f"{images} image(s)"] * bool(images or not videos) + [f"{videos} video(s)"] * bool(videos)
+        print(printable(f"{', '.join(done)} → {args.out}"))
     return 0

@@ -1,4 +1,4 @@
-"""Predict label maps for image files, one at a time, optionally by overlapping tiles."""
+"""Predict label maps for image (and video) files, one at a time, optionally by overlapping tiles."""
 from __future__ import annotations
 
 import os
@@ -15,6 +15,7 @@ from fcnseg.atomic import write_error
 from fcnseg.data.io import DEFAULT_MAX_PIXELS, TooManyPixelsError, load_image_file, shown, to_rgb_uint8
 from fcnseg.errors import FcnsegError, one_line
 from fcnseg.infer.engines import Engine, TorchEngine
+from fcnseg.infer.video import FRAMES_SUFFIX, VIDEO_EXTENSIONS, VIDEO_SUFFIX, VideoReadError, is_video, predict_video
 from fcnseg.models.base import SegmentationModel
 from fcnseg.visualize import colorize, overlay, save_image
 
@@ -26,7 +27,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", "
 # Tiling bounds the network's memory, not the decoded image's (3 bytes/pixel, plus label and overlay):
 # 134 MP (e.g. 11585x11585) is ~0.4 GB as RGB. Above it, even tiled prediction is refused.
 DEFAULT_MAX_TILED_PIXELS = 8 * DEFAULT_MAX_PIXELS
-_OUTPUT_SUFFIXES = ("_label.png", "_overlay.png", "_overlay.jpg")
+_OUTPUT_SUFFIXES = ("_label.png", "_overlay.png", "_overlay.jpg", VIDEO_SUFFIX)
 
 
 class ImageReadError(FcnsegError, ValueError):
@@ -41,20 +42,20 @@ class ImageTooLargeError(ImageReadError):
     """An image above ``max_pixels`` with no tiling asked for."""
 
 
-def _check_file(path: Path) -> None:
-    """Fail early, one line, for paths that are no image file at all."""
+def _check_file(path: Path, what: str = "image") -> None:
+    """Fail early, one line, for paths that are no image (or video) file at all."""
     if not path.exists():
-        raise ImageNotFoundError(f"image not found: {shown(path)}")
+        raise ImageNotFoundError(f"{what} not found: {shown(path)}")
     if path.is_dir():
-        raise ImageReadError(f"cannot read image {shown(path)}: is a directory")
+        raise ImageReadError(f"cannot read {what} {shown(path)}: is a directory")
     if not path.is_file():  # a FIFO would block, a device never ends
-        raise ImageReadError(f"cannot read image {shown(path)}: not a regular file")
+        raise ImageReadError(f"cannot read {what} {shown(path)}: not a regular file")
     try:
         size = path.stat().st_size
     except OSError as e:
-        raise ImageReadError(f"cannot read image {shown(path)}: {one_line(e, 200)}") from None
+        raise ImageReadError(f"cannot read {what} {shown(path)}: {one_line(e, 200)}") from None
     if size == 0:
-        raise ImageReadError(f"cannot read image {shown(path)}: empty file (0 bytes)")
+        raise ImageReadError(f"cannot read {what} {shown(path)}: empty file (0 bytes)")
 
 
 def read_rgb_uint8(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS, pad: int = 0
@@ -96,9 +97,10 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> torch.
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float()
 
 
-def iter_image_paths(inputs: Sequence[str | os.PathLike], skip_dir: str | os.PathLike | None = None
-                     ) -> Iterator[Path]:
-    """Files as given, and image files (by extension) under directories, recursively, sorted, lazily.
+def iter_image_paths(inputs: Sequence[str | os.PathLike], skip_dir: str | os.PathLike | None = None,
+                     extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> Iterator[Path]:
+    """Files as given, and files with ``extensions`` (default: images) under directories, recursively,
+    sorted, lazily.
 
     ``skip_dir`` (the output folder) is not searched. Raises :class:`ImageNotFoundError` up front if
     any input does not exist.
@@ -111,10 +113,11 @@ def iter_image_paths(inputs: Sequence[str | os.PathLike], skip_dir: str | os.Pat
     for p in paths:
         if p.is_dir():
             for root, dirs, files in os.walk(p):
-                dirs[:] = sorted(d for d in dirs if skip is None or (Path(root) / d).resolve() != skip)
                 in_skip = skip is not None and Path(root).resolve() == skip
+                dirs[:] = sorted(d for d in dirs if (skip is None or (Path(root) / d).resolve() != skip) and not (
+                    in_skip and d.endswith(FRAMES_SUFFIX)))
                 for name in sorted(files):
-                    if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".") and not (
+                    if name.lower().endswith(extensions) and not name.startswith(".") and not (
                             in_skip and name.endswith(_OUTPUT_SUFFIXES)):
                         yield Path(root) / name
         else:
@@ -223,37 +226,90 @@ def _relative(path: Path, inputs: list[Path]) -> Path:
     return Path(path.name)
 
 
+@torch.inference_mode()
+def _labels_batch(engine: Engine, frames: Sequence[np.ndarray], head: str | None) -> list[np.ndarray]:
+    """Label maps of same-size uint8 (H, W, 3) RGB frames, in one forward pass."""
+    x = torch.from_numpy(np.ascontiguousarray(np.stack(frames).transpose(0, 3, 1, 2))).float()
+    out = engine.predict_scores(x)
+    scores = out[head] if head is not None else next(iter(out.values()))
+    dtype = np.uint8 if max(engine.heads.values()) <= 255 else np.int64
+    return list(scores.argmax(1).cpu().numpy().astype(dtype))
+
+
+def _top(counts: np.ndarray, class_names: Sequence[str] | None) -> list[tuple[str | int, float]]:
+    """The 3 largest classes by pixel count, with their fractions."""
+    total = max(1, int(counts.sum()))
+    names = list(class_names) if class_names is not None else None
+    return [(names[i] if names and i < len(names) else int(i), float(counts[i] / total))
+            for i in np.argsort(-counts, kind="stable")[:3] if counts[i] > 0]
+
+
 def predict_paths(model: Predictor, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                   palette: np.ndarray | Sequence, device: str | torch.device = "cpu", skip_bad: bool = False,
                   tile: int | None = None, overlap: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                   max_tiled_pixels: int | None = DEFAULT_MAX_TILED_PIXELS,
                   class_names: Sequence[str] | None = None, alpha: float = 0.5, overlay_format: str = "png",
-                  head: str | None = None) -> Iterator[dict]:
-    """Predict every image in ``inputs`` (files, or directories searched recursively), one at a time.
+                  head: str | None = None, frames: bool = False, batch_size: int = 1, progress: bool = False,
+                  shard: tuple[int, int] = (0, 1)) -> Iterator[dict]:
+    """Predict every image and video in ``inputs`` (files, or directories searched recursively), one at a time.
 
     Writes ``<stem>_label.png`` (palette PNG of class indices) and ``<stem>_overlay.<png|jpg>`` into
     ``out_dir`` (files under an input directory keep their sub-path in the stem, ``a__b``; repeated
-    stems get ``-1``, ``-2``) and yields per image ``{"path", "size": (H, W), "seconds", "top":
-    [(class, fraction), ...] (3 largest), "label_path", "overlay_path", "tiled"}``.
+    stems get ``-1``, ``-2``, in input order) and yields per image ``{"path", "size": (H, W), "seconds",
+    "top": [(class, fraction), ...] (3 largest), "label_path", "overlay_path", "tiled"}``.
+
+    Videos (by extension, :data:`~fcnseg.infer.video.VIDEO_EXTENSIONS`; needs PyAV) give
+    ``<stem>_overlay.mp4`` (unless ``overlay_format`` is None) and, with ``frames``, one label PNG per
+    frame in ``<stem>_frames/`` (its ``label_path``); frames go through the engine ``batch_size`` at a
+    time, with a frames/s bar when ``progress``; their summary adds ``"frames"`` and ``"fps"``.
+
+    ``shard=(rank, world)``: this process predicts every ``world``-th file from the ``rank``-th (names
+    are those of the whole list, so ``world`` processes write exactly the files one would).
 
     Images above ``max_pixels`` (counted with the network's ``input_padding``)
     raise :class:`ImageTooLargeError` unless ``tile`` is given (then the
     limit is ``max_tiled_pixels``, the decoded image still has to fit in memory). Unreadable
-    files raise :class:`ImageReadError` naming the file; with ``skip_bad`` they (and too-large images)
-    are skipped with a warning naming the file. Missing inputs always raise, before any work.
+    files raise :class:`ImageReadError` (videos :class:`~fcnseg.infer.video.VideoReadError`) naming the
+    file; with ``skip_bad`` they (and too-large images) are skipped with a warning naming the file.
+    Missing inputs always raise, before any work.
     """
     if overlay_format not in ("png", "jpg", None):
         raise ValueError(f"overlay_format must be 'png', 'jpg' or None, got {overlay_format!r}")
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
     device = torch.device(device)
     out_dir = make_output_dir(out_dir)
     roots = [Path(p) for p in inputs]
-    paths = iter_image_paths(roots, skip_dir=out_dir)
+    paths = iter_image_paths(roots, skip_dir=out_dir, extensions=IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
     engine = as_engine(model, device)
     pad = engine.input_padding
+
+    def labels_of(batch: list[np.ndarray]) -> list[np.ndarray]:
+        if tile:
+            return [predict_labels(engine, f, tile=tile, overlap=overlap, head=head) for f in batch]
+        return _labels_batch(engine, batch, head)
+
     used: set[str] = set()
-    for path in paths:
+    for i, path in enumerate(paths):
+        stem = _unique_stem(_relative(path, roots), used)  # for every file, so names do not depend on shard
+        if i % world != rank:
+            continue
         t0 = time.perf_counter()
         try:
+            if is_video(path):
+                _check_file(path, "video")
+                v = predict_video(labels_of, path, out_dir, stem, palette=palette, alpha=alpha,
+                                  overlay_video=overlay_format is not None, frames=frames, batch_size=batch_size,
+                                  progress=progress, max_pixels=max_tiled_pixels if tile else max_pixels,
+                                  pad=0 if tile else pad)
+                yield {"path": str(path), "size": v["size"], "seconds": time.perf_counter() - t0,
+                       "top": _top(v["counts"], class_names),
+                       "label_path": str(v["frames_path"]) if v["frames_path"] else None,
+                       "overlay_path": str(v["overlay_path"]) if v["overlay_path"] else None,
+                       "tiled": bool(tile) and (v["size"][0] > tile or v["size"][1] > tile),
+                       "frames": v["frames"], "fps": v["fps"]}
+                continue
             try:
                 rgb = read_rgb_uint8(path, max_tiled_pixels, 0) if tile else read_rgb_uint8(path, max_pixels, pad)
             except ImageTooLargeError as e:
@@ -262,13 +318,12 @@ def predict_paths(model: Predictor, inputs: Sequence[str | os.PathLike], out_dir
                 what = str(e).split("; predict it by tiles")[0].replace("max_pixels", "max_tiled_pixels")
                 raise ImageTooLargeError(f"{what}: too large even for tiled prediction, which still decodes "
                                          "the whole image") from None
-        except ImageReadError as e:
+        except (ImageReadError, VideoReadError) as e:
             if not skip_bad:
                 raise
             warnings.warn(f"{e}; skipped", stacklevel=2)
             continue
         label = predict_labels(engine, rgb, device=device, tile=tile, overlap=overlap, head=head)
-        stem = _unique_stem(_relative(path, roots), used)
         label_path = out_dir / f"{stem}_label.png"
         save_image(colorize(label, palette), label_path)
         overlay_path = None
@@ -276,15 +331,11 @@ def predict_paths(model: Predictor, inputs: Sequence[str | os.PathLike], out_dir
             overlay_path = out_dir / f"{stem}_overlay.{overlay_format}"
             save_image(overlay(rgb, label, palette, alpha), overlay_path,
                        **({"quality": 90} if overlay_format == "jpg" else {}))
-        counts = torch.from_numpy(label).reshape(-1).bincount().numpy()
-        top = np.argsort(-counts, kind="stable")[:3]
-        names = list(class_names) if class_names is not None else None
         yield {
             "path": str(path),
             "size": (int(rgb.shape[0]), int(rgb.shape[1])),
             "seconds": time.perf_counter() - t0,
-            "top": [(names[i] if names and i < len(names) else int(i), float(counts[i] / label.size))
-                    for i in top if counts[i] > 0],
+            "top": _top(torch.from_numpy(label).reshape(-1).bincount().numpy(), class_names),
             "label_path": str(label_path),
             "overlay_path": str(overlay_path) if overlay_path else None,
             "tiled": bool(tile) and (rgb.shape[0] > tile or rgb.shape[1] > tile),
@@ -292,7 +343,10 @@ def predict_paths(model: Predictor, inputs: Sequence[str | os.PathLike], out_dir
 
 
 def format_summary(s: dict) -> str:
-    """One line per image for the CLI: ``path  HxW  0.12 s  person 61.2%, background 30.0%, ...``."""
+    """One line per image for the CLI: ``path  HxW  0.12 s  person 61.2%, background 30.0%, ...``
+    (a video's: ``path  HxW  40 frames at 25 fps  3.10 s  ...``)."""
     h, w = s["size"]
     top = ", ".join(f"{c} {100 * f:.1f}%" for c, f in s["top"])
-    return f"{shown(s['path'])}  {h}x{w}  {s['seconds']:.2f} s{'  (tiled)' if s.get('tiled') else ''}  {top}"
+    frames = f"  {s['frames']} frames at {float(s['fps']):.4g} fps" if "frames" in s else ""
+    return (f"{shown(s['path'])}  {h}x{w}{frames}  {s['seconds']:.2f} s{'  (tiled)' if s.get('tiled') else ''}"
+            f"  {top}")

@@ -1482,7 +1482,8 @@ def cache_cases() -> Iterator[Case]:
 
 
 # more cases, one module per area
-EXTENSIONS = ("support.faults_predict", "support.faults_config", "support.faults_train", "support.faults_cli")
+EXTENSIONS = ("support.faults_predict", "support.faults_video", "support.faults_config", "support.faults_train",
+              "support.faults_cli")
 
 
 # --- causes ------------------------------------------------------------------------------------------
