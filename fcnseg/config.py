@@ -304,6 +304,9 @@ class TrainConfig:
     warmup_iters: int = rule(0, whole(0))  # linear warm-up iterations
     iterations: int | None = rule(None, _STEPS)  # preset; total optimizer steps (or give epochs)
     epochs: int | None = rule(None, _STEPS)
+    time_limit: float | None = rule(None, number(0, lo_open=True))  # seconds: past them (after a step) the run
+    #                                           ends as at its last iteration — evaluated, saved — with fewer
+    #                                           steps (the schedule not run out); counted from this process's start
     accumulate: int | None = rule(None, whole(1, 4096))  # preset; micro-batches per step (Caffe iter_size)
     loss_reduction: str | None = rule(None, text(("sum", "mean", "image-mean")))  # preset; sum (per image,
     #                                           Caffe normalize:false) | mean | image-mean (each image's per-pixel
