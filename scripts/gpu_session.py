@@ -33,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("tests", "bench", "train")
-LIMITS = {"setup": 90.0, "tests": 100.0, "bench": 200.0}   # the train phase gets the rest (about 250 s)
+LIMITS = {"setup": 45.0, "tests": 100.0, "bench": 200.0}   # the train phase gets the rest (about 250 s)
 WORKER_S = 60.0   # a bench worker's life: loading, first call, ~25 timed calls, a training step
 RESERVE_S = 15.0   # for copying the results and the summary at the end
 
