@@ -136,3 +136,13 @@ def test_frozen_trunk_run_resumes(blocky_camvid, tmp_path):
     res = run(blocky_camvid, tmp_path / "r", *common, "train.iterations=3", "train.resume=auto")
     assert res["iterations"] == 3
     assert load_checkpoint(tmp_path / "r" / "last.pt")["run_config"]["train"]["freeze_backbone"] is True
+
+
+def test_validation_from_a_cached_prefix_scores_as_the_images(blocky_camvid, tmp_path, capsys):
+    """Frozen at pool4, the validation split is scored from its cached pool3/pool4 (the trunk resumes at
+    conv5): the confusion matrix of scoring the images."""
+    common = ["model.name=fcn8s", "train.freeze_backbone=pool4", "data.val_split=val", "train.iterations=3"]
+    cached = run(blocky_camvid, tmp_path / "cached", *common, "train.cache_features=true")
+    assert "scoring from cached pool3/pool4 features of 3 validation images" in capsys.readouterr().err
+    plain = run(blocky_camvid, tmp_path / "plain", *common)
+    assert cached["metrics"]["confusion"] == plain["metrics"]["confusion"]
