@@ -29,10 +29,12 @@ bench: $(STAMP)
 	$(BIN)/pip install -q --no-deps torchfcn==1.9.7
 	$(BIN)/python -m scripts.bench_cpu
 
-# For a lent GPU machine (no package index there): the peer's model code, carried as .gpu/site.
-gpu-pack: $(STAMP)
-	rm -rf .gpu/site && mkdir -p .gpu/site
-	cp -r "$$($(BIN)/python -c "import importlib.util as u; print(u.find_spec('torchfcn').submodule_search_locations[0])")" .gpu/site/
+# For a lent GPU machine (no package index there): CamVid as JPEG, the hed-vgg16 trunk in fp16 and the
+# peer's code in .gpu (carried by the device tool; scripts/gpu_session.sh uses them). Any Python with
+# fcnseg's dependencies will do (the venv's if built, else $(PY)); the peer comes from pip download if missing.
+GPU_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY))
+gpu-pack:
+	$(GPU_PY) -m scripts.gpu_pack
 
 reproduce-cpu: $(STAMP)
 	$(BIN)/fcnseg reproduce camvid --protocol cpu --out docs/results/camvid-cpu

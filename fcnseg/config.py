@@ -288,7 +288,11 @@ class TrainConfig:
     momentum: float | None = rule(None, number(0, 1, hi_open=True))  # preset
     weight_decay: float | None = rule(None, number(0))  # preset
     bias_lr_mult: float | None = rule(None, number(0))  # preset; the reference's 2x bias learning rate
-    backbone_lr_mult: float = rule(1.0, number(0))  # lr multiplier of the (pretrained) trunk
+    backbone_lr_mult: float | dict = rule(1.0, either(number(0), mapping(number(0), nonempty=True),
+                                                       what="must be a finite number >= 0 or a mapping of "
+                                                            "backbone stage names to such numbers"))
+    #                                           lr multiplier of the (pretrained) trunk: one number for every
+    #                                           stage, or per stage {pool5: 0.1, fc7: 1} (stages left out: 1)
     backbone_bias_lr_mult: float | None = rule(None, number(0))  # preset; trunk biases' lr mult (None:
     #                                           bias_lr_mult)
     backbone_bias_decay_mult: float | None = rule(None, number(0))  # preset; trunk biases' decay mult (0:
@@ -300,6 +304,9 @@ class TrainConfig:
     warmup_iters: int = rule(0, whole(0))  # linear warm-up iterations
     iterations: int | None = rule(None, _STEPS)  # preset; total optimizer steps (or give epochs)
     epochs: int | None = rule(None, _STEPS)
+    time_limit: float | None = rule(None, number(0, lo_open=True))  # seconds: past them (after a step) the run
+    #                                           ends as at its last iteration — evaluated, saved — with fewer
+    #                                           steps (the schedule not run out); counted from this process's start
     accumulate: int | None = rule(None, whole(1, 4096))  # preset; micro-batches per step (Caffe iter_size)
     loss_reduction: str | None = rule(None, text(("sum", "mean", "image-mean")))  # preset; sum (per image,
     #                                           Caffe normalize:false) | mean | image-mean (each image's per-pixel
@@ -321,7 +328,11 @@ class TrainConfig:
     eval_batch_size: int = rule(1, whole(1, 65536))
     eval_flip: bool = rule(False, flag())   # score with test-time flip averaging
     log_every: int = rule(20, _STEPS)
-    freeze_backbone: bool = rule(False, flag())
+    freeze_backbone: bool | str = rule(False, either(flag(), text(), what="must be true, false or the name of "
+                                                                         "the deepest frozen backbone stage"))
+    #                                           the deepest frozen trunk stage: true (all but the classifier stage,
+    #                                           fc6/fc7) | false | a stage name: pool4 (conv5 and fc6/fc7 learn),
+    #                                           pool3 (conv4 up), fc7 (the whole trunk: only score layers learn)
     cache_features: bool = rule(False, flag())
     sync_bn: bool = rule(False, flag())
     nonfinite: str = rule("stop", text(("stop", "skip")))  # stop|skip

@@ -152,9 +152,33 @@ def _check_prerequisites(proto: dict, out: Path, only: list[str] | None) -> None
                                   f"(add {ref} to --only)")
 
 
+RUN_RESERVE_S = 20.0  # a run's set-up, final evaluation and checkpoint beside its training time
+
+
+def _time_limits(proto: dict, runs: list[dict], left: float) -> dict[str, float]:
+    """Each training run's share of ``left`` seconds: in proportion to its own ``train.time_limit`` (the
+    base's; 1 where none), less :data:`RUN_RESERVE_S`, never above its own limit."""
+    def own(spec: dict) -> float | None:
+        v = spec.get("set", {}).get("train.time_limit", proto["base"].get("train", {}).get("time_limit"))
+        return float(v) if v is not None else None
+    weights = {r["name"]: own(r) or 1.0 for r in runs}
+    total = sum(weights.values()) or 1.0
+    shares = {}
+    for r in runs:
+        share = left * weights[r["name"]] / total - RUN_RESERVE_S
+        cap = own(r)
+        shares[r["name"]] = share if cap is None else min(cap, share)
+    return shares
+
+
 def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None = None,
-              only: list[str] | None = None, overrides: list[str] | None = None) -> Path:
-    """Train and score every run of the protocol; return the path of RESULTS.md."""
+              only: list[str] | None = None, overrides: list[str] | None = None,
+              time_budget: float | None = None) -> Path:
+    """Train and score every run of the protocol; return the path of RESULTS.md.
+
+    ``time_budget`` (seconds): the study's bound. Before each training run the time left is shared among
+    the training runs still to do (:func:`_time_limits`) and the run's ``train.time_limit`` set to its
+    share; runs with no time left are not begun (RESULTS.md reports the finished ones)."""
     proto = load_protocol(dataset, protocol)
     _check_only(proto, protocol, only)
     out = Path(out)
@@ -165,6 +189,7 @@ def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None 
         base = {**base, "data": {**base["data"], "root": root}}
     study_t0 = time.perf_counter()
     store = FeatureStore()  # the study's runs share one frozen trunk's cached features
+    todo = [r for r in proto["runs"] if (not only or r["name"] in only) and not (out / f"{r['name']}.json").is_file()]
     for spec in proto["runs"]:
         name = spec["name"]
         if only and name not in only:
@@ -175,6 +200,15 @@ def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None 
             print(f"[reproduce] {name}: done already ({result_json})")
             continue
         source = _source_spec(proto, spec)
+        limit: list[str] = []
+        if time_budget is not None and source is None:
+            left = time_budget - (time.perf_counter() - study_t0)
+            share = _time_limits(proto, [r for r in todo[todo.index(spec):] if r.get("score") is None], left)[name]
+            if share <= 0:
+                print(f"[reproduce] time budget spent ({time_budget:.0f} s): {name} and the runs after it "
+                      "are not trained", flush=True)
+                break
+            limit = [f"train.time_limit={share:.1f}"]
         sets = {**(source or {}).get("set", {}), **spec.get("set", {})}
         if source is not None:
             sets["model.init_from"] = spec["score"]
@@ -187,7 +221,7 @@ def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None 
                 sets[k] = read_record(prev_json)["checkpoint"]
         run_dir = out / "runs" / name
         sets_args = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sets.items()]
-        cfg = load_config(None, _flatten(base) + sets_args + [f"out={run_dir}"] + list(overrides or []))
+        cfg = load_config(None, _flatten(base) + sets_args + [f"out={run_dir}"] + list(overrides or []) + limit)
         print(f"[reproduce] {name}: {spec.get('about', '')}", flush=True)
         load_start, t0 = loadavg(), time.perf_counter()
         if source is None:
@@ -205,6 +239,7 @@ def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None 
             "run": name, "group": spec.get("group"), "about": spec.get("about", ""),
             "config": cfg.to_dict(), "seed": cfg.train.seed, "commit": commit(), "machine": machine(),
             "wall_time_s": round(wall, 1), "iterations": result.get("iterations"),
+            "total_iterations": result.get("total_iterations"), "time_limited": bool(result.get("time_limited")),
             "loadavg_start": load_start, "loadavg_end": loadavg(),
             "checkpoint": result["last_checkpoint"],
             "metrics": {k: metrics[k] for k in ("pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu")},
@@ -307,7 +342,7 @@ def write_results(proto: dict, out: Path, seconds: float | None = None) -> Path:
             mm = r["metrics"]
             lines.append(f"| {r['run']} | {r['about']} | **{100 * mm['mean_iu']:.1f}** | "
                          f"{100 * mm['pixel_accuracy']:.1f} | {100 * mm['mean_accuracy']:.1f} | "
-                         f"{100 * mm['fw_iu']:.1f} | {r['iterations']} | "
+                         f"{100 * mm['fw_iu']:.1f} | {_iterations(r)} | "
                          f"{r['wall_time_s'] / 60:.1f} |")
         lines.append("")
         for a, b in proto.get("compare", {}).get(group, []):
@@ -338,6 +373,13 @@ def write_results(proto: dict, out: Path, seconds: float | None = None) -> Path:
         lines += ["", "## RQ4 curves", "", "![mean IU against wall time and iterations](rq4.png)"]
     lines += ["", "Generated by `fcnseg reproduce` from the JSON files beside this page."]
     return write_text(out / "RESULTS.md", "\n".join(lines) + "\n")
+
+
+def _iterations(record: dict) -> str:
+    """The iterations cell: those done, and of how many where ``train.time_limit`` cut the run short."""
+    if record.get("time_limited"):
+        return f"{record['iterations']} of {record.get('total_iterations')} (time limit)"
+    return str(record["iterations"])
 
 
 def _plot_curves(records: list[dict], path: Path) -> Path | None:

@@ -105,7 +105,8 @@ def performance_section() -> str:
     gpu_at = text.find("### GPU targets")
     gpu = (text[gpu_at:].split("\n## ", 1)[0].strip().replace("### GPU targets", "GPU (FCN-8s-VGG16, 500×500):")
            if gpu_at >= 0 else "GPU: not measured yet (no GPU lent to this project's runs); "
-           "`bash scripts/gpu_session.sh` (CUDA tests + `scripts/bench_gpu.py`) measures it.")
+           "`bash scripts/gpu_session.sh` (CUDA tests, `scripts/bench_gpu.py`, `fcnseg reproduce camvid "
+           "--protocol gpu`; `make gpu-pack` first) measures it.")
     return (f"{block}\n\nFCN-8s-VGG16 at 500×500 on 2 CPU cores, each ratio to torchfcn 1.9.7 measured in the same run.\n\n"
             f"{gpu}\n\nTables, commands and machines: [docs/PERFORMANCE.md](docs/PERFORMANCE.md).")
 

@@ -12,10 +12,10 @@ from fcnseg.reproduce import _flatten, load_protocol
 def test_cli_offers_every_protocol_file():
     from fcnseg.reproduce import list_protocols
 
-    assert list_protocols("camvid") == ["cpu", "cpu-fullres", "cpu-width", "dense", "full"]
+    assert list_protocols("camvid") == ["cpu", "cpu-fullres", "cpu-width", "dense", "full", "gpu"]
 
 
-@pytest.mark.parametrize("protocol", ["cpu", "cpu-fullres", "cpu-width", "dense", "full"])
+@pytest.mark.parametrize("protocol", ["cpu", "cpu-fullres", "cpu-width", "dense", "full", "gpu"])
 def test_every_run_of_each_protocol_is_a_valid_config(protocol):
     proto = load_protocol("camvid", protocol)
     names = [r["name"] for r in proto["runs"]]
@@ -110,3 +110,18 @@ def test_full_protocol_runs_end_to_end_at_toy_size(tmp_path):
     assert flip["data"]["flip"] and not flip["train"]["freeze_backbone"] and flip["model"]["alignment"] == "caffe"
     assert runs["fcn8s-staged-flip-tta"]["iterations"] == 0
     assert "fcn8s-staged-flip-tta vs fcn8s-staged-flip" in (out / "RESULTS.md").read_text()
+
+
+def test_time_budget_is_shared_by_the_runs_own_limits():
+    """--time-budget: each training run gets the time left in proportion to its own train.time_limit,
+    less the set-up reserve, never more than its own limit; the GPU protocol's limits fit one command."""
+    from fcnseg.reproduce import RUN_RESERVE_S, _time_limits
+
+    proto = load_protocol("camvid", "gpu")
+    runs = proto["runs"]
+    own = [r["set"]["train.time_limit"] for r in runs]
+    assert sum(own) + len(own) * RUN_RESERVE_S <= 400   # with the CUDA tests and the bench, under 10 minutes
+    shares = _time_limits(proto, runs, 200.0)
+    assert list(shares.values()) == pytest.approx([200 * o / sum(own) - RUN_RESERVE_S for o in own])
+    assert _time_limits(proto, runs, 10_000.0) == {r["name"]: o for r, o in zip(runs, own)}
+    assert _time_limits(proto, runs[2:], 200.0)["fcn8s-staged"] == 90   # later runs inherit the time left

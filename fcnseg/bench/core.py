@@ -9,8 +9,9 @@ import select
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from fcnseg.bench.measure import count_flops, machine_info, sgemm_gflops, stats
 from fcnseg.bench.peer import PeerUnavailable, torchvision_fcn_resnet50
 from fcnseg.bench.report import bench_markdown
 from fcnseg.data import build_dataset, sample_root
-from fcnseg.errors import ConfigError, FcnsegError
+from fcnseg.errors import ConfigError, FcnsegError, one_line
 from fcnseg.evaluate.scoring import evaluate
 from fcnseg.infer.engines import onnx_for
 from fcnseg.infer.spec import EngineSpec
@@ -118,21 +119,32 @@ def _calibration(cfg_in_channels: int, size: tuple[int, int], count: int, seed: 
 
 
 class _Worker:
-    """A worker process in serve mode (see :func:`fcnseg.bench.worker.serve`)."""
+    """A worker process in serve mode (see :func:`fcnseg.bench.worker.serve`).
 
-    def __init__(self, spec: dict, tmp: Path, timeout: float) -> None:
+    Its stderr is read line by line as it comes: each line goes to ``echo`` (the bench's log, so a
+    session's one log file holds every worker's output) and is kept, whole, for the error row of a worker
+    that fails. No answer may take longer than ``timeout`` seconds, and the worker is killed at
+    ``deadline`` (``time.monotonic()``) whatever it is doing.
+    """
+
+    def __init__(self, spec: dict, tmp: Path, timeout: float, deadline: float | None = None,
+                 echo: Callable[[str], None] | None = None) -> None:
         self.spec, self.timeout, self.error = spec, timeout, None
+        self.deadline = deadline if deadline is not None else time.monotonic() + 10 * timeout
+        self.name, self._echo = spec["engine"], echo or (lambda line: None)
+        self.stderr: list[str] = []
         tag = spec["engine"].replace("@", "_")
         spec_path = tmp / f"spec-{tag}.json"
         spec_path.write_text(json.dumps(spec))
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        self.stderr_path = tmp / f"stderr-{tag}.txt"
-        self._stderr = open(self.stderr_path, "w")
+        env["PYTHONUNBUFFERED"] = "1"
         self.proc = subprocess.Popen([sys.executable, "-m", "fcnseg.bench.worker", str(spec_path), "--serve"],
-                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, bufsize=1)
+        self._drain = threading.Thread(target=self._read_stderr, daemon=True)
+        self._drain.start()
         try:
             if self._read() != "ready":
                 raise BenchError("worker did not start")
@@ -140,15 +152,31 @@ class _Worker:
             self.error = str(e)
             self.close()
 
+    def _read_stderr(self) -> None:
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+            self._echo(f"[{self.name}] {line.rstrip()}")
+
+    def stderr_text(self) -> str:
+        """Everything the worker wrote to stderr (whole, once it has exited)."""
+        self._drain.join(timeout=5)
+        return "".join(self.stderr)
+
     def _read(self) -> str:
-        ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
+        wait = min(self.timeout, self.deadline - time.monotonic())
+        ready, _, _ = select.select([self.proc.stdout], [], [], max(wait, 0.0))
         line = self.proc.stdout.readline() if ready else None
         if not line:
             self.proc.kill()
             self.proc.wait()
-            tail = self.stderr_path.read_text().strip().splitlines() if self.stderr_path.exists() else []
-            why = "timed out" if line is None else (tail[-1] if tail else f"exit code {self.proc.returncode}")
-            raise BenchError(why)
+            if line is not None:
+                why = f"exit code {self.proc.returncode}"
+            elif time.monotonic() >= self.deadline:
+                why = "timed out (past the worker's deadline)"
+            else:
+                why = f"timed out (no answer within {self.timeout:.0f} s)"
+            tail = self.stderr_text().strip().splitlines()
+            raise BenchError(f"{why}: {tail[-1]}" if tail else why)
         return line.strip()
 
     def cmd(self, line: str) -> list[float]:
@@ -172,7 +200,12 @@ class _Worker:
             except (OSError, subprocess.TimeoutExpired):
                 self.proc.kill()
                 self.proc.wait()
-        self._stderr.close()
+        self._drain.join(timeout=5)
+
+    def failed(self, error: str) -> dict:
+        """The error row of this worker: the reason and its whole stderr."""
+        self.close()
+        return {"engine": self.name, "error": error, "stderr": self.stderr_text()}
 
 
 def _annotate(r: dict, s: EngineSpec, flops: dict, log) -> dict:
@@ -209,7 +242,8 @@ def run_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classes: int
               throughput_repeats: int = 2, peer: bool = True, train_step: bool = True, alignment: str = "caffe",
               threads: int | None = None, checkpoint: str | None = None, width: float = 1.0,
               fc_channels: int | None = None, sgemm_n: int = 4096, eval_split: bool = False,
-              calibration_count: int = 4, seed: int = 0, timeout: float = 900.0, command: str | None = None,
+              calibration_count: int = 4, seed: int = 0, timeout: float = 300.0, worker_timeout: float = 480.0,
+              time_budget: float | None = None, command: str | None = None,
               out_json: str | os.PathLike | None = None, out_md: str | os.PathLike | None = None,
               progress: bool = True) -> dict:
     """Measure each engine in a fresh process on the same input and weights; return (and write) a report.
@@ -223,11 +257,18 @@ def run_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classes: int
     holding the same weights (needs model fcn8s@vgg16, caffe alignment). It stays loaded in its own
     process for the whole run and each engine's timed runs alternate with the peer's, so speed-ups
     compare runs taken under the same load (the machine may be shared).
+
+    On CUDA the input waits in pinned host memory, and each engine is also timed with it on the GPU
+    already (``latency_on_device``); fp32 engines run with TF32 off. A worker must answer within
+    ``timeout`` s and is killed after ``worker_timeout`` s; past ``time_budget`` s (None: no limit) no
+    engine is begun. ``out_json`` is rewritten after every engine (``"partial": true`` until the end), and
+    a failed worker's row holds its whole stderr, which the progress log shows as it comes.
     """
     for path in (out_json, out_md):
         if path:
             _check_writable(path)
     t_start = time.time()
+    deadline = time.monotonic() + (time_budget if time_budget is not None else 10 * worker_timeout)
     log = (lambda msg: print(f"[bench {time.time() - t_start:5.0f}s] {msg}", file=sys.stderr, flush=True)) \
         if progress else (lambda msg: None)
     if device != "cpu" and not torch.cuda.is_available():
@@ -275,13 +316,24 @@ def run_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classes: int
                     "seed": seed, "in_channels": in_ch, "scores_out": str(tmp / f"scores-{tag}.npy"),
                     "result_out": str(tmp / f"result-{tag}.json")}
 
-        runs = _Runs(make_spec, tmp, timeout, warmup, repeats, throughput_batch, throughput_repeats,
-                     report["flops"], log)
+        def done(results: list[dict]) -> None:  # the report so far, on disk after every engine
+            if out_json:
+                rows = copy.deepcopy(results)
+                _add_comparisons(rows, specs, tmp)
+                write_text(out_json, json.dumps({**report, "engines": rows, "partial": True}, indent=1) + "\n")
+
+        runs = _Runs(make_spec, tmp, timeout, worker_timeout, deadline, warmup, repeats, throughput_batch,
+                     throughput_repeats, report["flops"], log, dev_kind == "cuda", done)
         results = runs.all(specs)
         _add_comparisons(results, specs, tmp)
         report["engines"] = results
         if eval_split:
-            report["eval_split"] = _eval_split(models.get("caffe") or next(iter(models.values())), device, log)
+            try:
+                report["eval_split"] = _eval_split(models.get("caffe") or next(iter(models.values())), device, log)
+            except Exception as e:  # the timings are what counts: keep them, say what failed
+                why = f"{type(e).__name__}: {one_line(e)}"
+                log(f"eval split failed: {why}")
+                report["eval_split"] = {"error": why}
     report["ratios_vs_peer"] = _ratios(report)
     report["machine"]["loadavg_end"] = list(os.getloadavg())
     report["wall_seconds"] = time.time() - t_start
@@ -341,40 +393,56 @@ def _bench_model(alignment: str, checkpoint: str | None, cfg: dict | None, seed:
 
 class _Runs:
     """Each engine in its own worker process; the peer's worker stays loaded and its timed runs
-    alternate with each engine's, so both are timed under the same load."""
+    alternate with each engine's, so both are timed under the same load. Every worker answers within
+    ``timeout`` s and lives at most ``worker_timeout`` s (the peer: until ``deadline``); engines not begun
+    by ``deadline`` get an error row. ``done(results)`` hears of every finished engine."""
 
-    def __init__(self, make_spec, tmp: Path, timeout: float, warmup: int, repeats: int, throughput_batch: int,
-                 throughput_repeats: int, flops: dict, log) -> None:
+    def __init__(self, make_spec, tmp: Path, timeout: float, worker_timeout: float, deadline: float, warmup: int,
+                 repeats: int, throughput_batch: int, throughput_repeats: int, flops: dict, log, on_device: bool,
+                 done: Callable[[list[dict]], None]) -> None:
         self.make_spec, self.tmp, self.timeout, self.log, self.flops = make_spec, tmp, timeout, log, flops
+        self.worker_timeout, self.deadline, self.on_device, self.done = worker_timeout, deadline, on_device, done
         self.warmup, self.repeats = warmup, repeats
         self.throughput_batch, self.throughput_repeats = throughput_batch, throughput_repeats
         self.peer: _Worker | None = None
 
+    def _worker(self, s: EngineSpec, deadline: float) -> _Worker:
+        return _Worker(self.make_spec(s), self.tmp, self.timeout, deadline, self.log)
+
     def all(self, specs: list[EngineSpec]) -> list[dict]:
-        results = []
+        results: list[dict] = []
         peer_s = next((s for s in specs if s.runtime == "peer"), None)
         if peer_s is not None:
             self.log("engine peer (kept loaded: each engine's timed runs alternate with the peer's)")
-            self.peer = _Worker(self.make_spec(peer_s), self.tmp, self.timeout)
+            self.peer = self._worker(peer_s, self.deadline)
             if self.peer.error:
                 self.log(f"  peer failed: {self.peer.error}")
-                results.append({"engine": "peer", "error": self.peer.error})
+                results.append(self.peer.failed(self.peer.error))
                 self.peer = None
         for s in specs:
-            if s.runtime != "peer":
-                results.append(_annotate(self.one(s), s, self.flops, self.log))
+            if s.runtime == "peer":
+                continue
+            if time.monotonic() >= self.deadline:
+                r = {"engine": s.name, "error": "not run: the bench's time budget was spent"}
+            else:
+                r = self.one(s)
+            results.append(_annotate(r, s, self.flops, self.log))
+            self.done(results)
         if self.peer is not None:
+            if self.on_device:
+                self._on_device(self.peer)
             results.insert(0, _annotate(self._finish(self.peer, "peer"), peer_s, self.flops, self.log))
+            self.done(results)
         return results
 
     def one(self, s: EngineSpec) -> dict:
         """One engine's result: warm-up, timed batch-1 runs paired with the peer's, throughput, finish."""
         self.log(f"engine {s.name}")
-        w = _Worker(self.make_spec(s), self.tmp, self.timeout)
+        w = self._worker(s, min(self.deadline, time.monotonic() + self.worker_timeout))
+        if w.error:
+            return w.failed(w.error)
         paired: list[float] = []
         try:
-            if w.error:
-                raise BenchError(w.error)
             w.cmd(f"lat {self.warmup} 0")
             if self.peer:
                 self.peer.cmd(f"lat {self.warmup} 0")
@@ -384,13 +452,18 @@ class _Runs:
                         got = worker.cmd("lat 0 1")
                         if worker is self.peer:
                             paired += got
+            if self.on_device:
+                self._on_device(w)
         except BenchError as e:
-            w.close()
-            return {"engine": s.name, "error": str(e)}
+            return w.failed(str(e))
         r = self._finish(w, s.name)
         if paired and "error" not in r:
             r["peer_paired"] = {"seconds": stats(paired), "samples": paired}
         return r
+
+    def _on_device(self, w: _Worker) -> None:
+        """Batch-1 timings with the input on the GPU already (no host-to-device copy in the call)."""
+        w.cmd(f"dev 1 {self.repeats}")
 
     def _finish(self, w: _Worker, name: str) -> dict:
         try:
@@ -398,8 +471,7 @@ class _Runs:
                 w.cmd(f"thr 1 {self.throughput_repeats}")
             return w.finish()
         except BenchError as e:
-            w.close()
-            return {"engine": name, "error": str(e)}
+            return w.failed(str(e))
 
 
 def _check_writable(path: str | os.PathLike) -> None:

@@ -1,7 +1,7 @@
 """Markdown tables from a bench report (the dict/JSON of :func:`fcnseg.bench.run_bench`)."""
 from __future__ import annotations
 
-__all__ = ["bench_markdown", "engine_table", "machine_line", "first_call_line"]
+__all__ = ["bench_markdown", "engine_table", "machine_line", "first_call_line", "gpu_lines"]
 
 
 def _f(v, fmt: str = ".3f", none: str = "–") -> str:
@@ -93,6 +93,22 @@ def first_call_line(report: dict) -> str | None:
             + ", ".join(f"`{name}` {sec:.1f} s" for name, sec in calls) + ".")
 
 
+def gpu_lines(report: dict) -> list[str]:
+    """CUDA only: batch-1 medians with the input already on the GPU, and the peak memory the caching
+    allocator reserved (CUDA-graph pools included)."""
+    dev = [(r["engine"], r["latency_on_device"]["seconds"]["median"]) for r in report.get("engines", [])
+           if "latency_on_device" in r]
+    res = [(r["engine"], r["peak_reserved_b1_mb"]) for r in report.get("engines", []) if "peak_reserved_b1_mb" in r]
+    lines = []
+    if dev:
+        lines.append("Batch-1 latency with the input already on the GPU (median; the table's times include the "
+                     "copy from pinned host memory): " + ", ".join(f"`{n}` {1e3 * v:.2f} ms" for n, v in dev) + ".")
+    if res:
+        lines.append("Peak reserved CUDA memory, batch 1 (the caching allocator's, CUDA-graph pools included): "
+                     + ", ".join(f"`{n}` {v:.0f} MiB" for n, v in res) + ".")
+    return lines
+
+
 def bench_markdown(report: dict, title: str | None = None) -> str:
     opts = report.get("options", {})
     h, w = opts.get("size", ("?", "?"))
@@ -103,8 +119,11 @@ def bench_markdown(report: dict, title: str | None = None) -> str:
     first = first_call_line(report)
     if first:
         lines += [first, ""]
+    lines += [x for line in gpu_lines(report) for x in (line, "")]
     ev = report.get("eval_split")
-    if ev:
+    if ev and "error" in ev:
+        lines += [f"`evaluate()` time split: failed ({ev['error']})", ""]
+    elif ev:
         fr = ev["fractions"]
         lines += [f"`evaluate()` time split ({ev['dataset']}, {ev['images']} images): "
                   + ", ".join(f"{k} {100 * v:.1f}%" for k, v in fr.items()), ""]

@@ -108,9 +108,28 @@ def _reset_peak(device: torch.device) -> None:
 
 
 def _peak(device: torch.device) -> float:
+    """Peak allocated memory (CUDA) or RSS (CPU) in MiB since :func:`_reset_peak`."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return peak_rss_mb()
+
+
+def _peak_reserved(device: torch.device) -> float | None:
+    """Peak memory the CUDA caching allocator held (MiB), private CUDA-graph pools included; None on CPU."""
+    return torch.cuda.max_memory_reserved(device) / 2**20 if device.type == "cuda" else None
+
+
+def _precision_flags(engine: str, device: torch.device) -> dict | None:
+    """On CUDA: cuDNN autotuning on for every engine; TF32 off for fp32 engines (the peer's too), so rows
+    labelled exact run in fp32 (PyTorch lets cuDNN convolutions use TF32 by default). Returns the flags set."""
+    if device.type != "cuda":
+        return None
+    fp32 = engine == "peer" or EngineSpec.parse(engine).dtype == "fp32"
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.allow_tf32 = not fp32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return {"benchmark": True, "allow_tf32": torch.backends.cudnn.allow_tf32,
+            "matmul_tf32": torch.backends.cuda.matmul.allow_tf32}
 
 
 class Session:
@@ -125,16 +144,18 @@ class Session:
         self.result: dict = {"engine": spec["engine"], "loadavg_start": list(os.getloadavg()),
                              "rss_baseline_mb": rss_mb()}
         self.sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
-        if device.type == "cuda":  # every engine (the peer too) on cuDNN's autotuned kernels for the fixed sizes
-            torch.backends.cudnn.benchmark = True
-            self.result["cudnn"] = {"benchmark": True, "allow_tf32": torch.backends.cudnn.allow_tf32,
-                                    "matmul_tf32": torch.backends.cuda.matmul.allow_tf32}
+        flags = _precision_flags(spec["engine"], device)
+        if flags is not None:
+            self.result["cudnn"] = flags
         t0 = time.perf_counter()
         self.engine, self.trainable = _build(spec, device)
         self.result.update(load_seconds=time.perf_counter() - t0, rss_loaded_mb=rss_mb(),
                            peak_rss_load_mb=peak_rss_mb())
         self.result["describe"] = self.engine.describe()
-        self.x1 = _images(spec, int(spec.get("batch", 1)))
+        # on CUDA the input waits in pinned host memory (a copy as fast as the bus allows; timed with the
+        # call) and, for the on-device timings, on the GPU already
+        self.x1 = _host(_images(spec, int(spec.get("batch", 1))), device)
+        self.x1_dev = self.x1.to(device) if device.type == "cuda" else None
         t0 = time.perf_counter()
         out = self.engine.predict_scores(self.x1)  # first call: lazy init, caches; kept for comparison
         if self.sync:
@@ -145,38 +166,66 @@ class Session:
             np.save(spec["scores_out"], out.detach().float().cpu().numpy())
         del out
         self.lat: list[float] = []
+        self.lat_dev: list[float] = []
         self.thr: list[float] = []
         self.peak_b1: float | None = None
+        self.reserved_b1: float | None = None
         self.xn = None
 
-    def latency(self, warmup: int, repeats: int) -> list[float]:
+    def _warm(self, x: torch.Tensor, warmup: int) -> None:
+        for _ in range(warmup):
+            self.engine.predict_scores(x)
+        if self.sync:
+            self.sync()
+
+    def latency(self, warmup: int, repeats: int, on_device: bool = False) -> list[float]:
+        """Timed batch-1 calls after ``warmup`` untimed ones; ``on_device``: the input already on the GPU.
+        Peak memory counts from after the first warm-up (CUDA-graph pools and autotuning workspaces are
+        held by then), reserved memory beside allocated."""
+        x = self.x1_dev if on_device and self.x1_dev is not None else self.x1
+        self._warm(x, warmup)
         if self.peak_b1 is None:
             _reset_peak(self.device)
             self.result["mem_before_runs_mb"] = rss_mb() if self.device.type == "cpu" else \
                 torch.cuda.memory_allocated(self.device) / 2**20
             self.peak_b1 = 0.0
-        ts = time_calls(lambda: self.engine.predict_scores(self.x1), warmup, repeats, self.sync)
-        self.lat += ts
+        ts = time_calls(lambda: self.engine.predict_scores(x), 0, repeats, self.sync)
+        (self.lat_dev if x is self.x1_dev else self.lat).extend(ts)
         self.peak_b1 = max(self.peak_b1, _peak(self.device))
+        reserved = _peak_reserved(self.device)
+        if reserved is not None:
+            self.reserved_b1 = max(self.reserved_b1 or 0.0, reserved)
         return ts
 
     def throughput(self, warmup: int, repeats: int) -> list[float]:
         nb = int(self.spec.get("throughput_batch") or 0)
         if nb <= 1:
             return []
-        if self.xn is None:
-            self.xn = _images(self.spec, nb)
+        first = self.xn is None
+        if first:
+            self.xn = _host(_images(self.spec, nb), self.device)
+        self._warm(self.xn, warmup)
+        if first:
             _reset_peak(self.device)
-        ts = time_calls(lambda: self.engine.predict_scores(self.xn), warmup, repeats, self.sync)
+        ts = time_calls(lambda: self.engine.predict_scores(self.xn), 0, repeats, self.sync)
         self.thr += ts
         self.result["peak_mem_bN_mb"] = _peak(self.device)
+        reserved = _peak_reserved(self.device)
+        if reserved is not None:
+            self.result["peak_reserved_bN_mb"] = reserved
         return ts
 
     def finish(self) -> dict:
         r, spec = self.result, self.spec
         if self.lat:
-            r["latency"] = {"seconds": stats(self.lat), "samples": self.lat, "batch": self.x1.shape[0]}
+            r["latency"] = {"seconds": stats(self.lat), "samples": self.lat, "batch": self.x1.shape[0],
+                            "input": "pinned host memory" if self.x1.is_pinned() else "host memory"}
             r["peak_mem_b1_mb"] = self.peak_b1
+        if self.lat_dev:
+            r["latency_on_device"] = {"seconds": stats(self.lat_dev), "samples": self.lat_dev,
+                                      "batch": self.x1.shape[0], "input": "on the GPU"}
+        if self.reserved_b1 is not None:
+            r["peak_reserved_b1_mb"] = self.reserved_b1
         if self.thr:
             nb = self.xn.shape[0]
             st = stats(self.thr)
@@ -191,10 +240,18 @@ class Session:
         return r
 
 
+def _host(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` in pinned host memory when it is bound for a GPU."""
+    return x.pin_memory() if device.type == "cuda" else x
+
+
 def run(spec: dict) -> dict:
-    """All phases in a row: warm-up + timed batch-1 runs, batch-N runs, the training step."""
+    """All phases in a row: warm-up + timed batch-1 runs (on CUDA also from an input on the GPU), batch-N
+    runs, the training step."""
     session = Session(spec)
     session.latency(int(spec["warmup"]), int(spec["repeats"]))
+    if session.x1_dev is not None:
+        session.latency(1, int(spec["repeats"]), on_device=True)
     session.throughput(1, int(spec.get("throughput_repeats", 2)))
     return session.finish()
 
@@ -205,7 +262,8 @@ def _write(spec: dict, result: dict) -> None:
 
 
 def serve(spec: dict) -> None:
-    """Line protocol on stdin/stdout: ``lat W R`` / ``thr W R`` → JSON list of seconds; ``end`` →
+    """Line protocol on stdin/stdout: ``lat W R`` / ``dev W R`` (input on the GPU) / ``thr W R`` → JSON list
+    of seconds; ``end`` →
     the result is written to ``spec["result_out"]`` and ``done`` answered. ``ready`` is sent once loaded."""
     out = os.fdopen(os.dup(1), "w", buffering=1)
     sys.stdout = sys.stderr  # anything else printed must not corrupt the protocol
@@ -215,6 +273,8 @@ def serve(spec: dict) -> None:
         cmd, *args = line.split()
         if cmd == "lat":
             out.write(json.dumps(session.latency(int(args[0]), int(args[1]))) + "\n")
+        elif cmd == "dev":
+            out.write(json.dumps(session.latency(int(args[0]), int(args[1]), on_device=True)) + "\n")
         elif cmd == "thr":
             out.write(json.dumps(session.throughput(int(args[0]), int(args[1]))) + "\n")
         elif cmd == "end":

@@ -49,7 +49,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="matmul size for the machine's sgemm rate; 0 skips")
     p.add_argument("--width", type=positive_float, default=1.0, help="channel width multiplier (tests: 1/16)")
     p.add_argument("--fc-channels", type=positive_int, help="fc6/fc7 channels (default the backbone's)")
-    p.add_argument("--out", help="JSON report path (a .md beside it gets the tables)")
+    p.add_argument("--worker-timeout", type=positive_float, default=480.0,
+                   help="seconds an engine's worker may live, its set-up included (default 480)")
+    p.add_argument("--time-budget", type=positive_float,
+                   help="seconds for the whole bench: engines not begun by then get an error row (default: none)")
+    p.add_argument("--out", help="JSON report path (rewritten after every engine; a .md beside it gets the tables)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
@@ -66,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
                        throughput_repeats=args.throughput_repeats, threads=args.threads, peer=not args.no_peer,
                        train_step=not args.no_train_step, eval_split=args.eval_split, sgemm_n=args.sgemm_n,
                        width=args.width, fc_channels=args.fc_channels, out_json=args.out, out_md=out_md,
+                       timeout=min(300.0, args.worker_timeout), worker_timeout=args.worker_timeout,
+                       time_budget=args.time_budget,
                        progress=not args.quiet, command=getattr(args, "command_line", None))
     print(bench_markdown(report))
     if not args.out:

@@ -134,6 +134,7 @@ class TorchEngine(Engine):
         self._fn = torch.compile(self.model, dynamic=False) if compile else self.model
         self._graphs: dict[tuple, tuple[Any, torch.Tensor, Any]] = {}
         self._max_graphs = max_graphs
+        self._graphs_of = self._tensors_key()
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "device": str(self.device), "dtype": self.dtype,
@@ -162,8 +163,31 @@ class TorchEngine(Engine):
             return self._replay(x)
         return self._float(self._forward(x))
 
+    def refresh(self) -> None:
+        """After the weights changed in place: the trimmed net's constants recomputed from them, and the
+        captured CUDA graphs dropped (they would replay the old constants)."""
+        if isinstance(self.model, TrimmedFCN):
+            self.model.refresh()
+        self._graphs.clear()
+        self._graphs_of = self._tensors_key()
+
+    def _tensors_key(self) -> tuple:
+        """What captured graphs read: the storage of every parameter and buffer, and the trimmed net's
+        constants (their version). A change (new weights assigned, ``refresh()``) makes the graphs stale."""
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        version = self.model.version if isinstance(self.model, TrimmedFCN) else 0
+        return (version, *(t.data_ptr() for t in tensors))
+
+    def _drop_stale_graphs(self) -> None:
+        now = self._tensors_key()
+        if now != self._graphs_of:
+            self._graphs.clear()
+            self._graphs_of = now
+
     def _replay(self, x: torch.Tensor) -> Scores:
-        """Run through a CUDA graph captured for this shape (captured on first sight)."""
+        """Run through a CUDA graph captured for this shape (captured on first sight; all dropped when
+        the tensors they read were replaced)."""
+        self._drop_stale_graphs()
         key = (tuple(x.shape), x.stride(), x.dtype)
         if key not in self._graphs:
             if len(self._graphs) >= self._max_graphs:

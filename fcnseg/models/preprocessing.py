@@ -1,6 +1,7 @@
 """Input preprocessing that travels with a set of weights."""
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import torch
@@ -28,9 +29,7 @@ class Preprocessing:
         x = images.float()
         if self.bgr:
             x = torch.cat([x[..., [2, 1, 0], :, :], x[..., 3:, :, :]], dim=-3)
-        c = x.shape[-3]
-        mean = torch.tensor(_fit(self.mean, c, 0.0), dtype=x.dtype, device=x.device).view(c, 1, 1)
-        std = torch.tensor(_fit(self.std, c, 1.0), dtype=x.dtype, device=x.device).view(c, 1, 1)
+        mean, std = _constants(tuple(self.mean), tuple(self.std), x.shape[-3], x.dtype, x.device)
         return (x * self.scale - mean) / std
 
     def to_dict(self) -> dict:
@@ -40,6 +39,17 @@ class Preprocessing:
     def from_dict(cls, d: dict) -> Preprocessing:
         return cls(bgr=bool(d["bgr"]), scale=float(d["scale"]), mean=tuple(d["mean"]),
                    std=tuple(d.get("std", (1.0, 1.0, 1.0))), name=d.get("name", "custom"))
+
+
+@functools.lru_cache(maxsize=64)
+def _constants(mean: tuple[float, ...], std: tuple[float, ...], c: int, dtype: torch.dtype, device: torch.device
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std as C×1×1 tensors on ``device``, made once per (values, device, dtype): no
+    host-to-device copy per call (and none inside a CUDA-graph capture). Ordinary tensors even when first
+    asked for under ``inference_mode``, so training may use them too."""
+    with torch.inference_mode(False), torch.no_grad():
+        return (torch.tensor(_fit(mean, c, 0.0), dtype=dtype, device=device).view(c, 1, 1),
+                torch.tensor(_fit(std, c, 1.0), dtype=dtype, device=device).view(c, 1, 1))
 
 
 def _fit(values: tuple[float, ...], c: int, pad: float) -> list[float]:

@@ -120,6 +120,7 @@ class TrimmedFCN(SegmentationModel):
         self._cache_size = cache_size
         self._plans: OrderedDict = OrderedDict()
         self._skeletons: OrderedDict = OrderedDict()
+        self.version = 0   # counts refresh() calls: what was captured from the old constants is stale
         self.refresh()
 
     @property
@@ -163,6 +164,7 @@ class TrimmedFCN(SegmentationModel):
                     self._const[id(m)] = c
         self._plans.clear()
         self._skeletons.clear()
+        self.version += 1
 
     # ------------------------------------------------------------------ planning (pure integer work)
 

@@ -313,6 +313,8 @@ class _Run:
         self.window = _Window(time.perf_counter(), self.state.iteration)
         self.skipped = self.consecutive = 0
         self.last_loss = float("nan")   # the last log row's loss
+        self.time_limited = False       # ended by train.time_limit before the last iteration
+        self.late = False               # train.time_limit passed (on any rank) at the last step
 
     # --- batches ------------------------------------------------------------------------------------
     def _batches(self) -> Iterator[list]:
@@ -334,9 +336,12 @@ class _Run:
         rank was asked to stop."""
         acc = self.stepper.step(micro, self.optimizer, self.state.iteration)
         local_bad = 0.0 if torch.isfinite(acc) else 1.0
-        flags = torch.tensor([acc.item() if not local_bad else 0.0, local_bad, 1.0 if stop.requested else 0.0],
-                             dtype=torch.float64)
+        limit = self.cfg.train.time_limit
+        late = limit is not None and time.perf_counter() - self.state.t_start >= limit
+        flags = torch.tensor([acc.item() if not local_bad else 0.0, local_bad, 1.0 if stop.requested else 0.0,
+                              1.0 if late else 0.0], dtype=torch.float64)
         D.all_reduce_sum(flags)
+        self.late = bool(flags[3] > 0)   # every rank ends on the same step
         if flags[1] > 0:
             self._nonfinite()
         else:
@@ -440,18 +445,25 @@ class _Run:
         while self.state.iteration < self.total:
             stop_now = self._train_step(next(batches), stop)
             it = self.state.iteration
-            if it % t.log_every == 0 or it == self.total or stop_now:
+            out_of_time = self.late and it < self.total and not stop_now
+            if it % t.log_every == 0 or it == self.total or stop_now or out_of_time:
                 self._log_window()
             if stop_now:
                 path = self.checkpoints.save("last.pt", self.state)
                 self.progress.say(f"stopped at iteration {it}/{self.total} ({stop.signal_name or 'signal'} "
                                   f"received); checkpoint saved to {path}; continue with train.resume=auto")
                 return True
-            final, paused = it == self.total, time.perf_counter()
+            final, paused = it == self.total or out_of_time, time.perf_counter()
+            if out_of_time:
+                self.time_limited = True
+                self.progress.say(f"train.time_limit: {t.time_limit:g} s reached at iteration {it}/{self.total}; "
+                                  "evaluating and saving as at the end")
             if final or (t.eval_every and it % t.eval_every == 0):
                 self._after_eval(self._evaluate())
             if final or it % t.checkpoint_every == 0:
                 self.checkpoints.save("last.pt", self.state)
+            if out_of_time:
+                return False
             self.window.tick += time.perf_counter() - paused  # img/s counts training time only
         return False
 
@@ -461,5 +473,6 @@ class _Run:
                 "loss": self.last_loss, "last_checkpoint": str(self.out / "last.pt"),
                 "best_checkpoint": str(self.out / "best.pt") if s.best is not None else None,
                 "best_mean_iu": s.best, "metrics": s.metrics, "interrupted": interrupted,
+                "time_limited": self.time_limited,
                 "skipped_steps": self.skipped, "log": str(self.out / "log.csv"), "out": str(self.out),
                 "world_size": self.world, "rank": self.ctx.rank, "elapsed": s.elapsed()}

@@ -81,12 +81,12 @@ def build_model(m: ModelConfig, num_classes: int | dict) -> SegmentationModel:
 def prepare_model(cfg: RunConfig, classes: int | dict, device: torch.device, say: Callable[[str], None],
                   init: bool = True) -> tuple[SegmentationModel, list[str]]:
     """The net a run trains or scores, on ``device``: built from ``cfg.model`` (seeded by ``train.seed``),
-    its backbone frozen if ``train.freeze_backbone``, initialised from ``model.init_from`` when ``init``.
+    its backbone frozen as ``train.freeze_backbone`` says, initialised from ``model.init_from`` when ``init``.
     Returns it and its frozen stages."""
     t = cfg.train
     torch.manual_seed(t.seed)  # the same initialisation on every rank
     model = build_model(cfg.model, classes)
-    frozen = freeze_backbone(model) if t.freeze_backbone else []
+    frozen = freeze_backbone(model, t.freeze_backbone)
     if cfg.model.init_from and init:
         copied, fresh = init_from_checkpoint(model, cfg.model.init_from)
         listed = f" ({', '.join(fresh[:6])}{', ...' if len(fresh) > 6 else ''})" if fresh else ""
@@ -160,15 +160,29 @@ def init_from_checkpoint(model: nn.Module, path: str | Mapping[str, str]) -> tup
     return copied, [k for k in own if k not in set(copied)]
 
 
-def freeze_backbone(model: FCN) -> list[str]:
-    """Freeze the conv trunk: every stage but the backbone's classifier stage (``fc6``/``fc7`` of
-    VGG/AlexNet, ``Backbone.classifier_tap``), all stages where it has none.
+def freeze_backbone(model: SegmentationModel, upto: bool | str = True) -> list[str]:
+    """Freeze the backbone up to and including stage ``upto`` (``train.freeze_backbone``).
+
+    ``True``: every stage but the backbone's classifier stage (``fc6``/``fc7`` of VGG/AlexNet,
+    ``Backbone.classifier_tap``), all stages where it has none; ``False``: nothing; a stage name (one of
+    the backbone's taps): that stage and every earlier one — ``pool4`` leaves conv5 and fc6/fc7 learning,
+    the classifier stage (``fc7``) the whole trunk, so only the score layers learn.
 
     Returns the frozen stage names (a prefix of the backbone). Frozen stages stay in eval mode
-    (see :func:`keep_frozen_eval`).
+    (see :func:`keep_frozen_eval`) and out of the optimizer.
     """
-    keep = model.backbone.classifier_tap
-    frozen = [n for n in model.backbone.stages.keys() if n != keep]
+    if upto is False:
+        return []
+    if not isinstance(model, FCN):
+        raise ConfigError(f"train.freeze_backbone: needs a single-stream FCN, not {type(model).__name__}")
+    names = list(model.backbone.stages.keys())
+    if upto is True:
+        frozen = [n for n in names if n != model.backbone.classifier_tap]
+    elif upto in names:
+        frozen = names[:names.index(upto) + 1]
+    else:
+        raise ConfigError(f"train.freeze_backbone: {upto!r} is not a stage of {model.spec.name}'s "
+                          f"{model.spec.backbone} backbone; choose true, false or one of {', '.join(names)}")
     for n in frozen:
         for p in model.backbone.stages[n].parameters():
             p.requires_grad_(False)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -12,7 +13,7 @@ __all__ = ["param_groups", "build_optimizer", "build_scheduler", "lr_factor"]
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, *, bias_lr_mult: float = 2.0,
-                 backbone_lr_mult: float = 1.0, backbone_bias_lr_mult: float | None = None,
+                 backbone_lr_mult: float | Mapping[str, float] = 1.0, backbone_bias_lr_mult: float | None = None,
                  backbone_bias_decay_mult: float = 0.0) -> list[dict]:
     """Groups like the reference's ``param { lr_mult decay_mult }``.
 
@@ -20,21 +21,29 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, *, bias_lr_mu
     parameters (norm scales): lr × 1 without decay. Trunk biases may differ:
     ``backbone_bias_lr_mult`` (None: ``bias_lr_mult``) and ``backbone_bias_decay_mult`` (voc-fcn-alexnet
     leaves its trunk at Caffe's defaults, 1 and 1). Parameters under ``backbone.`` get a further
-    ``backbone_lr_mult``. Parameters with ``requires_grad=False`` (fixed bilinear upsampling, frozen
-    layers) are left out. Each group carries ``name`` and ``lr_mult``.
+    ``backbone_lr_mult``: one number, or a mapping stage name → multiplier (stages left out: 1; then each
+    stage is a group of its own, ``backbone.<stage>.<kind>``). Parameters with ``requires_grad=False``
+    (fixed bilinear upsampling, frozen layers) are left out. Each group carries ``name`` and ``lr_mult``.
     """
+    per_stage = isinstance(backbone_lr_mult, Mapping)
+    if per_stage:
+        _check_stages(model, backbone_lr_mult)
     buckets: dict[tuple[str, str], list[nn.Parameter]] = {}
+    stage_mult: dict[str, float] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        part = "backbone" if name.startswith("backbone.") or ".backbone." in name else "head"
+        stage = _stage_of(name)
+        part = "head" if stage is None else f"backbone.{stage}" if per_stage else "backbone"
+        stage_mult[part] = 1.0 if stage is None else float(backbone_lr_mult.get(stage, 1.0)) if per_stage \
+            else float(backbone_lr_mult)
         kind = "bias" if name.endswith("bias") else ("norm" if p.ndim <= 1 else "weight")
         buckets.setdefault((part, kind), []).append(p)
     groups = []
     for (part, kind), params in sorted(buckets.items()):
-        trunk_bias = part == "backbone" and kind == "bias"
+        trunk_bias = part != "head" and kind == "bias"
         b_mult = backbone_bias_lr_mult if trunk_bias and backbone_bias_lr_mult is not None else bias_lr_mult
-        mult = (backbone_lr_mult if part == "backbone" else 1.0) * (b_mult if kind == "bias" else 1.0)
+        mult = stage_mult[part] * (b_mult if kind == "bias" else 1.0)
         decay = weight_decay if kind == "weight" else weight_decay * backbone_bias_decay_mult if trunk_bias else 0.0
         groups.append({"params": params, "name": f"{part}.{kind}", "lr_mult": mult, "lr": lr * mult,
                        "weight_decay": decay})
@@ -43,8 +52,27 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, *, bias_lr_mu
     return groups
 
 
+def _stage_of(name: str) -> str | None:
+    """The backbone stage a parameter belongs to (``backbone.stages.<stage>.…``, also inside late-fusion
+    streams), None for the head's."""
+    parts = name.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part == "backbone":
+            return parts[i + 2] if i + 2 < len(parts) and parts[i + 1] == "stages" else parts[i + 1]
+    return None
+
+
+def _check_stages(model: nn.Module, mults: Mapping[str, float]) -> None:
+    have = list(dict.fromkeys(s for s in (_stage_of(n) for n, _ in model.named_parameters()) if s is not None))
+    unknown = [k for k in mults if k not in have]
+    if unknown:
+        raise ConfigError(f"train.backbone_lr_mult: {', '.join(map(repr, unknown))} "
+                          f"{'is not a stage' if len(unknown) == 1 else 'are not stages'} of the model's backbone "
+                          f"(stages: {', '.join(have)})")
+
+
 def build_optimizer(model: nn.Module, name: str, lr: float, *, momentum: float = 0.9, weight_decay: float = 0.0,
-                    bias_lr_mult: float = 2.0, backbone_lr_mult: float = 1.0,
+                    bias_lr_mult: float = 2.0, backbone_lr_mult: float | Mapping[str, float] = 1.0,
                     backbone_bias_lr_mult: float | None = None,
                     backbone_bias_decay_mult: float = 0.0) -> torch.optim.Optimizer:
     """SGD (with momentum, Caffe-style L2 decay) or AdamW (decoupled decay) over :func:`param_groups`."""

@@ -31,7 +31,7 @@ __all__ = ["RESUMABLE", "RunLock", "RunState", "Checkpoints", "resume_path", "rn
 
 # settings a resumed run may change: they extend the run or change how it is run, not what it computes
 RESUMABLE = frozenset({
-    "out", "train.resume", "train.iterations", "train.epochs", "train.progress", "train.log_every",
+    "out", "train.resume", "train.iterations", "train.epochs", "train.time_limit", "train.progress", "train.log_every",
     "train.checkpoint_every", "train.eval_every", "train.eval_batch_size", "train.eval_flip", "train.tensorboard",
     "train.device", "train.nonfinite", "train.cache_features", "train.deterministic", "data.workers",
     "data.skip_bad", "data.root", "data.val_root", "model.weights", "model.init_from"})

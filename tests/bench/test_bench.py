@@ -162,7 +162,51 @@ def test_gpu_targets_pick_our_best_engines_only():
         eng("torch-bf16-cl-graphs", "torch", "bf16", 0.0025, 1200.0), {"engine": "torch-fp16-cl", "error": "x"}]}
     text = _script("write_performance_md").gpu_targets(report)
     assert "| ≥ 1000 img/s, batch 16, bf16 | `torch-bf16-cl-graphs` | 1200 img/s | yes |" in text
-    assert "| ≤ 3 ms at batch 1 | `torch-bf16-cl-graphs` | 2.50 ms | yes |" in text
+    assert "| ≤ 3 ms at batch 1, from pinned host memory | `torch-bf16-cl-graphs` | 2.50 ms | yes |" in text
+    assert "input on the GPU" not in text   # no on-device timings in this report
     report["engines"][4]["latency"]["seconds"]["median"] = 0.0045
-    row = "| ≤ 3 ms at batch 1 | `torch-bf16-cl` | 3.50 ms | no |"
-    assert row in _script("write_performance_md").gpu_targets(report)
+    report["engines"][3]["latency_on_device"] = {"seconds": {"median": 0.0031}}
+    text = _script("write_performance_md").gpu_targets(report)
+    assert "| ≤ 3 ms at batch 1, from pinned host memory | `torch-bf16-cl` | 3.50 ms | no |" in text
+    assert "| ≤ 3 ms at batch 1, input on the GPU | `torch-bf16-cl` | 3.10 ms | no |" in text
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("torchvision") is not None, reason="needs a machine without torchvision")
+def test_failing_worker_keeps_its_stderr_and_the_report_is_written_after_each_engine(tmp_path, monkeypatch, capsys):
+    """A worker that dies (tvfcn without torchvision) leaves its whole stderr in its row and in the log;
+    the JSON is on disk after every engine (partial until the end); a failing evaluation split is a row,
+    not the end of the bench."""
+    import fcnseg.bench.core as core
+
+    writes = []
+    real_write = core.write_text
+    monkeypatch.setattr(core, "write_text", lambda p, text: (writes.append(json.loads(text)), real_write(p, text)))
+
+    def broken_eval(*a, **kw):
+        raise RuntimeError("no sample here")
+
+    monkeypatch.setattr(core, "_eval_split", broken_eval)
+    out = tmp_path / "b.json"
+    run_bench(size=(40, 48), width=1 / 16, fc_channels=32, num_classes=5, engines=["tvfcn-fp32", "torch-fp32"],
+              repeats=1, warmup=0, throughput_batch=0, sgemm_n=0, train_step=False, eval_split=True, out_json=out)
+    tv = writes[0]["engines"][0]
+    assert writes[0]["partial"] and len(writes[0]["engines"]) == 1 and tv["engine"] == "tvfcn-fp32"
+    assert tv["error"].startswith("exit code 1") and "Traceback" in tv["stderr"] and "torchvision" in tv["stderr"]
+    assert len(tv["stderr"].splitlines()) > 3   # all of it, not the last line
+    assert "[tvfcn-fp32] Traceback" in capsys.readouterr().err   # the log shows the worker's stderr as it comes
+    final = json.loads(out.read_text())
+    assert "partial" not in final and [e["engine"] for e in final["engines"]] == ["tvfcn-fp32", "torch-fp32"]
+    assert "error" not in final["engines"][1]
+    assert final["eval_split"] == {"error": "RuntimeError: no sample here"}
+    assert "time split: failed (RuntimeError: no sample here)" in core.bench_markdown(final)
+
+
+def test_worker_deadline_and_bench_time_budget():
+    """A worker is killed at its deadline (its row says so); past the bench's budget no engine begins."""
+    kw = dict(size=(40, 48), width=1 / 16, fc_channels=32, num_classes=5, repeats=1, warmup=0, throughput_batch=0,
+              sgemm_n=0, train_step=False, progress=False)
+    [row] = run_bench(engines=["torch-fp32"], worker_timeout=0.2, **kw)["engines"]
+    assert row["error"] == "timed out (past the worker's deadline)" and "stderr" in row
+    rows = run_bench(engines=["torch-fp32", "torch-fp32-cl"], time_budget=0.0, **kw)["engines"]
+    assert [r["error"] for r in rows] == ["not run: the bench's time budget was spent"] * 2

@@ -493,3 +493,16 @@ def test_freeze_keeps_the_classifier_stage_the_backbone_declares():
     model = create_model("fcn32s", 11, width=0.0625, fc_channels=16)
     model.backbone.classifier_tap = None   # a backbone without converted classifier: the whole trunk freezes
     assert freeze_backbone(model) == list(model.backbone.stages)
+
+
+def test_time_limit_ends_the_run_as_at_its_end(blocky_camvid, tmp_path, capsys):
+    """train.time_limit: past it the run stops after the step in flight, evaluates and saves as at its
+    last iteration, and says so in its summary."""
+    res = train(cfg_for(blocky_camvid, tmp_path / "r", "train.time_limit=1e-9", "train.iterations=5",
+                        "data.val_split=val"))
+    assert res["iterations"] == 1 and res["total_iterations"] == 5 and res["time_limited"]
+    assert res["metrics"] is not None and "mean_iu" in res["metrics"]
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["iteration"] == 1
+    assert "train.time_limit: 1e-09 s reached at iteration 1/5" in capsys.readouterr().err
+    full = train(cfg_for(blocky_camvid, tmp_path / "full", "train.iterations=2"))
+    assert full["iterations"] == 2 and not full["time_limited"]

