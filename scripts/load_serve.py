@@ -85,6 +85,10 @@ def _png_bomb(side: int = 100_000) -> bytes:
         chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b"")
 
 
+SMALL_MODEL = ("FCN-8s-VGG16 at 1/8 width (fc6/fc7 128 wide), CamVid's 11 classes and colours, seeded random weights "
+               "(scripts.load_serve.small_checkpoint)")
+
+
 def small_checkpoint(folder: Path) -> Path:
     """The default model: seeded, 1/8-wide FCN-8s (Caffe alignment, as the paper's nets) with CamVid's classes."""
     import torch  # noqa: PLC0415 (optional: only for the default model; the rest of the script is torch-free)
@@ -319,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp.cleanup()
     after = [v for _, v, phase in sampler.samples if phase not in ("start", "warm-up")]
     record = {
-        "command": "python -m scripts.load_serve " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["python -m scripts.load_serve", *(argv if argv is not None else sys.argv[1:])]),
+        "model_about": SMALL_MODEL if not args.checkpoint else "the checkpoint given",
         "server_command": " ".join(["fcnseg serve --checkpoint", checkpoint.name, *limits]),
         "commit": commit(), "machine": machine(), "load_average_before": load_before, "load_average_after": loadavg(),
         "model": (health or {}).get("model"), "engine": (health or {}).get("engine"),

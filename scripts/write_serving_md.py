@@ -78,6 +78,14 @@ def _rss_table(samples: list[list]) -> list[str]:
     return rows
 
 
+def _engine_note(r: dict) -> str:
+    d = r.get("engine_details") or {}
+    if d.get("trim") is False and r["engine"].endswith("-trim-lowmem"):
+        return (" (past three input sizes the default CPU engine serves every size from one dynamic-size ONNX "
+                "export: at the end it reported trim false, low_memory false)")
+    return ""
+
+
 def load_section(r: dict) -> str:
     m = r["machine"]
     levels = r["levels"]
@@ -96,7 +104,7 @@ def load_section(r: dict) -> str:
         f"torch {m['torch']}, Python {m['python']}; load average {', '.join(map(str, la0 or []))} before and "
         f"{', '.join(map(str, la1 or []))} after (1/5/15 min): the machine was shared with other jobs, so the "
         "latencies are what a busy 2-core box gives, not a clean benchmark.", "",
-        f"Model: `{model.get('file')}` ({model.get('name')} · {model.get('backbone')}), engine `{r['engine']}`. "
+        f"Model: `{model.get('file')}`, {r.get('model_about', '')}; engine `{r['engine']}`{_engine_note(r)}. "
         f"Good requests: bundled CamVid frames at {', '.join(r['sizes'])} (H×W), PNG raw bodies and JPEG "
         "multipart uploads, each size in `format=png`, `overlay` and `json`; one of each was sent first to warm "
         f"the engine ({r['warm_up']['requests']} requests, {r['warm_up']['seconds']:.0f} s: the default engine's "

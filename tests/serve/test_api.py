@@ -244,3 +244,19 @@ def test_a_two_head_net_serves_each_head(tmp_path):
         assert call(url + "/predict?format=json", "POST", GOOD).json()["head"] == "semantic"
         r = call(url + "/predict?head=out", "POST", GOOD)
         assert r.status == 400 and "semantic, geometric" in r.json()["error"]
+
+
+def test_the_page_is_one_self_contained_file(live_server):
+    r = call(live_server + "/")
+    assert r.status == 200 and r.headers["content-type"].startswith("text/html")
+    html = r.body.decode()
+    for needle in ('id="drop"', 'type="file"', 'id="opacity"', 'type="range"', 'id="legend"', 'id="timing"'):
+        assert needle in html
+    assert "http://" not in html and "https://" not in html and "<link" not in html and " src=\"/" not in html
+
+
+def test_more_files_than_max_images_is_refused(live_server):
+    body, headers = multipart([(f"{i}.png", GOOD) for i in range(17)])
+    r = call(live_server + "/predict?format=json", "POST", body, headers)
+    assert r.status == 400 and "Too many files" in r.json()["error"]
+    _still_serving(live_server)
