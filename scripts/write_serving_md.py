@@ -139,7 +139,8 @@ def load_section(r: dict) -> str:
               f"- RSS after warm-up {rss['after_warm_up']:.0f} MiB, highest after it {rss['max_after_warm_up']:.0f} "
               f"MiB, at the end {rss['final']:.0f} MiB: {growth:+.0f} MiB, "
               f"**{'flat' if flat else 'not flat'}** (rule: the end within max(20 MiB, 5%) of the RSS after warm-up)",
-              "", "Regenerate: `python -m scripts.load_serve --checkpoint C` (writes the JSON and this page), or "
+              "", "Regenerate: `python -m scripts.load_serve` (`--checkpoint C` for another model; it writes the JSON and "
+              "this page), or "
               "`python -m scripts.write_serving_md` from the committed JSON."]
     return "\n".join(parts) + "\n"
 
