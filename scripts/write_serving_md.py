@@ -60,7 +60,8 @@ and the next request is served (each case below is tested against a live server,
 before its body is read, so at most `--max-queue` bodies of at most `--max-bytes` each are held, and only
 one image is decoded and labelled at a time (multipart files over 1 MB spool to disk while they arrive).
 A request whose client went away keeps its place until its job ends, so the model never queues more than
-`--max-queue` jobs.
+`--max-queue` jobs. Open connections are capped at 4 × `--max-queue` + 32 by uvicorn itself, whose refusal
+past that (like its answer to malformed HTTP) is plain text, not JSON.
 """
 
 
