@@ -1,6 +1,6 @@
 """Load test of ``fcnseg serve`` on the loopback interface: one JSON, and docs/SERVING.md generated from it.
 
-    python -m scripts.load_serve                       # writes docs/bench/serve.json and docs/SERVING.md
+    python -m scripts.load_serve                       # writes docs/bench/serve/load.json and docs/SERVING.md
     python -m scripts.load_serve --checkpoint runs/demo/best.pt --requests 40 --levels 1 4 --out /tmp/s.json --no-docs
 
 Without ``--checkpoint`` it serves a small seeded model it writes itself (``small_checkpoint``: FCN-8s-VGG16 at
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-limit", type=float, default=1800, help="seconds for the whole run at most (default 1800)")
     ap.add_argument("--sample", type=float, default=0.5, help="seconds between RSS samples (default 0.5)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "bench" / "serve.json")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "bench" / "serve" / "load.json")
     ap.add_argument("--no-docs", action="store_true", help="do not regenerate docs/SERVING.md")
     args = ap.parse_args(argv)
     if args.requests < 1 or args.requests > 5000 or not args.levels or max(args.levels) > 64 or min(args.levels) < 1:

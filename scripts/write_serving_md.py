@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Regenerate docs/SERVING.md from docs/bench/serve.json (written by ``python -m scripts.load_serve``).
+"""Regenerate docs/SERVING.md from docs/bench/serve/load.json (written by ``python -m scripts.load_serve``).
 
-    python -m scripts.write_serving_md [--json docs/bench/serve.json] [--out docs/SERVING.md]
+    python -m scripts.write_serving_md [--json docs/bench/serve/load.json] [--out docs/SERVING.md]
 """
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def load_section(r: dict) -> str:
         cells = [", ".join(f"{n}× {s}" for s, n in lv["errors_by_kind"].get(kind, {}).items()) or "–" for lv in levels]
         parts.append(f"| {kind} | {expect} | " + " | ".join(cells) + " |")
     parts += ["", f"Server RSS (MiB), sampled every few tenths of a second ({len(rss['samples'])} samples in "
-              "`docs/bench/serve.json`):", ""] + _rss_table(rss["samples"])
+              "`docs/bench/serve/load.json`):", ""] + _rss_table(rss["samples"])
     srv = r["server"]
     parts += ["", "Criteria:", "",
               f"- failed good requests: **{failed}** (criterion 0); bad requests answered with another status than "
@@ -162,7 +162,7 @@ def render(record: dict | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", type=Path, default=ROOT / "docs" / "bench" / "serve.json")
+    ap.add_argument("--json", type=Path, default=ROOT / "docs" / "bench" / "serve" / "load.json")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "SERVING.md")
     args = ap.parse_args(argv)
     record = json.loads(args.json.read_text()) if args.json.is_file() else None

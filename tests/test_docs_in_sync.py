@@ -45,6 +45,6 @@ def test_serving_md_is_generated_from_the_load_json(tmp_path):
 
     assert write_serving_md.main(["--out", str(tmp_path / "SERVING.md")]) == 0
     assert (tmp_path / "SERVING.md").read_text() == (ROOT / "docs" / "SERVING.md").read_text()
-    record = json.loads((ROOT / "docs" / "bench" / "serve.json").read_text())
+    record = json.loads((ROOT / "docs" / "bench" / "serve" / "load.json").read_text())
     assert [lv["concurrency"] for lv in record["levels"]] == [1, 4, 16]
     assert all(lv["requests"] >= 500 for lv in record["levels"])
