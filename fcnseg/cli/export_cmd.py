@@ -59,6 +59,15 @@ def model_from_args(args: argparse.Namespace) -> SegmentationModel:
         raise ConfigError(f"--model {args.model} --backbone {args.backbone}: {e}") from None
 
 
+def _labels(args: argparse.Namespace) -> tuple[SegmentationModel, dict]:
+    """The model, and the class names and palette of its checkpoint (carried in an ONNX export's
+    metadata so that ``fcnseg serve model.onnx`` names and colours the classes as the checkpoint does)."""
+    if not args.checkpoint:
+        return model_from_args(args), {}
+    model, ckpt = model_from_checkpoint(args.checkpoint, map_location="cpu")
+    return model, {k: ckpt[k] for k in ("classes", "palette") if ckpt.get(k) is not None}
+
+
 def _calibration_images(folder: str, count: int) -> list[torch.Tensor]:
     paths = list(iter_image_paths([folder]))[:count]
     if not paths:
@@ -77,13 +86,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--int8 static needs --calibration FOLDER (or use --int8 dynamic)")
     if args.int8 and out.suffix.lower() != ".onnx":
         raise ConfigError(f"--int8: quantizes ONNX only, not {out}")
-    model = model_from_args(args)
+    model, labels = _labels(args)
     if out.suffix.lower() == ".pt2":
         export_torch(model, out, dynamic=not args.static, example_size=tuple(args.size))
         print(f"wrote {out} (torch.export, {'static' if args.static else 'dynamic'} shapes)")
         return 0
     export_onnx(model, out, opset=args.opset, dynamic=not args.static, example_size=tuple(args.size),
-                verify=not args.no_verify)
+                verify=not args.no_verify, metadata=labels)
     print(f"wrote {out} (ONNX opset {args.opset}, {'static' if args.static else 'dynamic N/H/W'}"
           f"{'' if args.no_verify else ', verified against PyTorch on 3 sizes'})")
     if args.int8:

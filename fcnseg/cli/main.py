@@ -16,6 +16,7 @@ from fcnseg.cli import (
     models_cmd,
     predict_cmd,
     reproduce_cmd,
+    serve_cmd,
     train_cmd,
 )
 from fcnseg.cli.common import printable
@@ -30,10 +31,11 @@ COMMANDS: dict[str, str] = {
     "export": "Export a checkpoint to ONNX (dynamic height/width) or torch.export.",
     "bench": "Measure latency, throughput, memory and FLOPs, side by side with torchfcn.",
     "reproduce": "Run the paper's ablations (RQ1-RQ4) on CamVid and write RESULTS.md.",
+    "serve": "Serve a checkpoint or ONNX file over HTTP: POST /predict, GET /classes, /health, an upload page.",
     "models": "List the model names and their backbones.",
 }
 _MODULES = {"train": train_cmd, "eval": eval_cmd, "predict": predict_cmd, "demo": demo_cmd, "export": export_cmd,
-            "bench": bench_cmd, "reproduce": reproduce_cmd, "models": models_cmd}
+            "bench": bench_cmd, "reproduce": reproduce_cmd, "serve": serve_cmd, "models": models_cmd}
 
 
 class UsageError(ConfigError):

@@ -9,14 +9,13 @@ import contextlib
 import sys
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 
 from fcnseg import distributed as D
 from fcnseg.cli.common import add_device, pick_device, positive_int, printable, tile_size
-from fcnseg.data import voc_colormap
 from fcnseg.data.io import shown
-from fcnseg.errors import CheckpointError, ConfigError
+from fcnseg.data.palette import palette_or_default
+from fcnseg.errors import ConfigError
 from fcnseg.infer.engines import choose_engine
 from fcnseg.infer.predict import ImageReadError, format_summary, predict_paths
 from fcnseg.models.checkpoint import model_from_checkpoint
@@ -62,20 +61,6 @@ def _processes(device: str) -> Iterator[tuple[torch.device, tuple[int, int]]]:
         D.cleanup(ctx, ok)
 
 
-def _palette(ckpt: dict, path: str, classes: int):
-    """The checkpoint's palette (one RGB triple per class at least), else the VOC colour map."""
-    raw = ckpt.get("palette")
-    if raw is None:
-        return voc_colormap()
-    try:
-        pal = np.asarray(raw, dtype=np.int64)
-    except (TypeError, ValueError):
-        pal = None
-    if pal is None or pal.ndim != 2 or pal.shape[1] != 3 or len(pal) < classes or pal.min() < 0 or pal.max() > 255:
-        raise CheckpointError(f"checkpoint {path}: palette must list {classes} RGB triples in 0-255, got {raw!r:.60}")
-    return pal.astype(np.uint8)
-
-
 def _densified(model, text: str):
     """``--dense F[:METHOD]``: the model with its coarse map densified (``fcnseg.models.dense``)."""
     try:
@@ -94,7 +79,7 @@ def _run(args: argparse.Namespace, device: torch.device, shard: tuple[int, int])
     classes = ckpt.get("classes")
     if not (isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes)):
         classes = None  # names are only for the summary lines
-    palette = _palette(ckpt, args.checkpoint, max(model.heads.values()))
+    palette = palette_or_default(ckpt.get("palette"), f"checkpoint {args.checkpoint}", max(model.heads.values()))
     del ckpt
     if args.dense:
         model = _densified(model, args.dense)

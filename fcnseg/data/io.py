@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import unicodedata
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -71,12 +71,13 @@ def _pil_limit_lifted():
         Image.MAX_IMAGE_PIXELS = saved
 
 
-def load_image_file(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, exif: bool = False,
+def load_image_file(path: Path | BinaryIO, max_pixels: int | None = DEFAULT_MAX_PIXELS, exif: bool = False,
                     pad: int = 0) -> Image.Image:
-    """The one image reader: open, refuse above ``max_pixels`` from the header (PIL's own bomb limit is
-    replaced by it; ``None``: no limit; counted with ``pad`` px on every side, :func:`padded_pixels`),
-    decode (truncated files fail here), first frame only, and with ``exif`` apply the EXIF orientation.
-    Raises :class:`TooManyPixelsError` or PIL's own errors."""
+    """The one image reader (of a file, or of a binary stream such as an upload's bytes): open, refuse
+    above ``max_pixels`` from the header (PIL's own bomb limit is replaced by it; ``None``: no limit;
+    counted with ``pad`` px on every side, :func:`padded_pixels`), decode (truncated files fail here),
+    first frame only, and with ``exif`` apply the EXIF orientation. Raises :class:`TooManyPixelsError`
+    or PIL's own errors."""
     with _pil_limit_lifted():
         im = Image.open(path)
         try:

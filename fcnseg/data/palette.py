@@ -1,10 +1,14 @@
 """Colour maps for drawing label maps."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
-__all__ = ["voc_colormap", "colorize"]
+from fcnseg.errors import CheckpointError
+
+__all__ = ["voc_colormap", "colorize", "palette_or_default"]
 
 
 def voc_colormap(n: int = 256) -> np.ndarray:
@@ -32,3 +36,17 @@ def colorize(label: torch.Tensor | np.ndarray, palette: np.ndarray, void_color=(
     table = np.tile(np.asarray(void_color, dtype=np.uint8), (256, 1))
     table[: len(palette)] = palette[:256]
     return table[np.clip(lab, 0, 255)]
+
+
+def palette_or_default(raw: Any, source: str, classes: int) -> np.ndarray:
+    """A model file's recorded palette (``raw``: one RGB triple per class at least) as uint8 (n, 3), else
+    (``raw`` None) the VOC colour map; a malformed one is a one-line :class:`CheckpointError` naming ``source``."""
+    if raw is None:
+        return voc_colormap()
+    try:
+        pal = np.asarray(raw, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        pal = None
+    if pal is None or pal.ndim != 2 or pal.shape[1] != 3 or len(pal) < classes or pal.min() < 0 or pal.max() > 255:
+        raise CheckpointError(f"{source}: palette must list {classes} RGB triples in 0-255, got {raw!r:.60}")
+    return pal.astype(np.uint8)

@@ -12,7 +12,7 @@ TINY = ["model.width=0.0625", "model.fc_channels=16", "model.weights=null", "dat
 
 
 def test_every_command_has_help(capsys):
-    for cmd in ["train", "eval", "predict", "demo", "export", "bench", "reproduce", "models"]:
+    for cmd in ["train", "eval", "predict", "demo", "export", "bench", "reproduce", "serve", "models"]:
         with pytest.raises(SystemExit) as e:
             main([cmd, "--help"])
         assert e.value.code == 0
