@@ -1,26 +1,34 @@
 """Dense output from a coarse FCN (paper §3.2): shift-and-stitch and filter rarefaction.
 
-*Dense output at factor f* is the coarse score map (the map before the final upsampling, stride s)
-computed at stride s/f: index ``J`` of the dense map lands at input coordinate ``c + J·s/f`` where the
-coarse map's index ``i`` lands at ``c + i·s``. Both methods compute exactly that map:
+*Dense output at factor f* is the net's score map before its final upsampling (the coarse map of
+FCN-32s, stride s = 32; for a skip net the *fused* map, at the finest tap's stride: s = 16 for FCN-16s,
+8 for FCN-8s) computed at stride s/f, for any f dividing s: index ``J`` of the dense map lands at input
+coordinate ``c + J·s/f`` where the map's index ``i`` lands at ``c + i·s``. Phase (0, 0) of the dense map
+is the net's own map. Both methods compute exactly that map:
 
-- **shift-and-stitch** runs the net (strides unchanged) f² times and interlaces the f² coarse maps;
-  the layers before the first decimating one see the same input in every copy and run once.
-  The shift is applied where the decimation happens: the last strided layers, whose strides multiply
-  to f, each read their (already padded) input shifted by whole input cells. A shift of the *image*
-  would move the zero padding of every padded layer before them, so a copy would differ from the
-  dense map in a border band; shifting after padding makes the copies exact, borders included.
+- **shift-and-stitch** runs the net (strides unchanged) f² times and interlaces the f² maps: copy q
+  reads the input of the last decimating layers up to the finest tap (those whose strides multiply to
+  f: FCN-32s f = 2: pool5; FCN-8s f = 2: pool3) shifted by whole cells — the input moved by q·s/f
+  pixels — and runs everything after as is: the deeper stages, the taps' scoring, the skip fusions'
+  upsampling, crops and sums. The layers before the first decimating one see the same input in every
+  copy and run once. The shift is applied after that layer's own padding: a shift of the *image* would
+  move the zero padding of every padded layer before it, so a copy would differ from the dense map in
+  a border band; shifting after padding makes the copies exact, borders included.
   Cost: the prefix once, the layers after it f² times on maps the size of the coarse net's.
 - **rarefaction** (the *à trous* algorithm) sets those layers' strides to 1 (or lowers one partially)
-  and dilates every later conv/pool by the removed factor, padding by pad·dilation: one pass whose
+  and dilates every later conv/pool by the removed factor, padding by pad·dilation: past them each map
+  is the f² copies' maps interleaved (index f·i + q of the map is copy q's index i). A layer whose output
+  would depend on the phase q — a later strided layer (a skip net's pool4/pool5) and the skip fusions
+  (stride-2 transposed conv and crops) — runs per phase in the same pass: the f×f phases are split into
+  the batch, the layer runs as it is, the phases are interlaced back (space-to-batch). One pass whose
   output is the same map. Cost: the same f²× of the tail (the tail now runs on f²-times larger maps).
 
 Then the same final upsampling for both: bilinear interpolation (factor s/f) onto the input's pixels,
 placed by the coordinate map and holding the edge values (a fixed transposed conv of factor s/f would
-not reach the image borders once the map is denser than the deconvolution's reach). Only single-tap
-FCNs (FCN-32s, FCN-32s-fixed, pool*-only) are densified: with skips, the deeper taps of the f² copies
-lie on a non-uniform grid (shifts of s/f are fractions of a deeper tap's cell), which no dilated
-single pass reproduces — ``dense`` refuses them.
+not reach the image borders once the map is denser than the deconvolution's reach).
+A late-fusion net is densified stream by stream (its streams share the geometry; averaging commutes).
+Where the copies' maps differ in length (a larger shift can leave one cell fewer), the dense map ends
+where the first copy runs out (length min over q of f·len_q + q per axis).
 The input must be large enough that every shifted copy still fits the later kernels (under 'caffe'
 fc6 is an unpadded 7×7): large f on tiny images can fail where f = 1 works.
 """
@@ -38,7 +46,8 @@ from torch import nn
 
 from fcnseg.models.backbones.base import Backbone
 from fcnseg.models.base import SegmentationModel
-from fcnseg.models.fcn import FCN, _scaled
+from fcnseg.models.fcn import FCN
+from fcnseg.models.fusion import LateFusion
 from fcnseg.models.geometry import _single
 from fcnseg.models.preprocessing import Preprocessing
 
@@ -72,6 +81,11 @@ class _Geometry:
         if not self.ceil:
             return n + 2 * self.pad - k
         return min(n + 2 * self.pad - k + self.stride - 1, n + self.pad - 1)  # PyTorch's ceil rule
+
+    def count(self, n: int) -> int:
+        """How many windows the layer computes on an n-long input (0 where none fits)."""
+        last = self.last_start(n)
+        return last // self.stride + 1 if last >= 0 else 0
 
 
 class _Layer(nn.Module):
@@ -155,6 +169,65 @@ class _Rarefied(_Layer):
         return self._window(x, (*pads[0], *pads[1]), stride, dil, (counts[1], counts[0]))
 
 
+def _lengths(n: int, f: int) -> list[int]:
+    """The lengths of the f phases (index f·i + q, q < f) of an n-long interleaved axis."""
+    return [-(-(n - q) // f) for q in range(f)]
+
+
+def _to_phases(x: torch.Tensor, f: int, fill: float) -> tuple[torch.Tensor, list[int], list[int]]:
+    """Space-to-batch: the f×f phases of an interleaved N×C×H×W map as an f²N batch (phase (qy, qx) in
+    block qy·f + qx), each phase filled with ``fill`` past its own length; and the phases' lengths
+    (rows per qy, columns per qx)."""
+    n, c, h, w = x.shape
+    a, b = -(-h // f), -(-w // f)
+    x = F.pad(x, (0, b * f - w, 0, a * f - h), value=fill)
+    x = x.reshape(n, c, a, f, b, f).permute(3, 5, 0, 1, 2, 4).reshape(f * f * n, c, a, b)
+    return x, _lengths(h, f), _lengths(w, f)
+
+
+def _extent(lengths: list[int], f: int) -> int:
+    """Where an interleaved axis of phases with these lengths ends: at the first missing index."""
+    n = min(f * m + q for q, m in enumerate(lengths))
+    if n < 1:
+        raise ValueError(f"input too small for dense output at factor {f} (phase lengths {lengths})")
+    return n
+
+
+def _from_phases(y: torch.Tensor, f: int, rows: list[int], cols: list[int]) -> torch.Tensor:
+    """Batch-to-space: interlace an f²N phase batch whose phases hold ``rows``×``cols`` valid cells."""
+    fn, c, a, b = y.shape
+    h, w = _extent(rows, f), _extent(cols, f)
+    y = y.reshape(f, f, fn // (f * f), c, a, b).permute(2, 3, 4, 0, 5, 1).reshape(fn // (f * f), c, a * f, b * f)
+    return y[..., :h, :w]
+
+
+def _masked(y: torch.Tensor, f: int, rows: list[int], cols: list[int]) -> torch.Tensor:
+    """A phase batch with every phase zeroed past its valid ``rows``×``cols``."""
+    fn, c, a, b = y.shape
+    r = torch.arange(a, device=y.device) < torch.tensor(rows, device=y.device)[:, None]
+    k = torch.arange(b, device=y.device) < torch.tensor(cols, device=y.device)[:, None]
+    keep = (r[:, None, :, None] & k[None, :, None, :])[:, :, None, None]  # f, f, 1, 1, a, b
+    return (y.reshape(f, f, fn // (f * f), c, a, b) * keep).reshape(fn, c, a, b)
+
+
+class _PerPhase(_Layer):
+    """A strided layer after the rarefied ones (a skip net's pool4/pool5 when its pool3 is rarefied):
+    its output depends on the phase, so it runs as it is on each of the ``phases``² interleaved phases."""
+
+    def __init__(self, layer: nn.Module, phases: int) -> None:
+        super().__init__(layer)
+        self.phases = phases
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g, f = self.geo, self.phases
+        xb, rows, cols = _to_phases(x, f, -math.inf if self.pool else 0.0)
+        if self.pool:
+            y = F.max_pool2d(xb, g.kernel, g.stride, g.pad, g.dilation, ceil_mode=g.ceil)
+        else:
+            y = F.conv2d(xb, self.weight, self.bias, g.stride, g.pad, g.dilation, self.groups)
+        return _from_phases(y, f, [g.count(n) for n in rows], [g.count(n) for n in cols])
+
+
 def _leaves(module: nn.Module) -> list[nn.Module]:
     """Conv/pool layers along a module's main path (its ``coord_path`` where it has parallel branches)."""
     if isinstance(module, _LAYERS + (nn.ConvTranspose2d, nn.AvgPool2d)):
@@ -181,18 +254,21 @@ def _partners(root: nn.Module, layer: nn.Module, parents: dict[int, nn.Module]) 
 
 
 def _plan(model: FCN, factor: int) -> list[tuple[nn.Module, int]]:
-    """The decimating layers to change, first to last, with the factor each removes."""
-    tap = model.tap_names[0]
-    stages = [model.backbone.stages[t.name] for t in model.backbone.taps]
-    leaves = [leaf for st in stages for leaf in _leaves(st)]
+    """The decimating layers to change, first to last, with the factor each removes: the last strided
+    layers up to the finest tap (the fused map must be shifted where its finest input is)."""
+    names = [t.name for t in model.backbone.taps]
+    leaves = [leaf for n in names for leaf in _leaves(model.backbone.stages[n])]
     for leaf in leaves:
         if not isinstance(leaf, _LAYERS):
             raise ValueError(f"dense output supports conv and max-pool layers, not {type(leaf).__name__}")
-    stride = model.backbone.tap(tap).stride
+    finest = model.tap_names[-1]
+    stride = int(model.score_map.scale)
     if factor < 1 or stride % factor:
-        raise ValueError(f"dense factor must divide the output stride {stride}, got {factor}")
+        why = f" (of the fused map: the finest tap {finest}'s)" if len(model.tap_names) > 1 else ""
+        raise ValueError(f"dense factor must divide the output stride {stride}{why}, got {factor}")
+    upto = [leaf for n in names[:names.index(finest) + 1] for leaf in _leaves(model.backbone.stages[n])]
     left, plan = factor, []
-    for leaf in reversed(leaves):
+    for leaf in reversed(upto):
         s = _Geometry.of(leaf).stride
         if left == 1 or s == 1:
             continue
@@ -216,7 +292,8 @@ def _rewrite(root: nn.Module, replace: dict[int, nn.Module]) -> None:
 
 
 class DenseFCN(SegmentationModel):
-    """A single-tap FCN whose coarse map is computed ``factor``× denser; see the module docstring.
+    """An FCN whose score map before the final upsampling is computed ``factor``× denser; see the module
+    docstring.
 
     ``coarse(x)`` is the dense score map (stride s/factor); ``forward(x)`` upsamples it bilinearly to
     the input's H×W. The wrapped net shares the original's parameters (no copy of the weights); its
@@ -229,27 +306,23 @@ class DenseFCN(SegmentationModel):
         if method not in METHODS:
             raise ValueError(f"dense method must be one of {METHODS}, got {method!r}")
         if not isinstance(model, FCN):
-            raise ValueError(f"dense output needs a single FCN, got {type(model).__name__}")
-        if len(model.tap_names) != 1:
-            raise ValueError(f"dense output needs a single-tap FCN (FCN-32s, pool*-only); this one fuses "
-                             f"{model.tap_names}: with skips the f² copies' deeper maps lie on a non-uniform grid")
-        self.factor, self.method, self.tap = factor, method, model.tap_names[0]
+            raise ValueError(f"dense output needs an FCN (or a late fusion of FCNs), got {type(model).__name__}")
+        self.factor, self.method, self.taps = factor, method, list(model.tap_names)
         shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
         self.net: FCN = copy.deepcopy(model, memo=shared)
         self.shifts: dict[int, tuple[int, int]] = {}
-        self.origin = self.net.backbone.coord_maps()[self.tap].offset
         plan = _plan(self.net, factor)
         self.groups = self._install(plan)
         self._entry = self._locate(plan[0][0]) if plan else None
         names = [t.name for t in self.net.backbone.taps]
         # the deepest tap before the first changed stage: a frozen trunk's cached features resume there
-        before = names[:self._entry[0]] if self._entry else names[:names.index(self.tap)]
-        self.tap_names = before[-1:] or [self.tap]
+        before = names[:self._entry[0]] if self._entry else names[:names.index(self.taps[-1])]
+        self.tap_names = before[-1:]  # empty where the first stage changes: only the image serves
         self._resume = before[-1] if before else None
         self.spec = model.spec
-        stride = self.net.backbone.tap(self.tap).stride
         # dense index J lands at input coordinate origin + J * step
-        self.step = Fraction(stride, factor)
+        self.origin = model.score_map.offset
+        self.step = model.score_map.scale / factor
 
     @property
     def backbone(self) -> Backbone:
@@ -308,11 +381,15 @@ class DenseFCN(SegmentationModel):
         partner_of = {id(p): m for m, _ in plan for p in _partners(bb, m, parents)}
         dil_in: dict[int, int] = {}
         order = [m for m in bb.modules() if isinstance(m, _LAYERS)]
-        first = order.index(plan[0][0])
+        first, last = order.index(plan[0][0]), order.index(plan[-1][0])
         d = 1
-        for m in order[first:]:
+        for i, m in enumerate(order[first:], start=first):
             if id(m) in partner_of:
                 g, din = gains[id(partner_of[id(m)])], dil_in[id(partner_of[id(m)])]
+            elif id(m) not in gains and _Geometry.of(m).stride > 1:  # past the plan: d == factor phases
+                assert i > last, "a strided layer inside the plan"
+                replace[id(m)] = _PerPhase(m, d)
+                continue
             else:
                 g, din = gains.get(id(m), 1), d
                 dil_in[id(m)] = d
@@ -338,6 +415,9 @@ class DenseFCN(SegmentationModel):
         """Of cached backbone taps, the one the dense net may resume from (before any changed stage)."""
         if not features:
             return None
+        if not self.tap_names:
+            raise ValueError(f"dense output at factor {self.factor} changes the first stage: it needs the image "
+                             f"(its features()), not cached taps {sorted(features)}")
         if self.tap_names[0] not in features:
             raise ValueError(f"dense net resumes from cached {self.tap_names[0]!r}, got {sorted(features)}")
         return {self.tap_names[0]: features[self.tap_names[0]]}
@@ -359,7 +439,7 @@ class DenseFCN(SegmentationModel):
         return x
 
     def _tail(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        """From the first changed layer to the scores (one shifted copy)."""
+        """From the first changed layer to the fused scores (one shifted copy)."""
         si, path = self._entry
         seq, idx = path[-1]
         x = seq[idx](z)
@@ -367,20 +447,35 @@ class DenseFCN(SegmentationModel):
             for child in list(seq)[idx + 1:]:
                 x = child(x)
         names = list(self.net.backbone.stages.keys())
-        for name in names[si + 1:names.index(self.tap) + 1]:
-            x = self.net.backbone.stages[name](x)
-        x = _scaled(x, self.net.tap_scales[self.tap])
-        return {h: self.net.score[h][self.tap](x) for h in self.net.heads}
+        feats = {names[si]: x}
+        for name in names[si + 1:]:
+            x = feats[name] = self.net.backbone.stages[name](x)
+        return {h: self.net.fused(h, feats) for h in self.net.heads}
 
     def coarse(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The dense score maps before upsampling (per head, N×K×h×w at stride s/factor)."""
         return self._coarse_all(x)
 
     def _scores(self, x: torch.Tensor | None, start: dict | None = None) -> dict[str, torch.Tensor]:
-        wanted = {self.tap}
-        feats = (self.net.backbone(x, wanted) if not start else self.net.backbone.resume(start, wanted))[self.tap]
-        feats = _scaled(feats, self.net.tap_scales[self.tap])
-        return {h: self.net.score[h][self.tap](feats) for h in self.net.heads}
+        """The rarefied net's (or, at factor 1, the net's own) pass."""
+        wanted = set(self.taps)
+        feats = self.net.backbone(x, wanted) if not start else self.net.backbone.resume(start, wanted)
+        return {h: self._fuse_phases(h, feats) for h in self.net.heads}
+
+    def _fuse_phases(self, head: str, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The skip fusion on interleaved taps, run per phase (space-to-batch): the upsampling and crops
+        depend on the phase. Scoring (1×1) runs on the interleaved maps."""
+        net, f = self.net, self.factor if self.groups else 1
+        y = net.tap_score(head, self.taps[0], feats)
+        if len(self.taps) == 1:
+            return y
+        y, rows, cols = _to_phases(y, f, 0.0)
+        for i, name in enumerate(self.taps[1:]):
+            skip, srows, scols = _to_phases(net.tap_score(head, name, feats), f, 0.0)
+            y = net.fuse_step(head, i, _masked(y, f, rows, cols), skip)
+            rows = [net.fuse_length(i, a, b) for a, b in zip(rows, srows)]
+            cols = [net.fuse_length(i, a, b) for a, b in zip(cols, scols)]
+        return _from_phases(y, f, rows, cols)
 
     def _coarse_all(self, x: torch.Tensor | None, start: dict | None = None) -> dict[str, torch.Tensor]:
         if self.method == "rarefaction" or not self.groups:
@@ -403,14 +498,16 @@ class DenseFCN(SegmentationModel):
             self.shifts[group] = (0, 0)
         out = {}
         for h in self.net.heads:
+            rows = [copies[q, 0][h].shape[2] for q in range(f)]
+            cols = [copies[0, q][h].shape[3] for q in range(f)]
+            hh, ww = _extent(rows, f), _extent(cols, f)
             first = copies[0, 0][h]
-            hh = sum(copies[p, 0][h].shape[2] for p in place)
-            ww = sum(copies[0, p][h].shape[3] for p in place)
             y = first.new_empty(*first.shape[:2], hh, ww)
             for (py, px), c in copies.items():
-                y[..., py::f, px::f] = c[h]
+                y[..., py::f, px::f] = c[h][..., :len(range(py, hh, f)), :len(range(px, ww, f))]
             out[h] = y
         return out
+
 
 def _axis(y: torch.Tensor, dim: int, size: int, origin: Fraction, step: Fraction) -> torch.Tensor:
     n = y.shape[dim]
@@ -440,7 +537,11 @@ def parse_dense(text: str) -> tuple[int, str]:
     return int(factor), method
 
 
-def dense(model: FCN, factor: int, method: str = "rarefaction") -> DenseFCN:
-    """``model`` with its coarse map computed ``factor``× denser by ``method`` ("shift-and-stitch" or
-    "rarefaction"; both give the same scores), then upsampled bilinearly to the input size."""
+def dense(model: FCN | LateFusion, factor: int, method: str = "rarefaction") -> DenseFCN | LateFusion:
+    """``model`` with its score map before the final upsampling (for a skip net the fused one) computed
+    ``factor``× denser by ``method`` ("shift-and-stitch" or "rarefaction"; both give the same scores),
+    then upsampled bilinearly to the input size. A late-fusion net: each stream densified."""
+    if isinstance(model, LateFusion):
+        return LateFusion({n: DenseFCN(m, factor, method) for n, m in model.streams.items()}, model.fusion,
+                          spec=model.spec)
     return DenseFCN(model, factor, method)

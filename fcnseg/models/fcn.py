@@ -8,7 +8,7 @@ from torch import nn
 
 from fcnseg.models.backbones.base import Backbone
 from fcnseg.models.base import CUSTOM, HEAD, ModelSpec, SegmentationModel
-from fcnseg.models.geometry import CoordMap, crop_offset, layer_map
+from fcnseg.models.geometry import CoordMap, _single, crop_offset, layer_map
 from fcnseg.models.preprocessing import Preprocessing
 from fcnseg.models.upsample import Upsample
 
@@ -75,6 +75,7 @@ class FCN(SegmentationModel):
             frame = maps[skip.name] if d >= 0 else up_map
             for h, k in self.heads.items():
                 per_head_up[h].append(Upsample(k, factor, kernel, learn_upsampling))
+        self.score_map = frame  # the fused score map's (before the final upsampling) map to input coordinates
         factor = taps[-1].stride
         kernel, out_map = _choose_kernel(frame, factor, lambda m: crop_offset(m, CoordMap()))
         self.out_offset = crop_offset(out_map, CoordMap())
@@ -123,18 +124,33 @@ class FCN(SegmentationModel):
             features = self.backbone.resume(features, set(self.tap_names))
         return {head: self._head(head, features, h, w) for head in self.heads}
 
-    def _head(self, head: str, feats: dict[str, torch.Tensor], h: int, w: int) -> torch.Tensor:
-        scores, ups = self.score[head], self.upsample[head]
-        first = self.tap_names[0]
-        y = scores[first](_scaled(feats[first], self.tap_scales[first]))
+    def tap_score(self, head: str, name: str, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Tap ``name``'s score map for ``head`` (its features scaled by the tap's scale, 1×1 conv)."""
+        return self.score[head][name](_scaled(feats[name], self.tap_scales[name]))
+
+    def fuse_step(self, head: str, i: int, deeper: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """Fusion ``i``: the deeper score map upsampled ×2, both cropped to align, summed."""
+        up = self.upsample[head][i](deeper)
+        f = self._fuse[i]
+        up, skip = up[..., f.up:, f.up:], skip[..., f.skip:, f.skip:]
+        hh, ww = min(up.shape[-2], skip.shape[-2]), min(up.shape[-1], skip.shape[-1])
+        return up[..., :hh, :ww] + skip[..., :hh, :ww]
+
+    def fuse_length(self, i: int, deeper: int, skip: int) -> int:
+        """Along one axis, the length fusion ``i`` gives for maps of lengths ``deeper`` and ``skip``."""
+        up = next(iter(self.upsample.values()))[i]
+        grown = (deeper - 1) * _single(up.stride) + _single(up.kernel_size) - 2 * _single(up.padding)
+        return min(grown - self._fuse[i].up, skip - self._fuse[i].skip)
+
+    def fused(self, head: str, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The head's fused score map before the final upsampling (coordinates: ``score_map``)."""
+        y = self.tap_score(head, self.tap_names[0], feats)
         for i, name in enumerate(self.tap_names[1:]):
-            up = ups[i](y)
-            skip = scores[name](_scaled(feats[name], self.tap_scales[name]))
-            f = self._fuse[i]
-            up, skip = up[..., f.up:, f.up:], skip[..., f.skip:, f.skip:]
-            hh, ww = min(up.shape[-2], skip.shape[-2]), min(up.shape[-1], skip.shape[-1])
-            y = up[..., :hh, :ww] + skip[..., :hh, :ww]
-        y = ups[-1](y)
+            y = self.fuse_step(head, i, y, self.tap_score(head, name, feats))
+        return y
+
+    def _head(self, head: str, feats: dict[str, torch.Tensor], h: int, w: int) -> torch.Tensor:
+        y = self.upsample[head][-1](self.fused(head, feats))
         o = self.out_offset
         if y.shape[-2] < o + h or y.shape[-1] < o + w:
             raise RuntimeError(f"score map {tuple(y.shape[-2:])} too small for a {h}×{w} input at offset {o}")

@@ -26,6 +26,7 @@ KINDS = {
     "alexnet": lambda: fcnseg.create_model("fcn32s@alexnet", 3, **SMALL),
     "trimmed": lambda: TrimmedFCN(_randomised(fcnseg.create_model("fcn8s", 5, **SMALL))),
     "dense": lambda: dense(_randomised(fcnseg.create_model("fcn32s", 3, alignment="same", **SMALL)), 2),
+    "dense-fcn8s": lambda: dense(_randomised(fcnseg.create_model("fcn8s", 3, alignment="same", **SMALL)), 2),
 }
 
 

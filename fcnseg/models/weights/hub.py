@@ -6,13 +6,16 @@
 streams) and the input preprocessing of the reference's data layer.
 
 On first use the file is downloaded into ``cache_dir()/downloads`` (a ``.part`` file, resumed with
-an HTTP Range request after an interruption), its size checked against Content-Length and its
+an HTTP Range request after an interruption; the ``.part.json`` beside it keeps the server's ETag /
+Last-Modified, sent as ``If-Range`` so that a file changed on the server is fetched whole again, not
+spliced onto the old part; a server that gives neither is not resumed), its size checked against Content-Length and its
 SHA-256 against the hash prefix in torchvision's file name, or, for the Caffe releases, against
 the hash recorded at their first download (trust on first use, kept in
 ``cache_dir()/releases.json`` and printed). It is converted once to safetensors (caffemodel: each
 layer's blobs; .pth: the state_dict as is) with a ``.sha256`` record beside it, and the download
-is removed; later loads read only the safetensors. Without network, the error names the URL and
-the path where the file can be put by hand.
+is removed; later loads read only the safetensors. One process at a time fetches a release (a lock
+file beside the download): a second waits and reuses what the first converted. Without network,
+the error names the URL and the path where the file can be put by hand.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock
 from safetensors.torch import save
 from torch import nn
 from tqdm import tqdm
@@ -215,7 +219,9 @@ def download(url: str, dest: Path, *, attempts: int = ATTEMPTS, progress: bool =
     """Fetch ``url`` into ``dest`` through ``dest.part``, resuming after a dropped connection.
 
     Returns the size; raises ``OSError``/``urllib.error.URLError``/``ValueError`` (size mismatch)
-    for the caller to word. A ``.part`` left by an earlier run is resumed too.
+    for the caller to word. A ``.part`` left by an earlier run is resumed too, if the server still
+    has the same file (``If-Range`` with the validator kept in ``dest.part.json``). The caller holds
+    the release's lock (:func:`fetch`).
     """
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -228,20 +234,54 @@ def download(url: str, dest: Path, *, attempts: int = ATTEMPTS, progress: bool =
                               f"({type(e).__name__})") from None
             continue
         got = part.stat().st_size
-        if total is not None and got != total:
-            if got < total and attempt + 1 < attempts:
+        if total is not None and got < total:
+            if attempt + 1 < attempts:
                 continue
-            part.unlink(missing_ok=True)
+            raise OSError(f"connection dropped after {got} of {total} bytes (kept for a resume)")
+        if total is not None and got > total:
+            _discard(part)
             raise ValueError(f"size {got} bytes, the server announced {total}")
         os.replace(part, dest)
+        _validator_path(part).unlink(missing_ok=True)
         return got
     raise AssertionError("unreachable")
 
 
+def _validator_path(part: Path) -> Path:
+    return part.with_name(part.name + ".json")
+
+
+def _discard(part: Path) -> None:
+    part.unlink(missing_ok=True)
+    _validator_path(part).unlink(missing_ok=True)
+
+
+def _validator(headers: Any) -> str | None:
+    """What ``If-Range`` may carry for this response: a strong ETag, else Last-Modified, else None."""
+    etag = headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return headers.get("Last-Modified")
+
+
+def _resume_from(url: str, part: Path) -> tuple[int, str | None]:
+    """(bytes to keep, the validator to send) for a ``.part``: 0 where it cannot be resumed safely."""
+    if not part.exists():
+        return 0, None
+    try:
+        kept = json.loads(_validator_path(part).read_text())
+    except (OSError, ValueError):
+        kept = {}
+    validator = kept.get("validator") if isinstance(kept, dict) and kept.get("url") == url else None
+    return (part.stat().st_size, validator) if validator else (0, None)
+
+
 def _get(url: str, part: Path, progress: bool) -> int | None:
-    """One request, appending to ``part`` from its current size; returns the expected total size."""
-    have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    """One request, appending to ``part`` from its current size (if the server's file is unchanged);
+    returns the expected total size."""
+    have, validator = _resume_from(url, part)
+    headers = {"Range": f"bytes={have}-", "If-Range": validator} if have else {}
+    request = urllib.request.Request(url, headers=headers)
     try:
         response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
     except urllib.error.HTTPError as e:
@@ -249,8 +289,10 @@ def _get(url: str, part: Path, progress: bool) -> int | None:
             return None
         raise
     with response:
-        if have and response.status != 206:   # the server ignored the Range: start over
+        if have and response.status != 206:   # the file changed (If-Range) or the Range was ignored: start over
             have = 0
+        if not have:
+            write_json(_validator_path(part), {"url": url, "validator": _validator(response.headers)})
         length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
         with open(part, "ab" if have else "wb") as f, tqdm(
@@ -287,13 +329,22 @@ def _verify(release: Release, path: Path) -> str:
 
 
 def fetch(release: Release, *, progress: bool = True) -> Path:
-    """The converted safetensors of ``release``, downloading and converting it on first use."""
+    """The converted safetensors of ``release``, downloading and converting it on first use. One
+    process (or thread) at a time: a second waits on the lock and then finds the first one's file."""
     target = converted_path(release)
+    if target.exists() and matches_record(target):
+        return target
+    downloads_dir().mkdir(parents=True, exist_ok=True)
+    with FileLock(downloads_dir() / f"{release.filename}.lock"):
+        return _fetch_locked(release, target, progress)
+
+
+def _fetch_locked(release: Release, target: Path, progress: bool) -> Path:
     if target.exists():
-        if matches_record(target):
+        if matches_record(target):   # converted by another process while this one waited
             return target
         warnings.warn(f"{target}: cached weights fail their SHA-256 check; fetching {release.name} again",
-                      RuntimeWarning, stacklevel=2)
+                      RuntimeWarning, stacklevel=3)
     raw = downloads_dir() / release.filename
     if not raw.exists():
         try:

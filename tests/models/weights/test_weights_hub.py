@@ -8,6 +8,7 @@ import io
 import json
 import re
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,10 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 class Files(http.server.BaseHTTPRequestHandler):
-    """GET of ``server.files``; honours ``Range: bytes=N-``; ``server.drop`` paths close mid-way once."""
+    """GET of ``server.files``, each with an ETag (its hash); honours ``Range: bytes=N-`` unless an
+    ``If-Range`` names another ETag (then the whole file, 200, as RFC 9110 says). ``server.drop`` paths
+    close mid-way once, after which ``server.swap`` replaces the file (it changed on the server);
+    ``server.slow`` sends in small chunks with pauses, setting ``server.sending`` after the first."""
 
     def do_GET(self):
         srv = self.server
@@ -33,18 +37,30 @@ class Files(http.server.BaseHTTPRequestHandler):
         if data is None:
             self.send_error(404, "Not Found")
             return
+        etag = f'"{hashlib.sha256(data).hexdigest()[:16]}"'
         start = int(re.fullmatch(r"bytes=(\d+)-", self.headers["Range"]).group(1)) if self.headers["Range"] else 0
+        if self.headers["If-Range"] not in (None, etag):
+            start = 0
         self.send_response(206 if start else 200)
         if start:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         self.send_header("Content-Length", str(len(data) - start))
+        if srv.etags:
+            self.send_header("ETag", etag)
         self.end_headers()
         if self.path in srv.drop:           # the connection breaks half-way, once
             srv.drop.discard(self.path)
             self.wfile.write(data[start:start + (len(data) - start) // 2])
             self.close_connection = True
+            if self.path in srv.swap:
+                srv.files[self.path] = srv.swap.pop(self.path)
             return
-        self.wfile.write(data[start:])
+        step = 4096 if srv.slow else len(data)
+        for i in range(start, len(data), step):
+            self.wfile.write(data[i:i + step])
+            if srv.slow:
+                srv.sending.set()
+                time.sleep(0.01)
 
     def log_message(self, *args):
         pass
@@ -52,14 +68,21 @@ class Files(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    srv = http.server.HTTPServer(("127.0.0.1", 0), Files)
-    srv.files, srv.requests, srv.drop = {}, [], set()
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Files)
+    srv.daemon_threads = True
+    srv.files, srv.requests, srv.drop, srv.swap = {}, [], set(), {}
+    srv.etags, srv.slow, srv.sending = True, False, threading.Event()
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield srv
     srv.shutdown()
     srv.server_close()
+
+
+def leftovers(folder: Path) -> list[Path]:
+    """What a download left behind, bar the (empty, harmless) lock files."""
+    return [p for p in folder.iterdir() if p.suffix != ".lock"]
 
 
 @pytest.fixture(autouse=True)
@@ -161,7 +184,7 @@ def test_first_download_records_hash_and_later_loads_use_the_cache(server, monke
     assert digest in err and "first download" in err            # shown to the user
     assert "fcn8s-heavy-pascal.caffemodel" in err and "%|" in err  # the progress bar
     assert json.loads((cache / "releases.json").read_text())["voc-fcn8s"]["sha256"] == digest
-    assert (cache / "voc-fcn8s.safetensors").is_file() and not any((cache / "downloads").iterdir())
+    assert (cache / "voc-fcn8s.safetensors").is_file() and not leftovers(cache / "downloads")
     n = len(server.requests)
     again = create_model("fcn8s", weights="voc-fcn8s", **TINY)
     assert len(server.requests) == n                              # the server was not asked again
@@ -176,6 +199,78 @@ def test_interrupted_download_resumes_with_range(server, monkeypatch):
     assert_loaded(model, blobs, VOC_FCN8S)
     (first, r1), (second, r2) = server.requests
     assert r1 is None and r2 == f"bytes={len(data) // 2}-"
+
+
+def test_resume_after_the_file_changed_on_the_server_fetches_the_new_file_whole(server, monkeypatch, cache):
+    """The part holds the old file's first half; If-Range with its ETag makes the server send the new file
+    whole (200), which is what gets recorded and loaded, not old half + new half."""
+    old, _ = voc_fcn8s_file(seed=0)
+    new, blobs = voc_fcn8s_file(seed=1)
+    assert len(old) == len(new) and old != new     # a splice would even have the right size
+    url = serve(monkeypatch, server, "voc-fcn8s", old)
+    path = url[len(server.url):]
+    server.drop.add(path)
+    server.swap[path] = new
+    model = create_model("fcn8s", weights="voc-fcn8s", **TINY)
+    assert_loaded(model, blobs, VOC_FCN8S)
+    assert json.loads((cache / "releases.json").read_text())["voc-fcn8s"]["sha256"] == hashlib.sha256(new).hexdigest()
+    (_, r1), (_, r2), *more = server.requests
+    assert r1 is None and r2 == f"bytes={len(old) // 2}-" and not more   # it did try to resume, once
+    assert not leftovers(cache / "downloads")
+
+
+def test_a_part_left_by_an_earlier_run_is_resumed_only_if_unchanged(server, monkeypatch, cache):
+    old, _ = voc_fcn8s_file(seed=0)
+    new, blobs = voc_fcn8s_file(seed=1)
+    url = serve(monkeypatch, server, "voc-fcn8s", old)
+    part = cache / "downloads" / "fcn8s-heavy-pascal.caffemodel.part"
+    server.drop.add(url[len(server.url):])
+    with pytest.raises(OSError, match="kept for a resume"):
+        hub.download(url, part.with_suffix(""), attempts=1, progress=False)   # interrupted: the part stays
+    assert part.stat().st_size == len(old) // 2
+    server.files[url[len(server.url):]] = new                                   # a new version is published
+    model = create_model("fcn8s", weights="voc-fcn8s", **TINY)
+    assert_loaded(model, blobs, VOC_FCN8S)
+    assert server.requests[-1][1] == f"bytes={len(old) // 2}-"
+
+
+def test_without_a_validator_a_part_is_not_resumed(server, monkeypatch, cache):
+    """A server that sends neither ETag nor Last-Modified cannot say whether its file changed: start over."""
+    server.etags = False
+    data, blobs = voc_fcn8s_file()
+    url = serve(monkeypatch, server, "voc-fcn8s", data)
+    server.drop.add(url[len(server.url):])
+    assert_loaded(create_model("fcn8s", weights="voc-fcn8s", **TINY), blobs, VOC_FCN8S)
+    assert [r for _, r in server.requests] == [None, None]
+
+
+def test_concurrent_fetches_of_one_release_give_one_correct_file(server, monkeypatch, cache):
+    """Two threads fetch the same release at once: one downloads (slowly), the other waits on the lock and
+    reuses the converted file; the server sees a single request and both load the right weights."""
+    data, blobs = voc_fcn8s_file()
+    serve(monkeypatch, server, "voc-fcn8s", data)
+    server.slow = True
+    results, errors = {}, []
+
+    def get(who):
+        try:
+            results[who] = hub.fetch(hub.RELEASES["voc-fcn8s"], progress=False)
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    first = threading.Thread(target=get, args=("first",))
+    first.start()
+    assert server.sending.wait(30)                # the first download is under way
+    second = threading.Thread(target=get, args=("second",))
+    second.start()
+    first.join(60)
+    second.join(60)
+    assert not errors, errors
+    assert results["first"] == results["second"] == cache / "voc-fcn8s.safetensors"
+    assert [r for _, r in server.requests] == [None]
+    assert json.loads((cache / "releases.json").read_text())["voc-fcn8s"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert_loaded(create_model("fcn8s", weights="voc-fcn8s", **TINY), blobs, VOC_FCN8S)
+    assert not leftovers(cache / "downloads")
 
 
 def test_torchvision_trunk_checks_the_hash_prefix(server, monkeypatch, cache):
@@ -203,12 +298,12 @@ def test_wrong_size_or_changed_file_is_refused_and_removed(server, monkeypatch, 
     serve(monkeypatch, server, "voc-fcn8s", data, size=len(data) + 1)
     with pytest.raises(hub.DownloadError, match=f"size {len(data)} bytes, expected {len(data) + 1}"):
         create_model("fcn8s", weights="voc-fcn8s", **TINY)
-    assert not any((cache / "downloads").iterdir())
+    assert not leftovers(cache / "downloads")
     (cache / "releases.json").write_text(json.dumps({"voc-fcn8s": {"sha256": "ab" * 32}}))
     serve(monkeypatch, server, "voc-fcn8s", data, size=None)
     with pytest.raises(hub.DownloadError, match="recorded " + "ab" * 32):
         create_model("fcn8s", weights="voc-fcn8s", **TINY)
-    assert not any((cache / "downloads").iterdir())
+    assert not leftovers(cache / "downloads")
 
 
 def test_dead_link_and_server_down_name_url_and_by_hand_path(server, monkeypatch, cache):
