@@ -125,3 +125,21 @@ def test_time_budget_is_shared_by_the_runs_own_limits():
     assert list(shares.values()) == pytest.approx([200 * o / sum(own) - RUN_RESERVE_S for o in own])
     assert _time_limits(proto, runs, 10_000.0) == {r["name"]: o for r, o in zip(runs, own)}
     assert _time_limits(proto, runs[2:], 200.0)["fcn8s-staged"] == 90   # later runs inherit the time left
+
+
+def test_the_model_file_command_names_the_run_and_what_it_starts_from():
+    from fcnseg.reproduce import _chain, _model_file_lines
+
+    proto = load_protocol("camvid", "cpu")
+    assert _chain(proto, "fcn8s-staged-lr-long") == ["fcn32s", "fcn16s-staged", "fcn8s-staged-lr-long"]
+    assert _chain(proto, "fcn32s") == ["fcn32s"]
+    record = {"metrics": {"mean_iu": 0.5}, "wall_time_s": 60.0}
+    records = {"fcn32s": {**record, "run": "fcn32s", "metrics": {"mean_iu": 0.3}},
+               "fcn16s-staged": {**record, "run": "fcn16s-staged", "metrics": {"mean_iu": 0.4}},
+               "fcn8s-staged-lr-long-flip": {**record, "run": "fcn8s-staged-lr-long-flip"},
+               "fcn8s-staged-lr-long-flip-tta": {**record, "run": "fcn8s-staged-lr-long-flip-tta",
+                                                 "metrics": {"mean_iu": 0.6}}}
+    text = "\n".join(_model_file_lines(proto, records))
+    assert "best run: fcn8s-staged-lr-long-flip-tta (60.0 mean IU), which scores fcn8s-staged-lr-long-flip's" in text
+    assert ("--only fcn32s fcn16s-staged fcn8s-staged-lr-long-flip`" in text
+            and text.count("runs/fcn8s-staged-lr-long-flip/last.pt") == 2 and "3 min here" in text)
