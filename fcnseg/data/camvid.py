@@ -5,6 +5,10 @@
 last two components under ``root`` (the ``/SegNet/CamVid/`` prefix is ignored). Images may be any
 format PIL reads (the bundled sample uses .jpg); labels must be single-channel or palette PNGs.
 Without ``<split>.txt`` the files of ``<split>/`` and ``<split>annot/`` are paired by stem.
+
+A split may keep or drop one video sequence (the file-name prefix before ``_``, e.g. ``0006R0``):
+``train:0006R0`` is that sequence's train images only, ``train:-0006R0`` the rest of train — a
+cross-sequence check, since every val image comes from 0016E5, which also makes up most of train.
 """
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ from fcnseg.data.base import DatasetInfo, Sample, SegDataset, register
 from fcnseg.data.io import DatasetError, apply_lut, image_to_tensor, read_index_png, read_lines, read_rgb
 from fcnseg.data.weights import median_frequency_weights
 
-__all__ = ["CamVid", "CAMVID_CLASSES", "CAMVID_PALETTE", "MEDIAN_FREQUENCY_WEIGHTS", "median_frequency_weights"]
+__all__ = ["CamVid", "sequence_of", "CAMVID_CLASSES", "CAMVID_PALETTE", "MEDIAN_FREQUENCY_WEIGHTS",
+           "median_frequency_weights"]
 
 CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
                   "Pedestrian", "Bicyclist"]
@@ -37,6 +42,11 @@ _LUT[255] = 255
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 
 
+def sequence_of(stem: str) -> str:
+    """The video sequence of a CamVid frame: ``0006R0_f02400`` -> ``0006R0`` (``Seq05VD`` likewise)."""
+    return stem.split("_", 1)[0]
+
+
 @register(DatasetInfo("camvid", tuple(CAMVID_CLASSES), ("train", "val", "test"),
                       description="CamVid, 11 classes (SegNet tutorial layout)"))
 class CamVid(SegDataset):
@@ -47,9 +57,22 @@ class CamVid(SegDataset):
     palette = CAMVID_PALETTE
 
     def _index(self) -> list[Sample]:
-        lst = self.root / f"{self.split}.txt"
+        split, _, sequence = self.split.partition(":")
+        samples = self._index_split(split)
+        if not sequence:
+            return samples
+        drop = sequence.startswith("-")
+        sequence = sequence.lstrip("-")
+        have = sorted({sequence_of(s.id) for s in samples})
+        if sequence not in have:
+            raise DatasetError(f"{self.name}: split '{self.split}': no sequence {sequence} in split {split} "
+                               f"(sequences: {', '.join(have)})")
+        return [s for s in samples if (sequence_of(s.id) == sequence) != drop]
+
+    def _index_split(self, split: str) -> list[Sample]:
+        lst = self.root / f"{split}.txt"
         if not lst.is_file():
-            return self._index_folders()
+            return self._index_folders(split)
         samples = []
         for n, line in enumerate(read_lines(lst, self.name, "split list"), 1):
             parts = line.split()
@@ -60,10 +83,10 @@ class CamVid(SegDataset):
             samples.append(Sample(img.stem, {"image": img, "label": lab}, f"{lst} line {n}"))
         return samples
 
-    def _index_folders(self) -> list[Sample]:
-        img_dir, lab_dir = self.root / self.split, self.root / f"{self.split}annot"
+    def _index_folders(self, split: str) -> list[Sample]:
+        img_dir, lab_dir = self.root / split, self.root / f"{split}annot"
         if not img_dir.is_dir():
-            raise DatasetError(f"{self.name}: no split list {self.root / (self.split + '.txt')} "
+            raise DatasetError(f"{self.name}: no split list {self.root / (split + '.txt')} "
                                f"and no folder {img_dir}")
         images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in _IMAGE_EXTS)
         return [Sample(p.stem, {"image": p, "label": lab_dir / f"{p.stem}.png"}, str(img_dir)) for p in images]

