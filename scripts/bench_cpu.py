@@ -11,7 +11,8 @@ every CPU engine, side by side with torchfcn==1.9.7 (install it with
 8-10 minutes on 2 cores. Extra options are passed to ``fcnseg.bench.run_bench`` via the CLI
 parser of ``fcnseg bench`` (e.g. ``--engines``, ``--threads``, ``--size``). ``--train-only`` times the
 training step alone (``fcnseg.bench.train_step``: our full net fp32 plain and border-trimmed, bf16 where
-native, fine-tuning from a cached pool4/pool3) next to the peer's, phase by phase, about 8 minutes.
+native, fine-tuning from a cached pool4/pool3) next to the peer's, phase by phase, about 5 minutes on an
+idle 2-core machine.
 """
 from __future__ import annotations
 

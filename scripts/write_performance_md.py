@@ -315,7 +315,7 @@ def train_section(report: dict | None, bf16: dict[str, dict] | None) -> str:
     """The training-step report (``python -m scripts.bench_cpu --train-only``) and the bf16 study's result."""
     if report is None:
         return "\n".join(["## CPU training step", "",
-                          f"Not measured yet: `{TRAIN_COMMAND}` (about 8 minutes on 2 cores) writes "
+                          f"Not measured yet: `{TRAIN_COMMAND}` (about 5 minutes on an idle 2-core machine) writes "
                           "`docs/bench/train-step.json` and regenerates this page.", "", TRAIN_ROWS,
                           bf16_line(bf16), ""])
     o = report["options"]
