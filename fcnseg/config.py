@@ -317,8 +317,14 @@ class TrainConfig:
     patch_p: float = rule(1.0, number(0, 1, lo_open=True))  # keep each stride-32 loss cell with probability p
     amp: str | bool = rule("auto", either(text(("auto", "bf16", "fp16", "off")), flag(),
                                                 what="must be auto, bf16, fp16 or off"))
-    #                                           auto (CUDA: bf16 if supported else fp16) | bf16 | fp16 | off
+    #                                           auto (CUDA: bf16 if supported else fp16; CPU: fp32) | bf16 (CPU:
+    #                                           where native, AVX512-BF16/AMX, else fp32 with a warning) | fp16 | off
     channels_last: bool = rule(False, flag())
+    trim_border: bool = rule(False, flag())  # train through the border-trimmed net (Caffe-aligned VGG-style
+    #                                           FCNs: the pad-100 border's image-independent part is not
+    #                                           recomputed; same loss and gradients to fp32 rounding, faster)
+    fused_optimizer: bool = rule(False, flag())  # PyTorch's fused SGD/AdamW kernel: one pass per step (about
+    #                                           2x faster on the CPU), the same update up to float rounding
     seed: int = rule(1337, whole(0, 2**63, hi_open=True,
                                           what="must be a whole number from 0 to 2**63 - 1 (what the RNGs take)"))
     deterministic: bool = rule(False, flag())

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["commit", "cpu_model", "loadavg", "machine"]
+__all__ = ["commit", "cpu_model", "cpu_flags", "native_bf16", "loadavg", "machine"]
 
 
 def commit() -> str:
@@ -30,6 +30,28 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_flags() -> list[str]:
+    """Which of :data:`CPU_FLAGS` the CPU has (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [w for w in CPU_FLAGS if w in have]
+    except OSError:
+        pass
+    return []
+
+
+def native_bf16() -> bool:
+    """Whether the CPU computes in bf16 natively (AVX512-BF16 or AMX-BF16); elsewhere oneDNN emulates
+    it, slower than fp32."""
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
 
 
 def loadavg() -> list[float] | None:

@@ -238,6 +238,7 @@ def run_study(dataset: str, protocol: str, out: str | Path, *, root: str | None 
             "config": cfg.to_dict(), "seed": cfg.train.seed, "commit": commit(), "machine": machine(),
             "wall_time_s": round(wall, 1), "iterations": result.get("iterations"),
             "total_iterations": result.get("total_iterations"), "time_limited": bool(result.get("time_limited")),
+            "precision": result.get("precision"),  # what the run trained in (train.amp=bf16 may fall back)
             "loadavg_start": load_start, "loadavg_end": loadavg(),
             "checkpoint": result["last_checkpoint"],
             "metrics": {k: metrics[k] for k in ("pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu")},

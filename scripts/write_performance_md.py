@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Regenerate docs/PERFORMANCE.md from docs/bench/*.json (bench reports and the int8 mean-IU report).
+"""Regenerate docs/PERFORMANCE.md from docs/bench/*.json (bench reports, the training-step report and the
+int8 mean-IU report) and the bf16 training study's records (docs/results/camvid-bf16/*.json).
 
     python -m scripts.write_performance_md [--bench-dir docs/bench] [--out docs/PERFORMANCE.md]
 """
@@ -10,7 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from fcnseg.bench.report import engine_table, first_call_line, gpu_lines, machine_line
+from fcnseg.bench.report import engine_table, first_call_line, gpu_lines, machine_line, train_table
+from fcnseg.bench.train_bench import SCHEMA as TRAIN_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -266,6 +268,83 @@ def bench_section(name: str, report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+TRAIN_TARGET = 1.3  # issue 16: our full-net fp32 training step at least 1.3x the peer's speed
+BF16_STUDY = ROOT / "docs" / "results" / "camvid-bf16"
+BF16_RUNS = ("fcn32s-fp32", "fcn32s-bf16")
+TRAIN_COMMAND = "python -m scripts.bench_cpu --train-only"
+BF16_COMMAND = "fcnseg reproduce camvid --protocol bf16 --out docs/results/camvid-bf16"
+
+TRAIN_ROWS = """\
+Rows: `peer` steps as torchfcn's users run it (eager fp32 NCHW, `torch.optim.SGD`'s per-tensor loop over all
+its parameters). Ours step as `fcnseg train` does with `train.fused_optimizer=true` (the reference's
+parameter groups, SGD momentum 0.99): `torch-fp32` is the plain net; `-trim` is `train.trim_border=true`
+(the image-independent part of the pad-100 border is not recomputed, and its gradient flows through
+the zero-image skeleton: loss and every gradient equal the plain net's to fp32 rounding,
+`tests/models/test_trimmed_training.py`); `-bf16` is `train.amp=bf16` (CPU autocast, fp32 master
+weights; only where the CPU has native bf16, AVX512-BF16/AMX); `:pool4` / `:pool3` are partial
+fine-tuning, `train.freeze_backbone=pool4|pool3` with `train.cache_features=true`: the step resumes from
+the frozen prefix's cached maps (computed once, not timed) and trains the stages after it. Phases:
+*data* (preprocessing and layout of the batch), *forward* (with the loss), *backward*, *optimizer*
+(`step` and `zero_grad`); the speed-up divides the median of the peer's steps taken alongside that row
+(they alternate one by one) by the row's median.
+"""
+
+
+def _bf16_study(folder: Path) -> dict[str, dict] | None:
+    runs = {n: json.loads((folder / f"{n}.json").read_text()) for n in BF16_RUNS if (folder / f"{n}.json").is_file()}
+    return runs if len(runs) == len(BF16_RUNS) else None
+
+
+def bf16_line(runs: dict[str, dict] | None) -> str:
+    """The mean-IU effect of bf16 training, from the study's two records."""
+    if runs is None:
+        return (f"bf16's effect on mean IU: not measured yet: `{BF16_COMMAND}` (two short CamVid runs, float32 "
+                "and bf16, the same seed; about 7 minutes on 2 cores) writes the records this page reads.")
+    a, b = (runs[n] for n in BF16_RUNS)
+    fell_back = b.get("precision") != "bf16"
+    return (f"bf16's effect on mean IU (`{BF16_COMMAND}`, {a['run']} vs {b['run']}: the same short CamVid run "
+            f"from the same seed, {b['iterations']} steps): float32 {100 * a['metrics']['mean_iu']:.1f}%, "
+            f"bf16 {100 * b['metrics']['mean_iu']:.1f}% "
+            f"({100 * (b['metrics']['mean_iu'] - a['metrics']['mean_iu']):+.1f} points; training "
+            f"{a['wall_time_s'] / 60:.1f} vs {b['wall_time_s'] / 60:.1f} min, the first including the "
+            f"feature cache; commit {b.get('commit', '?')})"
+            + (" — **the bf16 run trained in float32 (no native bf16 on its CPU)**" if fell_back else "") + ".")
+
+
+def train_section(report: dict | None, bf16: dict[str, dict] | None) -> str:
+    """The training-step report (``python -m scripts.bench_cpu --train-only``) and the bf16 study's result."""
+    if report is None:
+        return "\n".join(["## CPU training step", "",
+                          f"Not measured yet: `{TRAIN_COMMAND}` (about 5 minutes on an idle 2-core machine) writes "
+                          "`docs/bench/train-step.json` and regenerates this page.", "", TRAIN_ROWS,
+                          bf16_line(bf16), ""])
+    o = report["options"]
+    h, w = o["size"]
+    lines = [f"## CPU training step: {o['model']}@{o['backbone']}, {o['num_classes']} classes, {h}×{w}, "
+             f"batch {o['batch']}, {o['threads']} threads", "", machine_line(report), "",
+             f"Command: `{report.get('command', '')}` ({report.get('wall_seconds', 0) / 60:.1f} min, "
+             f"{o['repeats']} timed steps per row after {o['warmup']} warm-up, each alternating with one of the "
+             "peer's).", "", train_table(report), ""]
+    ratios = report.get("ratios_vs_peer", {})
+    whole = [(r["row"], ratios[r["row"]]["speedup"]) for r in report.get("rows", [])
+             if r.get("row") in ratios and r.get("exact") and not (r.get("spec") or {}).get("frozen")
+             and (r.get("spec") or {}).get("alignment") == "caffe"]
+    if whole:
+        name, x = max(whole, key=lambda t: t[1])
+        lines += ["| target | best row | measured | reached? |", "|---|---|---|---|",
+                  f"| full net fp32 (the same net and function) ≥ {TRAIN_TARGET}× the peer's training step | "
+                  f"`{name}` | {x:.2f}× | {'yes' if x >= TRAIN_TARGET else 'no'} |", ""]
+    m = report.get("machine", {})
+    loads = (m.get("loadavg") or [])[:1] + (m.get("loadavg_end") or [])[:1]
+    if loads and m.get("cores") and max(loads) > m["cores"]:
+        lines += [f"**This run shared the machine**: the 1-minute load average reached {max(loads):.1f} on "
+                  f"{m['cores']} cores; the ratios compare steps taken under the same load, the seconds are "
+                  f"inflated. Rerun `{TRAIN_COMMAND}` on an idle machine for clean numbers.", ""]
+    if report.get("partial"):
+        lines += ["**Partial report**: the bench stopped before every row had run (see its log).", ""]
+    return "\n".join(lines + [TRAIN_ROWS, bf16_line(bf16), ""])
+
+
 def redesign_section(folder: Path) -> str:
     """The same engines measured before and after the redesign of issue 15, on one machine, one after the
     other (``before-*.json`` at the commit named, ``after.json`` at the commit recorded)."""
@@ -301,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_dir = Path(args.bench_dir)
     reports = {p.stem: json.loads(p.read_text()) for p in sorted(bench_dir.glob("*.json"))}
     quant = reports.pop("quant_miou", None)
+    train = next((v for v in reports.values() if v.get("schema") == TRAIN_SCHEMA), None)
     benches = {k: v for k, v in reports.items() if v.get("schema") == "fcnseg-bench-v1"}
     if not benches:
         print(f"no bench reports in {bench_dir}", file=sys.stderr)
@@ -311,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         parts.append(bench_section(k, benches[k]))
         if benches[k].get("device", "cpu").startswith("cuda"):
             parts.append(gpu_targets(benches[k]))
+        if k == order[0]:
+            parts.append(train_section(train, _bf16_study(BF16_STUDY)))
     if not any(b.get("device", "cpu").startswith("cuda") for b in benches.values()):
         parts.append(GPU_PENDING)
     parts += [quant_section(quant), redesign_section(bench_dir / "redesign"), PATHS, EXPORT]

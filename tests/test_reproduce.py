@@ -12,10 +12,10 @@ from fcnseg.reproduce import _flatten, load_protocol
 def test_cli_offers_every_protocol_file():
     from fcnseg.reproduce import list_protocols
 
-    assert list_protocols("camvid") == ["cpu", "cpu-fullres", "cpu-width", "dense", "full", "gpu"]
+    assert list_protocols("camvid") == ["bf16", "cpu", "cpu-fullres", "cpu-width", "dense", "full", "gpu"]
 
 
-@pytest.mark.parametrize("protocol", ["cpu", "cpu-fullres", "cpu-width", "dense", "full", "gpu"])
+@pytest.mark.parametrize("protocol", ["bf16", "cpu", "cpu-fullres", "cpu-width", "dense", "full", "gpu"])
 def test_every_run_of_each_protocol_is_a_valid_config(protocol):
     proto = load_protocol("camvid", protocol)
     names = [r["name"] for r in proto["runs"]]

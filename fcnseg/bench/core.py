@@ -22,6 +22,7 @@ from fcnseg.atomic import write_error, write_text
 from fcnseg.bench.measure import count_flops, machine_info, sgemm_gflops, stats
 from fcnseg.bench.peer import PeerUnavailable, torchvision_fcn_resnet50
 from fcnseg.bench.report import bench_markdown
+from fcnseg.bench.train_step import summarize
 from fcnseg.data import build_dataset, sample_root
 from fcnseg.errors import ConfigError, FcnsegError, one_line
 from fcnseg.evaluate.scoring import evaluate
@@ -131,9 +132,9 @@ class _Worker:
                  echo: Callable[[str], None] | None = None) -> None:
         self.spec, self.timeout, self.error = spec, timeout, None
         self.deadline = deadline if deadline is not None else time.monotonic() + 10 * timeout
-        self.name, self._echo = spec["engine"], echo or (lambda line: None)
+        self.name, self._echo = spec.get("row") or spec["engine"], echo or (lambda line: None)
         self.stderr: list[str] = []
-        tag = spec["engine"].replace("@", "_")
+        tag = self.name.replace("@", "_").replace(":", "_")
         spec_path = tmp / f"spec-{tag}.json"
         spec_path.write_text(json.dumps(spec))
         env = dict(os.environ)
@@ -395,15 +396,19 @@ class _Runs:
     """Each engine in its own worker process; the peer's worker stays loaded and its timed runs
     alternate with each engine's, so both are timed under the same load. Every worker answers within
     ``timeout`` s and lives at most ``worker_timeout`` s (the peer: until ``deadline``); engines not begun
-    by ``deadline`` get an error row. ``done(results)`` hears of every finished engine."""
+    by ``deadline`` get an error row. ``done(results)`` hears of every finished engine. ``train``: the
+    engines are training-step rows (:mod:`fcnseg.bench.train_step`), timed step by step the same way;
+    ``annotate(result, spec)`` completes each row."""
 
     def __init__(self, make_spec, tmp: Path, timeout: float, worker_timeout: float, deadline: float, warmup: int,
                  repeats: int, throughput_batch: int, throughput_repeats: int, flops: dict, log, on_device: bool,
-                 done: Callable[[list[dict]], None]) -> None:
+                 done: Callable[[list[dict]], None], train: bool = False, annotate=None) -> None:
         self.make_spec, self.tmp, self.timeout, self.log, self.flops = make_spec, tmp, timeout, log, flops
         self.worker_timeout, self.deadline, self.on_device, self.done = worker_timeout, deadline, on_device, done
         self.warmup, self.repeats = warmup, repeats
         self.throughput_batch, self.throughput_repeats = throughput_batch, throughput_repeats
+        self.train, self.cmd = train, "train" if train else "lat"
+        self.annotate = annotate or (lambda r, s: _annotate(r, s, self.flops, self.log))
         self.peer: _Worker | None = None
 
     def _worker(self, s: EngineSpec, deadline: float) -> _Worker:
@@ -411,7 +416,7 @@ class _Runs:
 
     def all(self, specs: list[EngineSpec]) -> list[dict]:
         results: list[dict] = []
-        peer_s = next((s for s in specs if s.runtime == "peer"), None)
+        peer_s = next((s for s in specs if _runtime(s) == "peer"), None)
         if peer_s is not None:
             self.log("engine peer (kept loaded: each engine's timed runs alternate with the peer's)")
             self.peer = self._worker(peer_s, self.deadline)
@@ -419,46 +424,54 @@ class _Runs:
                 self.log(f"  peer failed: {self.peer.error}")
                 results.append(self.peer.failed(self.peer.error))
                 self.peer = None
+            elif self.train:
+                try:
+                    self.peer.cmd(f"train {self.warmup} 0")  # once: the peer's step is warm for every row
+                except BenchError as e:
+                    self.log(f"  peer failed: {e}")
+                    results.append(self.peer.failed(str(e)))
+                    self.peer = None
         for s in specs:
-            if s.runtime == "peer":
+            if _runtime(s) == "peer":
                 continue
             if time.monotonic() >= self.deadline:
                 r = {"engine": s.name, "error": "not run: the bench's time budget was spent"}
             else:
                 r = self.one(s)
-            results.append(_annotate(r, s, self.flops, self.log))
+            results.append(self.annotate(r, s))
             self.done(results)
         if self.peer is not None:
             if self.on_device:
                 self._on_device(self.peer)
-            results.insert(0, _annotate(self._finish(self.peer, "peer"), peer_s, self.flops, self.log))
+            results.insert(0, self.annotate(self._finish(self.peer, "peer"), peer_s))
             self.done(results)
         return results
 
     def one(self, s: EngineSpec) -> dict:
-        """One engine's result: warm-up, timed batch-1 runs paired with the peer's, throughput, finish."""
-        self.log(f"engine {s.name}")
+        """One engine's result: warm-up, timed batch-1 runs (training steps) paired with the peer's,
+        throughput, finish."""
+        self.log(f"{'training step' if self.train else 'engine'} {s.name}")
         w = self._worker(s, min(self.deadline, time.monotonic() + self.worker_timeout))
         if w.error:
             return w.failed(w.error)
-        paired: list[float] = []
+        paired: list = []
         try:
-            w.cmd(f"lat {self.warmup} 0")
-            if self.peer:
+            w.cmd(f"{self.cmd} {self.warmup} 0")
+            if self.peer and not self.train:
                 self.peer.cmd(f"lat {self.warmup} 0")
             for i in range(self.repeats):
                 for worker in ([w, self.peer] if i % 2 else [self.peer, w]):
                     if worker is not None:
-                        got = worker.cmd("lat 0 1")
+                        got = worker.cmd(f"{self.cmd} 0 1")
                         if worker is self.peer:
                             paired += got
-            if self.on_device:
+            if self.on_device and not self.train:
                 self._on_device(w)
         except BenchError as e:
             return w.failed(str(e))
         r = self._finish(w, s.name)
         if paired and "error" not in r:
-            r["peer_paired"] = {"seconds": stats(paired), "samples": paired}
+            r["peer_paired"] = summarize(paired) if self.train else {"seconds": stats(paired), "samples": paired}
         return r
 
     def _on_device(self, w: _Worker) -> None:
@@ -467,11 +480,16 @@ class _Runs:
 
     def _finish(self, w: _Worker, name: str) -> dict:
         try:
-            if self.throughput_batch > 1:
+            if self.throughput_batch > 1 and not self.train:
                 w.cmd(f"thr 1 {self.throughput_repeats}")
             return w.finish()
         except BenchError as e:
             return w.failed(str(e))
+
+
+def _runtime(s) -> str:
+    """An engine's or a training-step row's runtime."""
+    return getattr(s, "runtime", None) or s.engine.runtime
 
 
 def _check_writable(path: str | os.PathLike) -> None:

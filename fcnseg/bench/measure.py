@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from fcnseg.provenance import commit, cpu_model
+from fcnseg.provenance import commit, cpu_flags, cpu_model
 
 __all__ = ["stats", "time_calls", "rss_mb", "reset_peak_rss", "peak_rss_mb", "count_flops", "sgemm_gflops",
            "machine_info"]
@@ -105,22 +105,9 @@ def sgemm_gflops(n: int = 4096, repeats: int = 3, device: str | torch.device = "
             "median_gflops": flops / statistics.median(ts) / 1e9}
 
 
-def _cpu_flags() -> list[str]:
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return [w for w in wanted if w in have]
-    except OSError:
-        pass
-    return []
-
-
 def machine_info() -> dict:
     """CPU model and flags, core count, thread count, library versions, commit, load average."""
-    info = {"cpu": cpu_model(), "cpu_flags": _cpu_flags(), "cores": os.cpu_count(),
+    info = {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
             "torch": torch.__version__, "platform": platform.platform(), "commit": commit()}
     try:

@@ -1,7 +1,8 @@
 """Markdown tables from a bench report (the dict/JSON of :func:`fcnseg.bench.run_bench`)."""
 from __future__ import annotations
 
-__all__ = ["bench_markdown", "engine_table", "machine_line", "first_call_line", "gpu_lines"]
+__all__ = ["bench_markdown", "engine_table", "machine_line", "first_call_line", "gpu_lines", "train_table",
+           "train_markdown", "row_description"]
 
 
 def _f(v, fmt: str = ".3f", none: str = "–") -> str:
@@ -128,3 +129,54 @@ def bench_markdown(report: dict, title: str | None = None) -> str:
         lines += [f"`evaluate()` time split ({ev['dataset']}, {ev['images']} images): "
                   + ", ".join(f"{k} {100 * v:.1f}%" for k, v in fr.items()), ""]
     return "\n".join(lines)
+
+
+def row_description(r: dict) -> str:
+    """What a training-step row runs, in words (from its ``spec``)."""
+    sp = r.get("spec") or {}
+    if sp.get("runtime") == "peer" or r.get("row") == "peer":
+        return "torchfcn FCN8s: eager fp32 NCHW, torch.optim.SGD (per-tensor loop)"
+    parts = [f"from cached {sp['frozen']} (the stages after it train)" if sp.get("frozen") else "whole net",
+             "bf16 autocast" if sp.get("dtype") == "bf16" else "fp32"]
+    if sp.get("trim"):
+        parts.append("border trimmed")
+    if sp.get("channels_last"):
+        parts.append("channels_last")
+    if sp.get("alignment", "caffe") != "caffe":
+        parts.append(f"alignment {sp['alignment']} (another net)")
+    return ", ".join(parts) + ", fused SGD"
+
+
+def train_table(report: dict) -> str:
+    """One row per training-step row: the step's median [IQR], its phases' medians, the peer alongside."""
+    ratios = report.get("ratios_vs_peer", {})
+    mem = "CUDA" if str(report.get("device", "cpu")).startswith("cuda") else "RSS"
+    head = ("| row | what | exact | step s: median [IQR] | data s | forward s | backward s | optimizer s | "
+            f"peer alongside s | speed-up vs peer | peak {mem} MiB |")
+    ncols = head.count("|") - 1
+    rows = [head, "|" + "|".join(["---"] * ncols) + "|"]
+    for r in report.get("rows", []):
+        name = r.get("row", r["engine"])
+        if "error" in r or "train_step" not in r:
+            why = r.get("error", "no timed steps")
+            rows.append(f"| `{name}` | {row_description(r) if r.get('spec') else '–'} | – | {why[:100]} |"
+                        + " |" * (ncols - 4))
+            continue
+        st, bd = r["train_step"]["seconds"], r["train_step"]["breakdown"]
+        ratio = ratios.get(name, {})
+        peer = name == "peer"
+        rows.append(f"| `{name}` | {row_description(r)} | {'ref' if peer else 'yes' if r.get('exact') else 'no'} | "
+                    f"{st['median']:.2f} [{st['q1']:.2f}–{st['q3']:.2f}] | "
+                    + " | ".join(f"{bd[p]['median']:.2f}" for p in ("data", "forward", "backward", "optimizer"))
+                    + f" | {'–' if peer else _f(ratio.get('peer_median_alongside'), '.2f')} | "
+                    f"{'1.00' if peer else _f(ratio.get('speedup'), '.2f')}× | "
+                    f"{_f(r['train_step'].get('peak_mb'), '.0f')} |")
+    return "\n".join(rows)
+
+
+def train_markdown(report: dict, title: str | None = None) -> str:
+    o = report.get("options", {})
+    h, w = o.get("size", ("?", "?"))
+    return "\n".join([f"# {title or 'fcnseg training step'}: {o.get('model')}@{o.get('backbone')}, {h}×{w}, "
+                      f"batch {o.get('batch')}, {report.get('device', 'cpu')}", "", machine_line(report), "",
+                      f"Command: `{report.get('command', '')}`", "", train_table(report), ""])

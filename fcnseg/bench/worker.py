@@ -4,6 +4,8 @@ A fresh process per engine keeps peak-memory figures honest (nothing left over f
 engine, allocator state included). The spec (written by :func:`fcnseg.bench.run_bench`) names the
 engine, the weights file or ONNX file, sizes and repeat counts; the result JSON lands at
 ``spec["result_out"]`` and the batch-1 scores at ``spec["scores_out"]`` (.npy) for comparison.
+A spec with ``train_only`` names a training-step row (``spec["row"]``, :mod:`fcnseg.bench.train_step`):
+no inference engine is built, only the row's training step timed.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import torch
 from fcnseg.atomic import atomic_write
 from fcnseg.bench.measure import peak_rss_mb, reset_peak_rss, rss_mb, stats, time_calls
 from fcnseg.bench.peer import peer_fcn8s, torchvision_fcn_resnet50
+from fcnseg.bench.train_step import TrainRow, TrainStep, summarize
 from fcnseg.infer.engines import build_engine
 from fcnseg.infer.spec import EngineSpec
 from fcnseg.models import create_model
@@ -49,7 +52,8 @@ def _load_state(path: str) -> dict:
 
 
 def _build(spec: dict, device: torch.device):
-    """(engine, trainable module or None) for the spec; ``spec["engine"]`` is the engine's name."""
+    """(engine, trainable module or None) for the spec; ``spec["engine"]`` is the engine's name. A
+    ``train_only`` spec gets no engine: (None, the module its row trains)."""
     engine = EngineSpec.parse(spec["engine"])
     if engine.runtime == "ort":
         return build_engine(engine, onnx=spec["onnx"], threads=spec["threads"]), None
@@ -60,14 +64,15 @@ def _build(spec: dict, device: torch.device):
     state = _load_state(spec["weights"])
     pre = Preprocessing.from_dict(spec["preprocessing"])
     if engine.runtime == "peer":
-        model = peer_fcn8s(int(classes), state)
+        model = peer_fcn8s(int(classes), state).to(device)
         del state
-        return _PeerEngine(model, pre, device), model
+        return (None if spec.get("train_only") else _PeerEngine(model, pre, device)), model
     model = create_model(name, classes, **cfg)
     model.load_state_dict(state)
     del state
     model.preprocessing = pre
-    return build_engine(engine, model, device), model
+    model.to(device)
+    return (None if spec.get("train_only") else build_engine(engine, model, device)), model
 
 
 def _images(spec: dict, batch: int) -> torch.Tensor:
@@ -75,29 +80,6 @@ def _images(spec: dict, batch: int) -> torch.Tensor:
     h, w = spec["size"]
     x = torch.rand(max(batch, 1), int(spec.get("in_channels", 3)), h, w, generator=g) * 255
     return x[:batch]
-
-
-def _train_step(model: torch.nn.Module, preprocessing, x: torch.Tensor, classes: int, spec: dict,
-                sync) -> dict:
-    """Seconds and peak memory of forward + backward + SGD step (batch of ``x``, random labels)."""
-    model.train()
-    x = x.to(next(model.parameters()).device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=1e-10, momentum=0.99, weight_decay=5e-4)
-    g = torch.Generator().manual_seed(1)
-    labels = torch.randint(0, classes, (x.shape[0], *x.shape[-2:]), generator=g).to(x.device)
-    xp = preprocessing(x)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        out = model(xp)
-        out = out if isinstance(out, torch.Tensor) else next(iter(out.values()))
-        torch.nn.functional.cross_entropy(out, labels, ignore_index=255).backward()
-        opt.step()
-
-    _reset_peak(x.device)
-    times = time_calls(step, 1, int(spec.get("train_repeats", 2)), sync)
-    return {"seconds": stats(times), "samples": times, "peak_mb": _peak(x.device)}
 
 
 def _reset_peak(device: torch.device) -> None:
@@ -151,11 +133,22 @@ class Session:
         self.engine, self.trainable = _build(spec, device)
         self.result.update(load_seconds=time.perf_counter() - t0, rss_loaded_mb=rss_mb(),
                            peak_rss_load_mb=peak_rss_mb())
-        self.result["describe"] = self.engine.describe()
         # on CUDA the input waits in pinned host memory (a copy as fast as the bus allows; timed with the
         # call) and, for the on-device timings, on the GPU already
         self.x1 = _host(_images(spec, int(spec.get("batch", 1))), device)
         self.x1_dev = self.x1.to(device) if device.type == "cuda" else None
+        self.lat: list[float] = []
+        self.lat_dev: list[float] = []
+        self.thr: list[float] = []
+        self.peak_b1: float | None = None
+        self.reserved_b1: float | None = None
+        self.xn = None
+        self.stepper: TrainStep | None = None
+        self.steps: list[dict[str, float]] = []
+        self.peak_train: float | None = None
+        if self.engine is None:  # a training-step row only
+            return
+        self.result["describe"] = self.engine.describe()
         t0 = time.perf_counter()
         out = self.engine.predict_scores(self.x1)  # first call: lazy init, caches; kept for comparison
         if self.sync:
@@ -165,12 +158,6 @@ class Session:
         if spec.get("scores_out"):
             np.save(spec["scores_out"], out.detach().float().cpu().numpy())
         del out
-        self.lat: list[float] = []
-        self.lat_dev: list[float] = []
-        self.thr: list[float] = []
-        self.peak_b1: float | None = None
-        self.reserved_b1: float | None = None
-        self.xn = None
 
     def _warm(self, x: torch.Tensor, warmup: int) -> None:
         for _ in range(warmup):
@@ -215,6 +202,26 @@ class Session:
             self.result["peak_reserved_bN_mb"] = reserved
         return ts
 
+    def train(self, warmup: int, repeats: int) -> list[dict[str, float]]:
+        """``warmup`` untimed and ``repeats`` timed training steps of the spec's row (built on the first
+        call; a plain engine's row is the engine's own); peak memory counts from the first timed step."""
+        if self.stepper is None:
+            row = TrainRow.parse(self.spec.get("row") or self.spec["engine"])
+            pre = self.engine.preprocessing if self.engine is not None else \
+                Preprocessing.from_dict(self.spec["preprocessing"])
+            self.stepper = TrainStep(row, self.trainable, pre, self.x1, int(self.spec["model_config"]["num_classes"]),
+                                     self.sync)
+        for _ in range(warmup):
+            self.stepper()
+        if repeats and self.peak_train is None:
+            _reset_peak(self.device)
+            self.peak_train = 0.0
+        got = [self.stepper() for _ in range(repeats)]
+        if repeats:
+            self.peak_train = max(self.peak_train, _peak(self.device))
+        self.steps += got
+        return got
+
     def finish(self) -> dict:
         r, spec = self.result, self.spec
         if self.lat:
@@ -231,10 +238,10 @@ class Session:
             st = stats(self.thr)
             r["throughput"] = {"seconds": st, "samples": self.thr, "batch": nb, "images_per_s": nb / st["median"]}
         self.xn = None
-        if spec.get("train_step") and self.trainable is not None:
-            classes = int(spec["model_config"]["num_classes"])
-            r["train_step"] = _train_step(self.trainable, self.engine.preprocessing, self.x1, classes, spec,
-                                          self.sync)
+        if spec.get("train_step") and self.trainable is not None and not self.steps:
+            self.train(1, int(spec.get("train_repeats", 2)))
+        if self.steps:
+            r["train_step"] = {**summarize(self.steps), "peak_mb": self.peak_train, "batch": self.x1.shape[0]}
         r["loadavg_end"] = list(os.getloadavg())
         r["worker_seconds"] = time.perf_counter() - self.t_start
         return r
@@ -247,8 +254,11 @@ def _host(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def run(spec: dict) -> dict:
     """All phases in a row: warm-up + timed batch-1 runs (on CUDA also from an input on the GPU), batch-N
-    runs, the training step."""
+    runs, the training step (a ``train_only`` spec: the training steps alone)."""
     session = Session(spec)
+    if spec.get("train_only"):
+        session.train(int(spec["warmup"]), int(spec.get("train_repeats", 2)))
+        return session.finish()
     session.latency(int(spec["warmup"]), int(spec["repeats"]))
     if session.x1_dev is not None:
         session.latency(1, int(spec["repeats"]), on_device=True)
@@ -263,7 +273,7 @@ def _write(spec: dict, result: dict) -> None:
 
 def serve(spec: dict) -> None:
     """Line protocol on stdin/stdout: ``lat W R`` / ``dev W R`` (input on the GPU) / ``thr W R`` → JSON list
-    of seconds; ``end`` →
+    of seconds; ``train W R`` → JSON list of training steps' phase seconds; ``end`` →
     the result is written to ``spec["result_out"]`` and ``done`` answered. ``ready`` is sent once loaded."""
     out = os.fdopen(os.dup(1), "w", buffering=1)
     sys.stdout = sys.stderr  # anything else printed must not corrupt the protocol
@@ -277,6 +287,8 @@ def serve(spec: dict) -> None:
             out.write(json.dumps(session.latency(int(args[0]), int(args[1]), on_device=True)) + "\n")
         elif cmd == "thr":
             out.write(json.dumps(session.throughput(int(args[0]), int(args[1]))) + "\n")
+        elif cmd == "train":
+            out.write(json.dumps(session.train(int(args[0]), int(args[1]))) + "\n")
         elif cmd == "end":
             _write(spec, session.finish())
             out.write("done\n")

@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 from fcnseg.bench.core import DEFAULT_ENGINES, run_bench
-from fcnseg.bench.report import bench_markdown
+from fcnseg.bench.report import bench_markdown, train_markdown
+from fcnseg.bench.train_bench import run_train_bench
+from fcnseg.bench.train_step import DEFAULT_TRAIN_ROWS
 from fcnseg.cli.common import add_size, non_negative_int, positive_float, positive_int
 from fcnseg.config import ALIGNMENTS
 from fcnseg.errors import FcnsegError
@@ -43,6 +45,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, help="intra-op threads for every engine (default: torch's)")
     p.add_argument("--no-peer", action="store_true", help="skip torchfcn")
     p.add_argument("--no-train-step", action="store_true", help="skip the training-step timing")
+    p.add_argument("--train-only", action="store_true",
+                   help="only the training-step rows (no inference engines), each step paired with the peer's")
+    p.add_argument("--train-rows", help="comma-separated training-step rows for --train-only (default: "
+                   + ",".join(DEFAULT_TRAIN_ROWS) + "; ENGINE[:STAGE], STAGE the deepest frozen, cached one)")
+    p.add_argument("--train-repeats", type=positive_int, default=3,
+                   help="timed training steps per row with --train-only (default 3; --warmup untimed ones first)")
     p.add_argument("--eval-split", action="store_true",
                    help="also time evaluate() on the bundled CamVid sample (data / model / metrics split)")
     p.add_argument("--sgemm-n", type=non_negative_int, default=4096,
@@ -62,6 +70,23 @@ def run(args: argparse.Namespace) -> int:
     out_md = None
     if args.out and not getattr(args, "no_md", False):
         out_md = args.out[:-5] + ".md" if args.out.endswith(".json") else args.out + ".md"
+    if args.train_only:
+        report = run_train_bench(model=args.model, backbone=args.backbone, num_classes=args.num_classes,
+                                 checkpoint=args.checkpoint, size=tuple(args.size), batch=args.batch,
+                                 device=args.device,
+                                 rows=[r for r in args.train_rows.split(",") if r.strip()] if args.train_rows else None,
+                                 warmup=args.warmup, repeats=args.train_repeats, peer=not args.no_peer,
+                                 threads=args.threads, width=args.width, fc_channels=args.fc_channels,
+                                 sgemm_n=args.sgemm_n, out_json=args.out, out_md=out_md,
+                                 timeout=min(300.0, args.worker_timeout), worker_timeout=args.worker_timeout,
+                                 time_budget=args.time_budget, progress=not args.quiet,
+                                 command=getattr(args, "command_line", None))
+        print(train_markdown(report))
+        if not args.out:
+            print(json.dumps(report.get("ratios_vs_peer", {}), indent=1))
+        return 0
+    if args.train_rows:
+        raise FcnsegError("--train-rows: only with --train-only")
     report = run_bench(model=args.model, backbone=args.backbone, num_classes=args.num_classes,
                        checkpoint=args.checkpoint, size=tuple(args.size), batch=args.batch,
                        throughput_batch=args.throughput_batch, device=args.device, dtype=args.dtype,
@@ -88,6 +113,8 @@ def bench_script(script: str, doc: str, defaults: dict, argv: list[str] | None =
     ap.add_argument("--no-docs", action="store_true", help="do not regenerate docs/PERFORMANCE.md")
     ap.set_defaults(no_md=True, **defaults)
     args = ap.parse_args(argv)
+    if args.train_only and args.out == defaults.get("out") and defaults.get("train_out"):
+        args.out = defaults["train_out"]  # the training-step rows have their own report
     args.command_line = " ".join([f"python -m scripts.{Path(script).stem}", *(sys.argv[1:] if argv is None else argv)])
     try:
         rc = run(args)

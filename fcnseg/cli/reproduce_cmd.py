@@ -15,7 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cpu: half resolution, frozen trunk, ≤ 60 min on 2 cores; cpu-fullres: the best FCN-8s "
                         "recipe of cpu at full resolution; cpu-width: fc6/fc7 width on FCN-32s; full: full "
                         "resolution, every layer trained, for a GPU; gpu: FCN-32s → 16s → 8s, every layer "
-                        "fine-tuned, bf16, in minutes on one GPU (scripts/gpu_session.sh)")
+                        "fine-tuned, bf16, in minutes on one GPU (scripts/gpu_session.sh); bf16: one short run in "
+                        "float32 and in CPU bf16 autocast, ≤ 10 min on 2 cores")
     p.add_argument("--out", required=True, help="folder for RESULTS.md and one JSON per run")
     p.add_argument("--root", help="dataset folder (default: the protocol's, ../shared/datasets/camvid)")
     p.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs of the protocol")

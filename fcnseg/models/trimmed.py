@@ -11,6 +11,12 @@ At the deepest tap where that stays valid (active window and rim never meet), th
 rebuilt: the zero-image map (computed once per size residue on a small input, its constant
 interior stretched to the size) with the active window pasted in. The rest of the net runs as
 usual. Same arithmetic per output pixel, so the scores equal the plain forward's to fp32 rounding.
+
+``trainable=True`` trains through it: the border is image-independent but not gradient-free (its
+values depend on the weights), so every forward recomputes the constants and the zero-image skeletons
+from the live weights under autograd (a skeleton is small: its input is a few strides wide), and the
+stretch sums the gradients of every copy of the interior into the one it came from. Loss and every
+parameter gradient equal the plain net's to fp32 rounding (``tests/models/test_trimmed_training.py``).
 """
 from __future__ import annotations
 
@@ -92,23 +98,27 @@ def _supported_prefix(stages: list[nn.Module]) -> int:
 
 
 class TrimmedFCN(SegmentationModel):
-    """An :class:`fcnseg.models.FCN` for inference that skips the pad-100 border (same contract, same scores).
+    """An :class:`fcnseg.models.FCN` that skips the pad-100 border (same contract, same scores).
 
     ``features`` computes the trunk without the image-independent border; the head is the wrapped net's.
 
-    Snapshot semantics: the background constants are taken from the weights at construction
-    (and refreshed by :meth:`refresh`); do not train through this wrapper.
+    By default (inference) snapshot semantics: the background constants are taken from the weights at
+    construction (and refreshed by :meth:`refresh`), and the wrapped net is put in eval mode.
+    ``trainable=True``: constants and skeletons come from the live weights at every forward, under
+    autograd, no strips, dropout as the wrapped net's mode says (the wrapper for a training step).
     """
 
-    def __init__(self, model: FCN, cache_size: int = 64, strip_bytes: int | None = None) -> None:
+    def __init__(self, model: FCN, cache_size: int = 64, strip_bytes: int | None = None,
+                 trainable: bool = False) -> None:
         super().__init__()
+        self.trainable = trainable
         # stages whose maps exceed strip_bytes run in horizontal strips (0: never; None: 12 MiB on the
         # CPU, where it bounds peak memory, never on a GPU, where each strip would cost kernel launches)
         self.strip_bytes = strip_bytes
         if not trim_supported(model):
             raise ValueError("TrimmedFCN needs a backbone whose first stages are conv/ReLU/max-pool chains "
                              "with a padded first conv (VGG16/AlexNet-free, alignment='caffe')")
-        self.model = model.eval()
+        self.model = model if trainable else model.eval()
         self.spec = model.spec
         self.heads = dict(model.heads)
         self._n_stages = _supported_prefix(list(model.backbone.stages.values()))
@@ -120,6 +130,7 @@ class TrimmedFCN(SegmentationModel):
         self._cache_size = cache_size
         self._plans: OrderedDict = OrderedDict()
         self._skeletons: OrderedDict = OrderedDict()
+        self._skeleton_sizes: dict = {}  # trainable: skeleton input sizes and the taps each serves
         self.version = 0   # counts refresh() calls: what was captured from the old constants is stale
         self.refresh()
 
@@ -146,25 +157,31 @@ class TrimmedFCN(SegmentationModel):
     @torch.no_grad()
     def refresh(self) -> None:
         """Recompute the background constants and per-conv folded biases from the current weights."""
-        self._const: dict[int, torch.Tensor] = {}   # id(conv) -> background of its *output* (post-ReLU)
-        self._bias: dict[int, torch.Tensor] = {}    # id(conv) -> b + W·c_in
-        self._input_zero: dict[int, bool] = {}      # id(conv) -> its input background is exactly 0
-        stages = list(self.model.backbone.stages.values())[: self._n_stages]
+        self._const, self._bias, self._input_zero = self._fold()
+        self._plans.clear()
+        self._skeletons.clear()
+        self.version += 1
+
+    def _fold(self) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], dict[int, bool]]:
+        """Per conv of the trimmed stages (by ``id``): the background of its *output* (post-ReLU), its
+        folded bias ``b + W·c_in``, and whether its input background is exactly 0 — from the current
+        weights (differentiable where grad is enabled)."""
+        const: dict[int, torch.Tensor] = {}
+        bias_of: dict[int, torch.Tensor] = {}
+        input_zero: dict[int, bool] = {}
         c = None  # background of the current map; None = exactly zero
-        for stage in stages:
+        for stage in list(self.model.backbone.stages.values())[: self._n_stages]:
             mods = _layers(stage)
             for i, m in enumerate(mods):
                 if isinstance(m, nn.Conv2d):
                     bias = m.bias if m.bias is not None else torch.zeros(m.out_channels, device=m.weight.device)
                     folded = bias.clone() if c is None else bias + m.weight.sum((2, 3)) @ c
                     relu = i + 1 < len(mods) and isinstance(mods[i + 1], nn.ReLU)
-                    self._input_zero[id(m)] = c is None
-                    self._bias[id(m)] = folded
+                    input_zero[id(m)] = c is None
+                    bias_of[id(m)] = folded
                     c = folded.clamp_min(0) if relu else folded
-                    self._const[id(m)] = c
-        self._plans.clear()
-        self._skeletons.clear()
-        self.version += 1
+                    const[id(m)] = c
+        return const, bias_of, input_zero
 
     # ------------------------------------------------------------------ planning (pure integer work)
 
@@ -221,37 +238,66 @@ class TrimmedFCN(SegmentationModel):
 
     # ------------------------------------------------------------------ background maps
 
+    def _stride(self, stop: int) -> int:
+        return 2 ** sum(isinstance(m, nn.MaxPool2d) for st in list(self.model.backbone.stages.values())[: stop + 1]
+                        for m in _layers(st))
+
     def _background(self, tap: str, stop: int, h: int, w: int, win: tuple[_Axis, _Axis],
-                    like: torch.Tensor) -> torch.Tensor:
-        """Full zero-image map at ``tap`` for an h×w input: a small skeleton, interior stretched."""
-        stride = 2 ** sum(isinstance(m, nn.MaxPool2d) for st in list(self.model.backbone.stages.values())[: stop + 1]
-                          for m in _layers(st))
-        key = (tap, h % stride, w % stride, like.dtype, like.device)
-        if key not in self._skeletons:
-            hs, ws = (self._skeleton_size(r, stride, stop, tap) for r in (h % stride, w % stride))
-            with torch.no_grad():
-                z = torch.zeros(1, self.model.backbone.in_channels, hs, ws, dtype=like.dtype, device=like.device)
-                feats = self.model.backbone(z, {tap})
-            self._skeletons[key] = (feats[tap], hs, ws)
-            if len(self._skeletons) > self._cache_size:
-                self._skeletons.popitem(last=False)
-        skel, hs, ws = self._skeletons[key]
+                    like: torch.Tensor, skel: torch.Tensor | None = None) -> torch.Tensor:
+        """Full zero-image map at ``tap`` for an h×w input: a small skeleton (``skel``, else the cached
+        one), interior stretched."""
+        if skel is None:
+            stride = self._stride(stop)
+            key = (tap, h % stride, w % stride, like.dtype, like.device)
+            if key not in self._skeletons:
+                hs, ws = (self._skeleton_size(r, stride, stop, tap) for r in (h % stride, w % stride))
+                with torch.no_grad():
+                    z = torch.zeros(1, self.model.backbone.in_channels, hs, ws, dtype=like.dtype, device=like.device)
+                    self._skeletons[key] = self.model.backbone(z, {tap})[tap]
+                if len(self._skeletons) > self._cache_size:
+                    self._skeletons.popitem(last=False)
+            skel = self._skeletons[key]
         nh, nw = win[0].n, win[1].n
         # first interior row/col of the skeleton: the rim width e at this tap (size-independent)
         out = _stretch(skel, 2, win[0].e, nh)
         return _stretch(out, 3, win[1].e, nw)
 
+    def _live_skeletons(self, rebuilt: list[tuple[str, int]], h: int, w: int, like: torch.Tensor
+                        ) -> dict[str, torch.Tensor]:
+        """Trainable: the zero-image maps of the ``(tap, stage index)`` taps rebuilt, from the live weights
+        under autograd (the border's gradient flows through them). Taps whose skeleton input can be the
+        deepest one's share its one backbone pass."""
+        key = (tuple(rebuilt), h % self._stride(rebuilt[-1][1]), w % self._stride(rebuilt[-1][1]))
+        if key not in self._skeleton_sizes:
+            own = {tap: tuple(self._skeleton_size(n % self._stride(stop), self._stride(stop), stop, tap)
+                              for n in (h, w)) for tap, stop in rebuilt}
+            deep = own[rebuilt[-1][0]]
+            groups: dict[tuple[int, int], set[str]] = {}
+            for tap, stop in rebuilt:
+                fits = deep[0] <= h and deep[1] <= w and all(self._has_interior(n, stop, tap) for n in deep)
+                groups.setdefault(deep if fits else own[tap], set()).add(tap)
+            self._skeleton_sizes[key] = groups
+        out: dict[str, torch.Tensor] = {}
+        for (hs, ws), taps in self._skeleton_sizes[key].items():
+            z = torch.zeros(1, self.model.backbone.in_channels, hs, ws, dtype=like.dtype, device=like.device)
+            out.update(self.model.backbone(z, taps))
+        return out
+
+    def _has_interior(self, size: int, stop: int, tap: str) -> bool:
+        """Whether an input ``size`` wide keeps the trimmed plan down to ``stop`` with an interior at ``tap``."""
+        plan = self._make_plan(size, size)
+        if plan is None or plan["stop"] < stop:
+            return False
+        ax = plan["taps"][tap][0]
+        return ax.f - ax.e >= 1
+
     def _skeleton_size(self, residue: int, stride: int, stop: int, tap: str) -> int:
         size = residue or stride
-        while True:
-            plan = self._make_plan(size, size)
-            if plan is not None and plan["stop"] >= stop:
-                ax = plan["taps"][tap][0]
-                if ax.f - ax.e >= 1:
-                    return size
+        while not self._has_interior(size, stop, tap):
             size += stride
             if size > 100_000:
                 raise RuntimeError("no skeleton size found")  # pragma: no cover
+        return size
 
     # ------------------------------------------------------------------ forward
 
@@ -261,18 +307,22 @@ class TrimmedFCN(SegmentationModel):
         plan = self._plan(int(h), int(w))
         if plan is None:
             return self.model.features(x)
+        # the constants: a snapshot, or (trainable) from the live weights, under autograd
+        k = self._fold()[:2] if self.trainable else (self._const, self._bias)
         d = x
         op_i = 0
         taps: dict[str, torch.Tensor] = {}
         stages = list(self.model.backbone.stages.items())
         wanted = set(self.model.tap_names)
+        rebuilt = [(stages[i][0], i) for i in range(plan["stop"] + 1) if stages[i][0] in wanted or i == plan["stop"]]
+        skels = self._live_skeletons(rebuilt, int(h), int(w), x) if self.trainable else {}
         for s_idx in range(plan["stop"] + 1):
             tap = stages[s_idx][0]
             n_ops = sum(1 for m in _layers(self.model.backbone.stages[tap]) if not isinstance(m, nn.ReLU))
-            d = self._run_stage_ops(plan["ops"][op_i: op_i + n_ops], d)
+            d = self._run_stage_ops(plan["ops"][op_i: op_i + n_ops], d, k)
             op_i += n_ops
             if tap in wanted or s_idx == plan["stop"]:
-                taps[tap] = self._rebuild(tap, s_idx, d, plan["taps"][tap], int(h), int(w))
+                taps[tap] = self._rebuild(tap, s_idx, d, plan["taps"][tap], int(h), int(w), k[0], skels.get(tap))
         del d
         y = taps[stages[plan["stop"]][0]]
         for tap, stage in stages[plan["stop"] + 1:]:
@@ -283,18 +333,19 @@ class TrimmedFCN(SegmentationModel):
                 taps[tap] = y
         return {k: v for k, v in taps.items() if k in wanted} or taps
 
-    def _run_stage_ops(self, ops: list[_Op], d: torch.Tensor) -> torch.Tensor:
-        """One trimmed stage; in horizontal strips when its maps are large (same values, less memory:
-        only a strip of each intermediate map is alive, plus the stage's output)."""
+    def _run_stage_ops(self, ops: list[_Op], d: torch.Tensor, k: tuple[dict, dict]) -> torch.Tensor:
+        """One trimmed stage (``k``: background constants and folded biases by conv); in horizontal strips
+        when its maps are large (same values, less memory: only a strip of each intermediate map is alive,
+        plus the stage's output), never when trainable (autograd keeps every map for the backward anyway)."""
         n, c, h, w = (int(v) for v in d.shape)  # ints also while tracing (fixed-size export)
         # (no max(..., default=): torch.compile cannot trace it and would compile every layer apart)
         widest = max([c, *(op.module.out_channels for op in ops if op.kind == "conv")])
         big = n * widest * (h + 8) * (w + 8) * d.element_size()
         limit = self.strip_bytes if self.strip_bytes is not None else (_STRIP_BYTES if d.device.type == "cpu" else 0)
-        strips = min(h // 16, -(-big // limit)) if limit else 1
+        strips = min(h // 16, -(-big // limit)) if limit and not self.trainable else 1
         if strips <= 1 or not ops or ops[-1].kind != "pool":
             for op in ops:
-                d = self._run(op, d)
+                d = self._run(op, d, k)
             return d
         rows = [h]
         for op in ops:
@@ -313,42 +364,47 @@ class TrimmedFCN(SegmentationModel):
                 lo, hi = _rows_in(op, *need[i + 1])
                 if lo < need[i][0] or hi > need[i][1]:  # rows beyond the map: zero = background
                     t = F.pad(t, (0, 0, need[i][0] - lo, hi - need[i][1]))
-                t = self._run(op, t, rows_padded=True)
+                t = self._run(op, t, k, rows_padded=True)
             outs.append(t)
         return torch.cat(outs, 2)
 
-    def _run(self, op: _Op, d: torch.Tensor, rows_padded: bool = False) -> torch.Tensor:
+    def _run(self, op: _Op, d: torch.Tensor, k: tuple[dict, dict], rows_padded: bool = False) -> torch.Tensor:
         m = op.module
         if op.kind == "conv":
             pad = (0, op.pad[1]) if rows_padded else op.pad
-            y = F.conv2d(d, m.weight, self._bias[id(m)], padding=pad)
+            if self.trainable and max(pad) > 1:  # oneDNN's conv backward is slow for padding > 1: pad by copy
+                eh, ew = max(pad[0] - 1, 0), max(pad[1] - 1, 0)
+                d, pad = F.pad(d, (ew, ew, eh, eh)), (pad[0] - eh, pad[1] - ew)
+            y = F.conv2d(d, m.weight, k[1][id(m)], padding=pad)
             if op.relu:
                 y = y.relu_()
-            return y.sub_(self._const[id(m)].view(-1, 1, 1))
+            c = k[0][id(m)].view(-1, 1, 1)
+            # under autograd the ReLU keeps its output for the backward: no in-place write after it
+            return y - c if self.trainable else y.sub_(c)
         fpad = (op.fpad[0], op.fpad[1], 0, 0) if rows_padded else op.fpad
         if any(fpad):
             d = F.pad(d, fpad)
         k = _single(m.kernel_size)
         return F.max_pool2d(d, k, k, ceil_mode=True)
 
-    def _rebuild(self, tap: str, stop: int, d: torch.Tensor, win: tuple[_Axis, _Axis], h: int, w: int
-                 ) -> torch.Tensor:
+    def _rebuild(self, tap: str, stop: int, d: torch.Tensor, win: tuple[_Axis, _Axis], h: int, w: int,
+                 const: dict[int, torch.Tensor], skel: torch.Tensor | None) -> torch.Tensor:
         """Background map with the active window replaced by ``d + c`` (built by concatenation: no
-        in-place writes, so the graph also traces/exports)."""
-        full = self._background(tap, stop, h, w, win, d)
+        in-place writes, so the graph also traces/exports and trains)."""
+        full = self._background(tap, stop, h, w, win, d, skel)
         ah, aw = win
-        inner = d[..., : ah.b - ah.a, : aw.b - aw.a] + self._last_const(stop).view(-1, 1, 1)
+        inner = d[..., : ah.b - ah.a, : aw.b - aw.a] + self._last_const(stop, const).view(-1, 1, 1)
         n = d.shape[0]
         band = full[..., ah.a:ah.b, :].expand(n, -1, -1, -1)
         band = torch.cat([band[..., : aw.a], inner, band[..., aw.b:]], dim=3)
         return torch.cat([full[..., : ah.a, :].expand(n, -1, -1, -1), band,
                           full[..., ah.b:, :].expand(n, -1, -1, -1)], dim=2)
 
-    def _last_const(self, stop: int) -> torch.Tensor:
+    def _last_const(self, stop: int, const: dict[int, torch.Tensor]) -> torch.Tensor:
         for stage in reversed(list(self.model.backbone.stages.values())[: stop + 1]):
             for m in reversed(_layers(stage)):
                 if isinstance(m, nn.Conv2d):
-                    return self._const[id(m)]
+                    return const[id(m)]
         raise RuntimeError("no conv before the tap")  # pragma: no cover
 
 
@@ -422,6 +478,7 @@ def _run_stage(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return stage(x)
     for m in stage:
         if isinstance(m, _IDENTITY):
+            x = m(x) if m.training else x  # dropout while training through the wrapper
             continue
         if (isinstance(m, nn.Conv2d) and m.weight.numel() * m.weight.element_size() >= _MM_BYTES
                 and m.groups == 1 and _single(m.stride) == 1 and _single(m.dilation) == 1

@@ -28,6 +28,7 @@ from fcnseg.config import RunConfig, TrainConfig, apply_preset
 from fcnseg.errors import ConfigError, FcnsegError
 from fcnseg.evaluate.scoring import evaluate
 from fcnseg.models.base import SegmentationModel
+from fcnseg.provenance import native_bf16
 from fcnseg.train.cache import FeatureCache, FeatureStore, cacheable_prefix, training_cache
 from fcnseg.train.data import (
     GlobalBatchSampler,
@@ -39,7 +40,7 @@ from fcnseg.train.data import (
     loader_steps,
 )
 from fcnseg.train.losses import IGNORE_INDEX, check_labels, loss_denominator, loss_numerator
-from fcnseg.train.model import Resumable, dataset_classes, keep_frozen_eval, prepare_model
+from fcnseg.train.model import Resumable, dataset_classes, keep_frozen_eval, prepare_model, stepped_net
 from fcnseg.train.optim import build_optimizer, build_scheduler
 from fcnseg.train.runlog import CsvLog, EvalLog, Progress, StopRequest, TensorBoard, flat_metrics, mean_iu, say
 from fcnseg.train.state import Checkpoints, RunLock, RunState, resume_path, seed_all
@@ -162,9 +163,16 @@ def _determinism(t: TrainConfig, device: torch.device) -> None:
 
 
 def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``train.amp`` on ``device`` (None: float32). On the CPU ``auto`` stays
+    float32 and ``bf16`` needs native bf16 (AVX512-BF16/AMX: else float32, with a warning)."""
     if device.type != "cuda":
-        if amp in ("bf16", "fp16"):
-            warnings.warn(f"train.amp={amp} is for CUDA only; training in float32 on {device}", stacklevel=4)
+        if amp == "bf16" and device.type == "cpu" and native_bf16():
+            return torch.bfloat16
+        if amp == "bf16":
+            warnings.warn(f"train.amp=bf16: no native bf16 on this {device.type} (AVX512-BF16/AMX); "
+                          "training in float32", stacklevel=4)
+        elif amp == "fp16":
+            warnings.warn(f"train.amp=fp16 is for CUDA only; training in float32 on {device}", stacklevel=4)
         return None
     if amp == "off":
         return None
@@ -217,7 +225,7 @@ class _Stepper:
         self.amp_dtype = amp_dtype
         self.scaler = scaler
         self.ddp = self.world > 1
-        self.net = D.wrap_model(Resumable(model), ctx, cfg.train.sync_bn)
+        self.net = D.wrap_model(Resumable(stepped_net(model, cfg.train.trim_border)), ctx, cfg.train.sync_bn)
 
     def _by_head(self, labels: Any) -> dict[str, Any]:
         """Labels per head: a single-head dataset's label map belongs to the model's one head."""
@@ -292,10 +300,12 @@ class _Run:
                                          weight_decay=t.weight_decay, bias_lr_mult=t.bias_lr_mult,
                                          backbone_lr_mult=t.backbone_lr_mult,
                                          backbone_bias_lr_mult=t.backbone_bias_lr_mult,
-                                         backbone_bias_decay_mult=t.backbone_bias_decay_mult)
+                                         backbone_bias_decay_mult=t.backbone_bias_decay_mult,
+                                         fused=t.fused_optimizer)
         self.scheduler = build_scheduler(self.optimizer, t.schedule, self.total, step_size=t.step_size,
                                          gamma=t.gamma, poly_power=t.poly_power, warmup_iters=t.warmup_iters)
         amp_dtype = _amp_dtype(t.amp, self.device)
+        self.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16)
         self.checkpoints = Checkpoints(cfg, ctx, self.model, {"optimizer": self.optimizer, "scheduler": self.scheduler,
                                                               "scaler": self.scaler},
@@ -474,5 +484,6 @@ class _Run:
                 "best_checkpoint": str(self.out / "best.pt") if s.best is not None else None,
                 "best_mean_iu": s.best, "metrics": s.metrics, "interrupted": interrupted,
                 "time_limited": self.time_limited,
-                "skipped_steps": self.skipped, "log": str(self.out / "log.csv"), "out": str(self.out),
+                "skipped_steps": self.skipped, "precision": self.precision, "log": str(self.out / "log.csv"),
+                "out": str(self.out),
                 "world_size": self.world, "rank": self.ctx.rank, "elapsed": s.elapsed()}

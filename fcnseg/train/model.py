@@ -15,10 +15,10 @@ from fcnseg.models.base import SegmentationModel
 from fcnseg.models.checkpoint import load_checkpoint
 from fcnseg.models.fusion import LateFusion
 from fcnseg.models.preprocessing import Preprocessing, StreamPreprocessing
+from fcnseg.models.trimmed import TrimmedFCN, trim_supported
 
-__all__ = ["Resumable", "prepare_model", "dataset_classes", "build_model", "init_from_checkpoint", "freeze_backbone",
-           "set_dropout",
-           "override_preprocessing"]
+__all__ = ["Resumable", "prepare_model", "stepped_net", "dataset_classes", "build_model", "init_from_checkpoint",
+           "freeze_backbone", "set_dropout", "override_preprocessing"]
 
 
 class Resumable(nn.Module):
@@ -35,6 +35,20 @@ class Resumable(nn.Module):
         if features is None:
             return self.model(x)
         return self.model.forward_features(features, size)
+
+
+def stepped_net(model: SegmentationModel, trim_border: bool) -> SegmentationModel:
+    """The net a training step runs (``train.trim_border``): ``model`` itself, or the border-trimmed
+    wrapper that trains through it (same parameters, loss and gradients to fp32 rounding)."""
+    if not trim_border:
+        return model
+    if not trim_supported(model):
+        spec = getattr(model, "spec", None)
+        what = f"{spec.name}@{spec.backbone} ({spec.alignment} alignment)" if spec else type(model).__name__
+        raise ConfigError(f"train.trim_border: {what} has no image-independent border to trim (needs a "
+                          "single-stream FCN with alignment caffe whose first stages are conv/ReLU/max-pool, "
+                          "e.g. VGG16)")
+    return TrimmedFCN(model, trainable=True)
 
 
 def dataset_classes(dataset: Any) -> int | dict:

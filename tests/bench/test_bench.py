@@ -51,6 +51,7 @@ def test_run_bench_end_to_end_tiny(tmp_path):
         assert e["latency"]["seconds"]["median"] > 0 and e["peak_mem_b1_mb"] > 0
         assert e["throughput"]["batch"] == 2 and e["flops"] > 0 and e["first_call_seconds"] > 0
     assert eng["torch-fp32"]["train_step"]["seconds"]["median"] > 0
+    assert set(eng["torch-fp32"]["train_step"]["breakdown"]) == {"data", "forward", "backward", "optimizer"}
     assert eng["ort-fp32"]["vs_reference"]["max_abs_diff"] <= 1e-4
     assert eng["torch-fp32-trim"]["vs_reference"]["max_abs_diff"] <= 1e-5
     assert "vs_reference" not in eng["ort-fp32@same"]  # no torch-fp32@same ran: nothing to compare with
@@ -210,3 +211,86 @@ def test_worker_deadline_and_bench_time_budget():
     assert row["error"] == "timed out (past the worker's deadline)" and "stderr" in row
     rows = run_bench(engines=["torch-fp32", "torch-fp32-cl"], time_budget=0.0, **kw)["engines"]
     assert [r["error"] for r in rows] == ["not run: the bench's time budget was spent"] * 2
+
+
+def test_training_step_rows_parse_and_bad_ones_are_one_line_errors():
+    from fcnseg.bench.train_step import DEFAULT_TRAIN_ROWS, TrainRow
+    from fcnseg.errors import ConfigError
+
+    assert [TrainRow.parse(n).name for n in DEFAULT_TRAIN_ROWS] == list(DEFAULT_TRAIN_ROWS)
+    row = TrainRow.parse("torch-bf16-cl:pool4")
+    assert row.frozen == "pool4" and row.engine.dtype == "bf16" and row.engine.channels_last and not row.exact
+    for bad, why in [("ort-fp32", "a training-step row is"), ("torch-int8", "int8"), ("peer:pool4", "the peer has"),
+                     ("torch-fp32-trim:pool3", "-trim does not apply"), ("torch-fp32:", "name the deepest"),
+                     ("torch-fp32-compile", "a training-step row is")]:
+        with pytest.raises(ConfigError, match=why) as e:
+            TrainRow.parse(bad)
+        assert str(e.value).startswith("--train-rows") and "\n" not in str(e.value)
+
+
+def test_training_step_phases_and_partial_fine_tuning(monkeypatch):
+    """A step's phases add up to it; a partial row (cached pool3) moves only the stages after the prefix,
+    a whole-net row the trunk too; the trimmed row's steps equal the plain one's."""
+    from support.nets import random_images
+
+    import fcnseg.bench.train_step as ts
+    from fcnseg.bench.train_step import PHASES, TrainRow, TrainStep, summarize
+
+    monkeypatch.setattr(ts, "LR", 1e-2)  # a step that visibly moves the weights (the bench's 1e-10 costs the same)
+
+    def net():
+        torch.manual_seed(0)
+        m = fcnseg.create_model("fcn8s", 5, width=1 / 16, fc_channels=32)
+        with torch.no_grad():
+            for p in m.score.parameters():
+                p.normal_(0, 0.1)
+        return m
+
+    x = random_images(1, 37, 45)
+    moved = {}
+    for name in ("torch-fp32", "torch-fp32-trim", "torch-fp32:pool3"):
+        m = net()
+        before = {n: p.detach().clone() for n, p in m.named_parameters()}
+        m.backbone.stages.fc7.drop6.p = m.backbone.stages.fc7.drop7.p = 0.0  # the same step in every row
+        step = TrainStep(TrainRow.parse(name), m, m.preprocessing, x, 5)
+        samples = [step(), step()]
+        for s in samples:
+            assert set(s) == {*PHASES, "total"} and abs(sum(s[p] for p in PHASES) - s["total"]) < 1e-6
+        assert summarize(samples)["seconds"]["n"] == 2 and set(summarize(samples)["breakdown"]) == set(PHASES)
+        moved[name] = {n: p.detach().clone() for n, p in m.named_parameters() if not torch.equal(p, before[n])}
+    trunk = {n for n in moved["torch-fp32"] if n.startswith("backbone.stages.pool")}
+    assert trunk and set(moved["torch-fp32-trim"]) == set(moved["torch-fp32"])
+    for n, v in moved["torch-fp32"].items():
+        torch.testing.assert_close(moved["torch-fp32-trim"][n], v, rtol=1e-4, atol=1e-6)
+    partial = set(moved["torch-fp32:pool3"])
+    assert partial and not any(n.split(".")[2] in ("pool1", "pool2", "pool3") for n in partial if "backbone" in n)
+    assert any(".pool4." in n for n in partial)  # conv4 trains from the cached pool3 maps
+
+
+@pytest.mark.slow
+def test_train_only_bench_end_to_end_tiny(tmp_path, monkeypatch):
+    """``--train-only``: each row in its own worker, phases in the JSON, the table, a bf16 row not run where
+    the CPU has no native bf16, and the page section rendered from the report."""
+    import fcnseg.bench.train_bench as tb
+
+    monkeypatch.setattr(tb, "native_bf16", lambda: False)
+    out = tmp_path / "train-step.json"
+    report = tb.run_train_bench(size=(40, 48), width=1 / 16, fc_channels=32, num_classes=5, repeats=1, warmup=0,
+                                rows=["torch-fp32", "torch-fp32-trim", "torch-bf16", "torch-fp32:pool4"], sgemm_n=0,
+                                out_json=out, out_md=tmp_path / "train-step.md", progress=False)
+    data = json.loads(out.read_text())
+    assert data["schema"] == "fcnseg-train-step-v1" and data == json.loads(json.dumps(report))
+    rows = {r["row"]: r for r in data["rows"]}
+    assert list(rows) == ["torch-fp32", "torch-fp32-trim", "torch-bf16", "torch-fp32:pool4"]
+    assert rows["torch-bf16"]["error"].startswith("not run: no native bf16")
+    for name in ("torch-fp32", "torch-fp32-trim", "torch-fp32:pool4"):
+        ts = rows[name]["train_step"]
+        assert "error" not in rows[name] and ts["seconds"]["median"] > 0 and ts["peak_mb"] > 0
+        assert set(ts["breakdown"]) == {"data", "forward", "backward", "optimizer"}
+    md = (tmp_path / "train-step.md").read_text()
+    assert "| `torch-fp32:pool4` | from cached pool4" in md and "not run: no native bf16" in md
+    section = _script("write_performance_md").train_section(data, None)
+    assert "## CPU training step: fcn8s@vgg16, 5 classes, 40×48" in section and "not measured yet" in section
+    with pytest.raises(fcnseg.errors.ConfigError, match="'pool9' is not a backbone stage"):
+        tb.run_train_bench(size=(40, 48), width=1 / 16, fc_channels=32, num_classes=5, rows=["torch-fp32:pool9"],
+                           sgemm_n=0, progress=False)

@@ -89,3 +89,27 @@ def test_trunk_biases_at_caffe_defaults_and_head_biases_doubled():
     assert by_name["backbone.bias"]["lr"] == pytest.approx(1e-4) and by_name["backbone.bias"]["weight_decay"] == 5e-4
     assert by_name["head.bias"]["lr"] == pytest.approx(2e-4) and by_name["head.bias"]["weight_decay"] == 0
     assert by_name["backbone.weight"]["weight_decay"] == by_name["head.weight"]["weight_decay"] == 5e-4
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_fused_optimizer_steps_as_the_per_tensor_loop_to_rounding(name):
+    """train.fused_optimizer: the same update up to float rounding; the default stays the per-tensor loop,
+    whose arithmetic committed runs were made with."""
+    torch.manual_seed(0)
+    a, b = tiny(), tiny()
+    b.load_state_dict(a.state_dict())
+    start = [p.detach().clone() for p in a.parameters()]
+    fused = build_optimizer(a, name, 1e-2, momentum=0.99, weight_decay=5e-4, fused=True)
+    plain = build_optimizer(b, name, 1e-2, momentum=0.99, weight_decay=5e-4)
+    assert all(g["fused"] for g in fused.param_groups) and not any(g.get("fused") for g in plain.param_groups)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            if pa.requires_grad:
+                pa.grad = torch.randn(pa.shape, generator=g)
+                pb.grad = pa.grad.clone()
+        fused.step()
+        plain.step()
+    for (n, pa), pb, p0 in zip(a.named_parameters(), b.parameters(), start):
+        torch.testing.assert_close(pa, pb, rtol=1e-6, atol=1e-7, msg=n)
+        assert torch.equal(pa, p0) != pa.requires_grad, n  # every trained tensor moved, no fixed one did

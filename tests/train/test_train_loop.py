@@ -351,6 +351,44 @@ def test_mixed_precision_path_trains_like_fp32(blocky_camvid, tmp_path, monkeypa
         assert not ckpt["scaler"]  # bf16 needs no loss scaling
 
 
+def test_amp_on_the_cpu_auto_stays_fp32_bf16_needs_native_support(monkeypatch):
+    import fcnseg.train.loop as tr
+
+    cpu = torch.device("cpu")
+    for native in (True, False):
+        monkeypatch.setattr(tr, "native_bf16", lambda native=native: native)
+        assert tr._amp_dtype("auto", cpu) is None and tr._amp_dtype("off", cpu) is None
+        if native:
+            assert tr._amp_dtype("bf16", cpu) == torch.bfloat16
+        else:
+            with pytest.warns(UserWarning, match="no native bf16.*training in float32"):
+                assert tr._amp_dtype("bf16", cpu) is None
+        with pytest.warns(UserWarning, match="fp16 is for CUDA only"):
+            assert tr._amp_dtype("fp16", cpu) is None
+
+
+def test_cpu_bf16_run_records_its_precision(blocky_camvid, tmp_path, monkeypatch):
+    import fcnseg.train.loop as tr
+
+    monkeypatch.setattr(tr, "native_bf16", lambda: True)
+    res = train(cfg_for(blocky_camvid, tmp_path / "bf16", "train.amp=bf16", "train.iterations=2"))
+    assert res["precision"] == "bf16" and math.isfinite(res["loss"])
+    assert train(cfg_for(blocky_camvid, tmp_path / "fp32", "train.iterations=2"))["precision"] == "fp32"
+
+
+def test_trim_border_trains_as_the_plain_net(blocky_camvid, tmp_path):
+    """train.trim_border: the same run (dropout, momentum) to fp32 rounding; refused where nothing is trimmed."""
+    common = ["model.alignment=caffe", "train.iterations=3", "model.name=fcn16s"]
+    train(cfg_for(blocky_camvid, tmp_path / "plain", *common))
+    train(cfg_for(blocky_camvid, tmp_path / "trim", *common, "train.trim_border=true"))
+    a, b = weights(tmp_path / "plain" / "last.pt"), weights(tmp_path / "trim" / "last.pt")
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)  # another rounding ...
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6)  # ... the same steps
+    with pytest.raises(FcnsegError, match="train.trim_border: fcn8s@vgg16 \\(same alignment\\) has no"):
+        train(cfg_for(blocky_camvid, tmp_path / "same", "train.trim_border=true"))
+
+
 class TwoHeads(torch.utils.data.Dataset):
     heads = {"semantic": 4, "geometric": 3}
 
