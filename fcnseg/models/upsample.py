@@ -11,7 +11,7 @@ def bilinear_kernel(size: int) -> torch.Tensor:
     """2-D bilinear interpolation filter of ``size``×``size`` (odd or even), as Caffe's filler."""
     factor = (size + 1) // 2
     centre = factor - 1 if size % 2 == 1 else factor - 0.5
-    og = torch.arange(size, dtype=torch.float64)
+    og = torch.arange(size, dtype=torch.float64, device="cpu")  # real values also under a meta device
     k1 = 1 - (og - centre).abs() / factor
     return (k1[:, None] * k1[None, :]).float()
 

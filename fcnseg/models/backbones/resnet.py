@@ -70,8 +70,8 @@ def _resnet(depths: tuple[int, ...], alignment: str, width: float, in_channels: 
         stages.append(nn.Sequential(layers))
         taps.append(Tap(name, 4 * 2**i, c_in))
     backbone = Backbone(taps, stages, preprocessing, in_channels)
-    for m in backbone.modules():  # torchvision's initialisation
-        if isinstance(m, nn.Conv2d):
+    for m in backbone.modules():  # torchvision's initialisation (no values to draw on the meta device)
+        if isinstance(m, nn.Conv2d) and not m.weight.is_meta:
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
     return backbone
 
