@@ -25,7 +25,7 @@ from fcnseg.models.base import SegmentationModel
 from fcnseg.models.fcn import FCN
 from fcnseg.models.preprocessing import Preprocessing
 
-__all__ = ["TrimmedFCN", "trim_supported"]
+__all__ = ["TrimmedFCN", "trim_supported", "runs_as_matmul"]
 
 _IDENTITY = (nn.Dropout, nn.Dropout2d, nn.Identity)
 
@@ -114,8 +114,7 @@ class TrimmedFCN(SegmentationModel):
         self._n_stages = _supported_prefix(list(model.backbone.stages.values()))
         with torch.no_grad():  # big convs run as matmuls on their weight: keep it in plain (OIHW) layout
             for m in model.modules():
-                if isinstance(m, nn.Conv2d) and m.weight.numel() * m.weight.element_size() >= _MM_BYTES \
-                        and m.weight.device.type == "cpu" and not m.weight.is_contiguous():
+                if runs_as_matmul(m) and not m.weight.is_contiguous():
                     m.weight.data = m.weight.data.contiguous()
         self._cache_size = cache_size
         self._plans: OrderedDict = OrderedDict()
@@ -223,32 +222,35 @@ class TrimmedFCN(SegmentationModel):
 
     def _background(self, tap: str, stop: int, h: int, w: int, win: tuple[_Axis, _Axis],
                     like: torch.Tensor) -> torch.Tensor:
-        """Full zero-image map at ``tap`` for an h×w input: a small skeleton, interior stretched."""
+        """Full zero-image map at ``tap`` for an h×w input: a small skeleton, interior stretched. One
+        zero-image pass gives the skeletons of every tap rebuilt for this stop (sizes congruent modulo the
+        stop tap's stride are congruent modulo every shallower tap's)."""
+        stages = list(self.model.backbone.stages)
         stride = 2 ** sum(isinstance(m, nn.MaxPool2d) for st in list(self.model.backbone.stages.values())[: stop + 1]
                           for m in _layers(st))
-        key = (tap, h % stride, w % stride, like.dtype, like.device)
+        key = (stop, h % stride, w % stride, like.dtype, like.device)
         if key not in self._skeletons:
-            hs, ws = (self._skeleton_size(r, stride, stop, tap) for r in (h % stride, w % stride))
+            taps = {t for t in stages[: stop + 1] if t in self.model.tap_names} | {stages[stop]}
+            hs, ws = (self._skeleton_size(r, stride, stop, taps) for r in (h % stride, w % stride))
             with torch.no_grad():
                 z = torch.zeros(1, self.model.backbone.in_channels, hs, ws, dtype=like.dtype, device=like.device)
-                feats = self.model.backbone(z, {tap})
-            self._skeletons[key] = (feats[tap], hs, ws)
+                self._skeletons[key] = self.model.backbone(z, taps)
             if len(self._skeletons) > self._cache_size:
                 self._skeletons.popitem(last=False)
-        skel, hs, ws = self._skeletons[key]
-        nh, nw = win[0].n, win[1].n
+        skel = self._skeletons[key][tap]
         # first interior row/col of the skeleton: the rim width e at this tap (size-independent)
-        out = _stretch(skel, 2, win[0].e, nh)
-        return _stretch(out, 3, win[1].e, nw)
+        out = _stretch(skel, 2, win[0].e, win[0].n)
+        return _stretch(out, 3, win[1].e, win[1].n)
 
-    def _skeleton_size(self, residue: int, stride: int, stop: int, tap: str) -> int:
+    def _skeleton_size(self, residue: int, stride: int, stop: int, taps: set[str]) -> int:
+        """The smallest size ≡ ``residue`` (mod ``stride``) whose plan reaches ``stop`` with an interior
+        (a row of the stretched constant) at every tap of ``taps``."""
         size = residue or stride
         while True:
             plan = self._make_plan(size, size)
-            if plan is not None and plan["stop"] >= stop:
-                ax = plan["taps"][tap][0]
-                if ax.f - ax.e >= 1:
-                    return size
+            if plan is not None and plan["stop"] >= stop and all(
+                    plan["taps"][t][0].f - plan["taps"][t][0].e >= 1 for t in taps):
+                return size
             size += stride
             if size > 100_000:
                 raise RuntimeError("no skeleton size found")  # pragma: no cover
@@ -414,6 +416,15 @@ _MM_BYTES = 16 * 2**20  # convs with weights this large run as im2col + matmul (
 _STRIP_BYTES = 12 * 2**20  # default strip size on the CPU
 
 
+def runs_as_matmul(m: nn.Module) -> bool:
+    """True for a conv that the trimmed net runs as ``W @ im2col(x)`` on its plain (OIHW) weight, when it
+    comes after the trimmed stages on the CPU: a plain stride-1 conv whose weight has at least 16 MiB
+    (VGG16's fc6/fc7)."""
+    return (isinstance(m, nn.Conv2d) and m.weight.numel() * m.weight.element_size() >= _MM_BYTES
+            and m.weight.device.type == "cpu" and m.groups == 1 and _single(m.stride) == 1
+            and _single(m.dilation) == 1 and m.padding_mode == "zeros" and not isinstance(m.padding, str))
+
+
 def _run_stage(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A stage after the trimmed ones; on the CPU big-weight convs (fc6, fc7) run as matmuls on the
     weight itself: oneDNN would copy (reorder) a 400 MB fc6 weight on every call, which sets the peak
@@ -423,9 +434,7 @@ def _run_stage(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
     for m in stage:
         if isinstance(m, _IDENTITY):
             continue
-        if (isinstance(m, nn.Conv2d) and m.weight.numel() * m.weight.element_size() >= _MM_BYTES
-                and m.groups == 1 and _single(m.stride) == 1 and _single(m.dilation) == 1
-                and m.padding_mode == "zeros" and not isinstance(m.padding, str)):
+        if runs_as_matmul(m):
             x = _conv_mm(x, m)
         else:
             x = m(x)
