@@ -12,6 +12,8 @@ from pathlib import Path
 
 from fcnseg.bench.report import engine_table, first_call_line, gpu_lines, machine_line
 
+UNRELIABLE_LOAD = 1.0  # other processes' load (CPUs) above which a measurement is marked unreliable
+
 ROOT = Path(__file__).resolve().parents[1]
 
 INTRO = """\
@@ -50,8 +52,8 @@ PATHS = """\
 | `torch-fp32-trim` | `TrimmedFCN`: the image-independent part of the pad-100 border is not recomputed, the big early maps are computed in horizontal strips, fc6/fc7 run as matmuls on their weights (below) | yes (fp32 rounding) |
 | `ort-fp32` | ONNX export (dynamic N/H/W) in ONNX Runtime, CPU provider | yes (fp32 rounding) |
 | `ort-fp32-trim` | the trimmed net exported for one fixed size, in ONNX Runtime | yes (fp32 rounding) |
-| `ort-fp32-trim-lowmem` | the same with `low_memory`: no ONNX Runtime arena, and buffers over 1 MiB get their own mmap (glibc `mallopt`), so each activation's memory returns to the system when it dies; what `fcnseg predict` runs by default on CPU (`TrimmedOrtEngine`, one export per input size, cached) | yes (fp32 rounding) |
-| `torch-fp32-cl-trim` | the trimmed net in channels_last | yes (fp32 rounding) |
+| `ort-fp32-trim-lowmem` | the same with `low_memory`: no ONNX Runtime arena, and buffers over 1 MiB get their own mmap (glibc `mallopt`), so each activation's memory returns to the system when it dies | yes (fp32 rounding) |
+| `torch-fp32-cl-trim` | the trimmed net in channels_last; what `fcnseg predict`, `eval` and `serve` run by default on CPU for Caffe-aligned VGG nets (`choose_engine`: nothing to export, every size) | yes (fp32 rounding) |
 | `torch-bf16-cl-trim` | the trimmed net in channels_last under CPU bf16 autocast (AVX512-BF16) | no: bf16 rounding |
 | `ort-int8`, `ort-int8-trim` | static int8 QDQ (per-channel int8 weights, uint8 activations, min/max calibrated on a few images), ONNX Runtime | no: int8 |
 | `*@same` | the same weights with `alignment="same"` (pad 1, fc6 pad 3): a different, cheaper function | n/a (own reference) |
@@ -103,7 +105,7 @@ guards (e.g. `2*((197+H)//2) < 198+H`) that hold for every size but that its sol
 """
 
 
-PREDICT_DEFAULT = "ort-fp32-trim-lowmem"  # what choose_engine gives Caffe-aligned VGG nets on CPU
+PREDICT_DEFAULT = "torch-fp32-cl-trim"  # what choose_engine gives Caffe-aligned VGG nets on CPU
 
 
 def _best(rows: list[tuple[str, dict]], key) -> tuple[str, dict] | None:
@@ -266,6 +268,101 @@ def bench_section(name: str, report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _median_range(d: dict, fmt: str = ".2f") -> str:
+    return f"{d['median']:{fmt}} ({d['min']:{fmt}}–{d['max']:{fmt}})"
+
+
+COMMAND_NAMES = {"peer": "peer script (torchfcn)", "predict-cold": "`fcnseg predict`, cold engine cache",
+                 "predict-warm": "`fcnseg predict`, warm engine cache", "predict-torch": "`fcnseg predict --engine torch`",
+                 "api": 'API: `choose_engine(model, "cpu")`'}
+
+
+def commands_section(report: dict | None) -> str:
+    """Whole commands, each a fresh process (``scripts/bench_commands.py``)."""
+    title = "## Whole commands, as a user runs them: 1, 10 and 100 images"
+    if not report:
+        return (f"{title}\n\nNot measured yet: run `python -m scripts.bench_commands` (about 15 minutes on 2 idle "
+                "cores), which writes `docs/bench/commands.json` and regenerates this page.\n")
+    lines = [title, "", f"{report['model']}, {report['size'][0]}×{report['size'][1]} images; {machine_line(report)}.",
+             "", f"Command: `{report['command']}` ({report['wall_seconds'] / 60:.1f} min). Each row's runs are fresh "
+             "processes; wall time from launch to exit, peak RSS the whole process's high-water mark. *Cold*: "
+             "an empty engine cache (the OS page cache is not dropped: checkpoint and images are read from "
+             "memory); *warm*: the cache a previous run filled. *Other load*: CPUs that other processes kept "
+             f"busy during the runs (rows above {UNRELIABLE_LOAD:.1f} are marked unreliable).", "",
+             "| command | images | runs | wall s: median (min–max) | wall × peer | peak RSS MiB | RSS × peer | "
+             "other load | reliable? |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in report["summary"]:
+        name = COMMAND_NAMES.get(r["command"], r["command"])
+        if "error" in r:
+            lines.append(f"| {name} | {r['count']} | 0 | {r['error']} | – | – | – | – | – |")
+            continue
+        vs = r.get("vs_peer") or {}
+        wall_x = f"{vs['wall']:.2f}×" if vs else "–"
+        rss_x = f"{vs['rss']:.2f}×" if vs else "–"
+        lines.append(f"| {name} | {r['count']} | {r['n']} | {_median_range(r['wall_s'])} | {wall_x} | "
+                     f"{r['peak_rss_mb']['median']:.0f} | {rss_x} | {r['max_other_load']:.2f} | "
+                     f"{'yes' if r['reliable'] else '**no**'} |")
+    lines += ["", "The commands (`DIR` a folder of the images, `CKPT` the checkpoint): " + "; ".join(
+        f"{COMMAND_NAMES.get(k, k)}: `{v}`" for k, v in report["commands"].items()) + "."]
+    agree = {k: v for k, v in report.get("label_agreement", {}).items() if v is not None}
+    if agree:
+        lines.append("Labels equal to the peer's: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in agree.items()) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def eval_section(report: dict | None) -> str:
+    """``fcnseg eval --engine torch`` against ``--engine auto`` (``scripts/bench_eval.py``)."""
+    title = "## `fcnseg eval` at the fast engine"
+    if not report:
+        return (f"{title}\n\nNot measured yet: run `python -m scripts.bench_eval` (CamVid val, 101 images at "
+                "480×360), which writes `docs/bench/eval.json` and regenerates this page.\n")
+    lines = [title, "", f"{report['checkpoint']}; {report['dataset']}, {report['images']} images at full "
+             f"resolution; {machine_line(report)}.", "",
+             f"Command: `{report['command']}` ({report['wall_seconds'] / 60:.1f} min); each run a fresh "
+             "`fcnseg eval --engine E` process.", "",
+             "| engine | runs | whole command s: median (range) | model s (`time:` line) | peak RSS MiB | other load |",
+             "|---|---|---|---|---|---|"]
+    for e, r in report["summary"].items():
+        lo, hi = r["wall_range_s"]
+        lines.append(f"| `--engine {e}` | {r['n']} | {r['wall_s']:.1f} ({lo:.1f}–{hi:.1f}) | {r['model_s']:.1f} | "
+                     f"{r['peak_rss_mb']:.0f} | {r['max_other_load']:.2f} |")
+    if report.get("speedup_wall"):
+        lines += ["", f"`auto` over `torch`: {report['speedup_wall']:.2f}× the whole command, "
+                      f"{report['speedup_model']:.2f}× the model time. The two `metrics.json` are "
+                      f"{'identical' if report['metrics_identical'] else '**not** identical'}"
+                      + (f" ({report['pixels_moved_in_confusion']} pixels moved in the confusion matrix)"
+                         if not report["metrics_identical"] else "") + "."]
+    return "\n".join(lines) + "\n"
+
+
+def payback_section(report: dict | None) -> str:
+    """When a dynamic-size ONNX export pays for itself (``scripts/bench_payback.py``)."""
+    title = "## When an ONNX export pays (nets the trimmed engine cannot run)"
+    if not report:
+        return f"{title}\n\nNot measured yet: run `python -m scripts.bench_payback`.\n"
+    h, w = report["size"]
+    lines = [title, "", "`choose_engine` runs Caffe-aligned VGG nets border-trimmed in PyTorch (nothing to export). "
+             "Any other net runs in ONNX Runtime on one dynamic-size export when the export is cached already or "
+             f"the command scores at least **{report['threshold_images']}** images "
+             "(`fcnseg.infer.engines.ORT_PAYBACK_IMAGES`): the largest break-even below, the cold export "
+             f"over the seconds ONNX Runtime saves per {h}×{w} image. {machine_line(report)}.", "",
+             f"Command: `{report['command']}` ({report['wall_seconds'] / 60:.1f} min, {report['repeats']} timed "
+             "batch-1 runs per engine after a warm-up, alternating).", "",
+             "| net | cold export s | PyTorch fp32 s/image | ONNX Runtime s/image | saved s/image | break-even images |",
+             "|---|---|---|---|---|---|"]
+    for r in report["nets"]:
+        lines.append(f"| `{r['net']}` | {r['export_s']:.1f} | {_median_range(r['torch_s'], '.3f')} | "
+                     f"{_median_range(r['ort_s'], '.3f')} | {r['saving_s']:.3f} | "
+                     f"{r['payback_images'] if r['payback_images'] is not None else 'never (not faster)'} |")
+    m = report.get("machine", {})
+    loads = (m.get("loadavg") or [])[:1] + (m.get("loadavg_end") or [])[:1]
+    if loads and max(loads) > UNRELIABLE_LOAD:
+        lines += ["", f"**This run shared the machine** (1-minute load {max(loads):.1f} on {m.get('cores')} cores): "
+                      "rerun it on an idle machine; the test `test_the_ort_payback_threshold_is_the_measured_one` "
+                      "then asks for the new threshold in `fcnseg/infer/engines.py`."]
+    return "\n".join(lines) + "\n"
+
+
 def redesign_section(folder: Path) -> str:
     """The same engines measured before and after the redesign of issue 15, on one machine, one after the
     other (``before-*.json`` at the commit named, ``after.json`` at the commit recorded)."""
@@ -301,12 +398,14 @@ def main(argv: list[str] | None = None) -> int:
     bench_dir = Path(args.bench_dir)
     reports = {p.stem: json.loads(p.read_text()) for p in sorted(bench_dir.glob("*.json"))}
     quant = reports.pop("quant_miou", None)
+    commands, evals, payback = (reports.pop(k, None) for k in ("commands", "eval", "payback"))
     benches = {k: v for k, v in reports.items() if v.get("schema") == "fcnseg-bench-v1"}
     if not benches:
         print(f"no bench reports in {bench_dir}", file=sys.stderr)
         return 2
     order = sorted(benches, key=lambda k: (k != "cpu", k))
-    parts = [INTRO, targets(benches[order[0]], quant)]
+    parts = [INTRO, targets(benches[order[0]], quant), commands_section(commands), eval_section(evals),
+             payback_section(payback)]
     for k in order:
         parts.append(bench_section(k, benches[k]))
         if benches[k].get("device", "cpu").startswith("cuda"):

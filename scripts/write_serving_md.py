@@ -27,8 +27,9 @@ fcnseg serve --checkpoint runs/demo/best.pt [--engine auto|torch] [--device auto
 
 `--checkpoint` takes a checkpoint of `fcnseg train` or an ONNX file of `fcnseg export` (which carries the
 checkpoint's class names and colours; it runs in ONNX Runtime on the CPU). `--engine auto` picks the
-engine as `fcnseg predict` does (`choose_engine`; on CPU the first image of each size pays a one-time
-ONNX export, cached in `~/.cache/fcnseg/engines`); `--engine torch` runs the PyTorch model as trained.
+engine as `fcnseg predict` does (`choose_engine`; on CPU a Caffe-aligned VGG net runs in PyTorch border-trimmed,
+any size with nothing exported; another net runs in ONNX Runtime on one dynamic-size export, made at start-up
+unless cached in `~/.cache/fcnseg/engines`, for every size); `--engine torch` runs the PyTorch model as trained.
 
 | endpoint | what it does |
 |---|---|
