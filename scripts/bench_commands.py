@@ -14,6 +14,9 @@ peer's torchfcn ``FCN8s`` state_dict from the same weights (``fcnseg.bench.peer.
 * ``predict --engine torch``: the plain PyTorch engine (never consults the cache);
 * ``api``: ``scripts/api_predict.py`` (``model_from_checkpoint``, ``choose_engine(model, "cpu")``, labels as PNG).
 
+Then ``scripts/predict_phases.py`` (``--phase-reps`` fresh processes) times the steps of a one-image
+``fcnseg predict``: imports, checkpoint (with its checksum), engine, first and second forward, writing outputs.
+
 Cold means the engine cache only: the OS page cache is not dropped (that needs root), so the checkpoint and
 the images are read from memory in every run, as they are on a machine that just wrote or read them. Wall time
 runs from the launch to the exit; peak RSS is the process's high-water mark (``wait4``'s ``ru_maxrss``, the
@@ -117,6 +120,18 @@ def summarise(runs: list[dict]) -> list[dict]:
     return rows
 
 
+def _median_phases(runs: list[dict]) -> dict:
+    """Per step of ``scripts/predict_phases.py``, the median seconds over its runs (and the wall time)."""
+    ok = [r for r in runs if r.get("phases")]
+    if not ok:
+        return {}
+    keys = [k for k in ok[0]["phases"] if k.endswith("_s")]
+    out = {k: statistics.median(r["phases"][k] for r in ok) for k in keys}
+    out.update(n=len(ok), wall_s=statistics.median(r["wall_s"] for r in ok), engine=ok[0]["phases"].get("engine"),
+               max_other_load=max(r["other_load"] for r in ok))
+    return out
+
+
 def agreement(a: Path, b: Path) -> float | None:
     """Share of pixels whose label is the same in two folders of ``*_label.png``."""
     same = total = 0
@@ -134,6 +149,7 @@ def main(argv_: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3, help="repetitions for counts below 100 (default 3)")
     ap.add_argument("--reps-100", type=int, default=1, help="repetitions for 100 images or more (default 1)")
     ap.add_argument("--commands", default=",".join(COMMANDS))
+    ap.add_argument("--phase-reps", type=int, default=3, help="runs of scripts/predict_phases.py (default 3)")
     ap.add_argument("--work", help="working folder (default: a temporary one, removed after)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "bench" / "commands.json"))
     ap.add_argument("--no-docs", action="store_true", help="do not regenerate docs/PERFORMANCE.md")
@@ -174,6 +190,20 @@ def main(argv_: list[str] | None = None) -> int:
                         f"other {row['other_load']:.2f}" + (f"  FAILED rc {row['rc']}" if row["rc"] else ""))
         labels = {f"{c} vs peer, {n} images": agreement(outs[(c, n)], outs[("peer", n)])
                   for (c, n) in outs if c != "peer" and ("peer", n) in outs}
+        phases = []
+        for rep in range(args.phase_reps):
+            log_file = work / f"phases-{rep}.log"
+            cmd = [sys.executable, str(ROOT / "scripts" / "predict_phases.py"), "--checkpoint",
+                   str(paths["checkpoint"]), "--image", str(sorted(paths["images"].iterdir())[0]),
+                   "--out", str(work / "out" / f"phases-{rep}")]
+            row = run_process(cmd, env={**env, "FCNSEG_CACHE": str(work / "cache-cold" / f"phases-{rep}")}, cwd=ROOT,
+                              output=log_file)
+            text = log_file.read_text(errors="replace")
+            row["phases"] = json.loads(text.strip().splitlines()[-1]) if row["rc"] == 0 else None
+            if row["rc"]:
+                row["output_tail"] = text[-2000:]
+            phases.append(row)
+            log(f"phases rep {rep}: {row['wall_s']:.2f} s")
     machine["loadavg_end"] = list(os.getloadavg())
     command_line = " ".join(["python -m scripts.bench_commands", *(sys.argv[1:] if argv_ is None else argv_)])
     report = {"schema": SCHEMA, "command": command_line.strip(), "machine": machine,
@@ -184,6 +214,7 @@ def main(argv_: list[str] | None = None) -> int:
                            for c in commands},
               "counts": counts, "reps": args.reps, "reps_100": args.reps_100, "runs": runs,
               "summary": summarise(runs), "label_agreement": labels,
+              "phases": {"runs": phases, "median": _median_phases(phases)},
               "wall_seconds": time.perf_counter() - start}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
@@ -192,7 +223,7 @@ def main(argv_: list[str] | None = None) -> int:
         from scripts import write_performance_md  # noqa: PLC0415
 
         write_performance_md.main([])
-    return 1 if any(r["rc"] for r in runs) else 0
+    return 1 if any(r["rc"] for r in runs + phases) else 0
 
 
 if __name__ == "__main__":

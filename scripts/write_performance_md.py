@@ -304,6 +304,17 @@ def commands_section(report: dict | None) -> str:
                      f"{'yes' if r['reliable'] else '**no**'} |")
     lines += ["", "The commands (`DIR` a folder of the images, `CKPT` the checkpoint): " + "; ".join(
         f"{COMMAND_NAMES.get(k, k)}: `{v}`" for k, v in report["commands"].items()) + "."]
+    ph = (report.get("phases") or {}).get("median")
+    if ph:
+        steps = [("torch_import_s", "import torch"), ("fcnseg_import_s", "import fcnseg (the predict command)"),
+                 ("checkpoint_s", "checkpoint read, checked and built"), ("checksum_s", "of which the SHA-256"),
+                 ("engine_s", "engine"), ("read_s", "read the image"),
+                 ("first_forward_s", "first forward (plan and zero-image skeleton for the size included)"),
+                 ("forward_s", "the same forward again"), ("write_s", "label and overlay PNGs written")]
+        lines += ["", f"Where one image's seconds go (`scripts/predict_phases.py`, engine `{ph.get('engine')}`, "
+                      f"median of {ph['n']} fresh processes, {ph['wall_s']:.2f} s each from launch to exit, other "
+                      f"load up to {ph['max_other_load']:.2f}): " + "; ".join(
+                          f"{label} {ph[k]:.2f} s" for k, label in steps if k in ph) + "."]
     agree = {k: v for k, v in report.get("label_agreement", {}).items() if v is not None}
     if agree:
         lines.append("Labels equal to the peer's: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in agree.items()) + ".")
