@@ -400,8 +400,9 @@ def choose_engine(model: SegmentationModel, device: str | torch.device = "cpu", 
     installed and the export pays: a verified export of this very model is in ``cache_dir`` already, or
     ``images`` (how many the caller will score; None = open-ended, as a server) reaches
     :data:`ORT_PAYBACK_IMAGES`; else in PyTorch fp32. The export is kept in ``cache_dir`` under the
-    weights' checksum (``checksum``: the checkpoint's verified one, else computed — only when a cache is
-    consulted). CUDA: PyTorch bf16 autocast + channels_last (scores differ at the bf16 level, labels
+    weights' checksum (``checksum``: the checkpoint's verified one, else computed, only when an export is
+    looked up or made; an ONNX Runtime session holds its own copy of the weights, so let go of ``model``
+    once it is built). CUDA: PyTorch bf16 autocast + channels_last (scores differ at the bf16 level, labels
     rarely); ``exact=True`` keeps fp32 there.
     """
     device = torch.device(device)
