@@ -365,13 +365,46 @@ def payback_section(report: dict | None) -> str:
         lines.append(f"| `{r['net']}` | {r['export_s']:.1f} | {_median_range(r['torch_s'], '.3f')} | "
                      f"{_median_range(r['ort_s'], '.3f')} | {r['saving_s']:.3f} | "
                      f"{r['payback_images'] if r['payback_images'] is not None else 'never (not faster)'} |")
+    warning = _shared_warning(report, "python -m scripts.bench_payback")
+    if warning:
+        warning[-1] += (" The test `test_the_ort_payback_threshold_is_the_measured_one` then asks for the new "
+                        "threshold in `fcnseg/infer/engines.py`.")
+    return "\n".join(lines + warning) + "\n"
+
+
+def trim_layout_section(report: dict | None) -> str:
+    """NCHW against channels_last for the trimmed net, by net and size (``scripts/bench_trim_layout.py``)."""
+    title = "## The trimmed net's layout: channels_last against NCHW, by size"
+    if not report:
+        return f"{title}\n\nNot measured yet: run `python -m scripts.bench_trim_layout`.\n"
+    lines = [title, "", f"{machine_line(report)}.", "",
+             f"Command: `{report['command']}` ({report['wall_seconds'] / 60:.1f} min; {report['repeats']} timed "
+             "batch-1 calls per engine and size, the two alternating; VGG16, fc6/fc7 4096 wide, 21 classes). "
+             "*First call*: the first image of that size, its plan and zero-image skeleton included.", "",
+             "| net | size | `torch-fp32-trim` s: median (min–max) | `torch-fp32-cl-trim` s | channels_last speed-up: "
+             "medians (mins) | first call s (NCHW / cl) | max abs Δ vs the plain net (NCHW / cl) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        a, b = r["seconds"]["torch-fp32-trim"], r["seconds"]["torch-fp32-cl-trim"]
+        d, f = r["max_abs_diff_vs_plain"], r["first_s"]
+        lines.append(f"| {r['net']} | {r['size'][0]}×{r['size'][1]} | {_median_range(a, '.3f')} | "
+                     f"{_median_range(b, '.3f')} | {r['cl_speedup']:.2f}× ({a['min'] / b['min']:.2f}×) | "
+                     f"{f['torch-fp32-trim']:.2f} / "
+                     f"{f['torch-fp32-cl-trim']:.2f} | {d['torch-fp32-trim']:.1e} / {d['torch-fp32-cl-trim']:.1e} |")
+    slower = report.get("cl_slower") or []
+    lines += ["", f"channels_last was slower (by the medians) at: {', '.join(slower)}." if slower else
+              "channels_last was the faster layout (by the medians) at every net and size measured."]
+    return "\n".join(lines + _shared_warning(report, "python -m scripts.bench_trim_layout")) + "\n"
+
+
+def _shared_warning(report: dict, command: str) -> list[str]:
+    """A warning when the 1-minute load average at the start or end of a run was above 1.0."""
     m = report.get("machine", {})
     loads = (m.get("loadavg") or [])[:1] + (m.get("loadavg_end") or [])[:1]
-    if loads and max(loads) > UNRELIABLE_LOAD:
-        lines += ["", f"**This run shared the machine** (1-minute load {max(loads):.1f} on {m.get('cores')} cores): "
-                      "rerun it on an idle machine; the test `test_the_ort_payback_threshold_is_the_measured_one` "
-                      "then asks for the new threshold in `fcnseg/infer/engines.py`."]
-    return "\n".join(lines) + "\n"
+    if not loads or max(loads) <= UNRELIABLE_LOAD:
+        return []
+    return ["", f"**This run shared the machine** (1-minute load {max(loads):.1f} on {m.get('cores')} cores, other "
+                f"jobs' bursts included): its numbers are not an idle machine's; rerun `{command}` on one."]
 
 
 def redesign_section(folder: Path) -> str:
@@ -409,14 +442,14 @@ def main(argv: list[str] | None = None) -> int:
     bench_dir = Path(args.bench_dir)
     reports = {p.stem: json.loads(p.read_text()) for p in sorted(bench_dir.glob("*.json"))}
     quant = reports.pop("quant_miou", None)
-    commands, evals, payback = (reports.pop(k, None) for k in ("commands", "eval", "payback"))
+    commands, evals, payback, layout = (reports.pop(k, None) for k in ("commands", "eval", "payback", "trim_layout"))
     benches = {k: v for k, v in reports.items() if v.get("schema") == "fcnseg-bench-v1"}
     if not benches:
         print(f"no bench reports in {bench_dir}", file=sys.stderr)
         return 2
     order = sorted(benches, key=lambda k: (k != "cpu", k))
     parts = [INTRO, targets(benches[order[0]], quant), commands_section(commands), eval_section(evals),
-             payback_section(payback)]
+             trim_layout_section(layout), payback_section(payback)]
     for k in order:
         parts.append(bench_section(k, benches[k]))
         if benches[k].get("device", "cpu").startswith("cuda"):
