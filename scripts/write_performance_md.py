@@ -304,6 +304,7 @@ def commands_section(report: dict | None) -> str:
                      f"{'yes' if r['reliable'] else '**no**'} |")
     lines += ["", "The commands (`DIR` a folder of the images, `CKPT` the checkpoint): " + "; ".join(
         f"{COMMAND_NAMES.get(k, k)}: `{v}`" for k, v in report["commands"].items()) + "."]
+    lines += command_targets(report["summary"])
     ph = (report.get("phases") or {}).get("median")
     if ph:
         steps = [("torch_import_s", "import torch"), ("fcnseg_import_s", "import fcnseg (the predict command)"),
@@ -317,8 +318,32 @@ def commands_section(report: dict | None) -> str:
                           f"{label} {ph[k]:.2f} s" for k, label in steps if k in ph) + "."]
     agree = {k: v for k, v in report.get("label_agreement", {}).items() if v is not None}
     if agree:
-        lines.append("Labels equal to the peer's: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in agree.items()) + ".")
+        lines += ["", "Labels equal to the peer's: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in agree.items()) + "."]
     return "\n".join(lines) + "\n"
+
+
+def command_targets(summary: list[dict]) -> list[str]:
+    """Issue 18's targets for whole commands, read off the summary rows (medians; one image, then 10 and 100)."""
+    row = {(r["command"], r["count"]): r for r in summary if "error" not in r}
+
+    def ratio(a: str, b: str, n: int, key: str = "wall_s") -> float | None:
+        x, y = row.get((a, n)), row.get((b, n))
+        return x[key]["median"] / y[key]["median"] if x and y else None
+
+    checks = []
+    for cmd, label in (("predict-cold", "`fcnseg predict` (cold)"), ("predict-warm", "`fcnseg predict` (warm)"),
+                       ("api", "the API")):
+        for key, what in (("wall_s", "wall time"), ("peak_rss_mb", "peak RSS")):
+            checks.append((f"one image, {label}: {what} ≤ the peer's", ratio(cmd, "peer", 1, key), 1.0))
+    for n in (1, 10, 100):
+        want = "never slower than" if n == 1 else "faster than"
+        checks.append((f"{n} image{'s' * (n > 1)}: `fcnseg predict` (cold) {want} `--engine torch`",
+                       ratio("predict-cold", "predict-torch", n), 1.0 if n == 1 else 1.0 - 1e-9))
+    lines = ["", "| target | measured (ratio of medians) | reached? |", "|---|---|---|"]
+    for label, r, limit in checks:
+        if r is not None:
+            lines.append(f"| {label} | {r:.2f}× | {'yes' if r <= limit else 'no'} |")
+    return lines if len(lines) > 3 else []
 
 
 def eval_section(report: dict | None) -> str:
@@ -338,6 +363,11 @@ def eval_section(report: dict | None) -> str:
         lines.append(f"| `--engine {e}` | {r['n']} | {r['wall_s']:.1f} ({lo:.1f}–{hi:.1f}) | {r['model_s']:.1f} | "
                      f"{r['peak_rss_mb']:.0f} | {r['max_other_load']:.2f} |")
     if report.get("speedup_wall"):
+        ok = report["speedup_wall"] >= 1.5 and report["metrics_identical"]
+        lines += ["", "| target | measured | reached? |", "|---|---|---|",
+                  f"| `eval --engine auto` ≥ 1.5× faster than `--engine torch` (whole command), same metrics | "
+                  f"{report['speedup_wall']:.2f}×, metrics {'identical' if report['metrics_identical'] else 'differ'}"
+                  f" | {'yes' if ok else 'no'} |"]
         lines += ["", f"`auto` over `torch`: {report['speedup_wall']:.2f}× the whole command, "
                       f"{report['speedup_model']:.2f}× the model time. The two `metrics.json` are "
                       f"{'identical' if report['metrics_identical'] else '**not** identical'}"

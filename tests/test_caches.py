@@ -31,9 +31,9 @@ def test_every_cache_is_a_session_temporary(isolated_caches, real_home):
 def test_default_engine_predict_writes_only_the_session_engine_cache(isolated_caches, real_home, tmp_path,
                                                                      monkeypatch):
     pytest.importorskip("onnxruntime")  # the ONNX Runtime engine is an optional extra
-    import fcnseg.infer.engines
+    from fcnseg.infer import engines as engine_choice
 
-    monkeypatch.setattr(fcnseg.infer.engines, "ORT_PAYBACK_IMAGES", 1)  # one image pays for an export here
+    monkeypatch.setattr(engine_choice, "ORT_PAYBACK_IMAGES", 1)  # one image pays for an export here
     user_engines = (real_home or tmp_path / "none") / ".cache" / "fcnseg" / "engines"
     before = _listing(user_engines)
     torch.manual_seed(0)

@@ -238,3 +238,5 @@ def test_command_rows_compare_with_the_peer_and_flag_shared_runs():
             rows.values()), "commands": {"peer": "python scripts/peer_predict.py"}})
     assert "| `fcnseg predict`, cold engine cache | 1 | 3 | 3.30 (3.00–9.00) | 0.79× | 900 | 0.75× | 1.50 | **no** |" \
         in text
+    assert "| one image, `fcnseg predict` (cold): wall time ≤ the peer's | 0.79× | yes |" in text
+    assert "--engine torch`" not in text.split("| target |")[1]  # no torch rows measured: no such target row
