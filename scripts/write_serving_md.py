@@ -83,8 +83,9 @@ def _rss_table(samples: list[list]) -> list[str]:
 def _engine_note(r: dict) -> str:
     d = r.get("engine_details") or {}
     if d.get("trim") is False and r["engine"].endswith("-trim-lowmem"):
-        return (" (past three input sizes the default CPU engine serves every size from one dynamic-size ONNX "
-                "export: at the end it reported trim false, low_memory false)")
+        return (" (the CPU default of that commit, `TrimmedOrtEngine`: one ONNX export per input size, and past three "
+                "sizes one dynamic-size export for every size: at the end it reported trim false, low_memory false; "
+                "today's default for this net is `torch-fp32-cl-trim`, which exports nothing)")
     return ""
 
 
@@ -109,8 +110,8 @@ def load_section(r: dict) -> str:
         f"Model: `{model.get('file')}`, {r.get('model_about', '')}; engine `{r['engine']}`{_engine_note(r)}. "
         f"Good requests: bundled CamVid frames at {', '.join(r['sizes'])} (H×W), PNG raw bodies and JPEG "
         "multipart uploads, each size in `format=png`, `overlay` and `json`; one of each was sent first to warm "
-        f"the engine ({r['warm_up']['requests']} requests, {r['warm_up']['seconds']:.0f} s: the default engine's "
-        f"one-time exports). {r['requests_per_level']} requests per concurrency level, "
+        f"the engine ({r['warm_up']['requests']} requests, {r['warm_up']['seconds']:.0f} s: that engine's "
+        f"first calls per size, exports included). {r['requests_per_level']} requests per concurrency level, "
         f"{100 * r['bad_share']:.0f}% of them bad ({', '.join(r['bad_kinds'])}); server limits "
         f"`--max-queue {r['max_queue']} --max-bytes {r['max_bytes']} --max-pixels {r['max_pixels']}`.", "",
         "| concurrency | requests | good | bad | seconds | requests/s | good images/s | p50 ms | p95 ms | p99 ms "
