@@ -168,7 +168,7 @@ def test_disk_full_while_predicting_names_the_file(tmp_path, monkeypatch, capsys
 
 
 def test_eval_output_problems_name_the_path_before_the_work(tmp_path, monkeypatch, capsys):
-    import fcnseg.evaluate.scoring as ev
+    import fcnseg.cli.eval_cmd as ev  # where the command looks evaluate up (patching fcnseg.evaluate.scoring misses it)
     from fcnseg.data.fixtures import write_camvid
 
     root = write_camvid(tmp_path / "camvid", {"val": 1}, size=(16, 16))
