@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             break
         except OSError:
             time.sleep(0.1)
-    # warm: the first image of a size pays the default engine's one-time export, not shown as model time
+    # warm: the first image of a size pays the engine's set-up for that size, not shown as model time
     urllib.request.urlopen(urllib.request.Request(url + "predict", data=args.image.read_bytes(), method="POST"),
                            timeout=600).read()
     driver = chromium(1280, 760)

@@ -14,6 +14,8 @@ from pathlib import Path
 from fcnseg.bench.report import engine_table, first_call_line, gpu_lines, machine_line, train_table
 from fcnseg.bench.train_bench import SCHEMA as TRAIN_SCHEMA
 
+UNRELIABLE_LOAD = 1.0  # other processes' load (CPUs) above which a measurement is marked unreliable
+
 ROOT = Path(__file__).resolve().parents[1]
 
 INTRO = """\
@@ -52,8 +54,8 @@ PATHS = """\
 | `torch-fp32-trim` | `TrimmedFCN`: the image-independent part of the pad-100 border is not recomputed, the big early maps are computed in horizontal strips, fc6/fc7 run as matmuls on their weights (below) | yes (fp32 rounding) |
 | `ort-fp32` | ONNX export (dynamic N/H/W) in ONNX Runtime, CPU provider | yes (fp32 rounding) |
 | `ort-fp32-trim` | the trimmed net exported for one fixed size, in ONNX Runtime | yes (fp32 rounding) |
-| `ort-fp32-trim-lowmem` | the same with `low_memory`: no ONNX Runtime arena, and buffers over 1 MiB get their own mmap (glibc `mallopt`), so each activation's memory returns to the system when it dies; what `fcnseg predict` runs by default on CPU (`TrimmedOrtEngine`, one export per input size, cached) | yes (fp32 rounding) |
-| `torch-fp32-cl-trim` | the trimmed net in channels_last | yes (fp32 rounding) |
+| `ort-fp32-trim-lowmem` | the same with `low_memory`: no ONNX Runtime arena, and buffers over 1 MiB get their own mmap (glibc `mallopt`), so each activation's memory returns to the system when it dies | yes (fp32 rounding) |
+| `torch-fp32-cl-trim` | the trimmed net in channels_last; what `fcnseg predict`, `eval` and `serve` run by default on CPU for Caffe-aligned VGG nets (`choose_engine`: nothing to export, every size) | yes (fp32 rounding) |
 | `torch-bf16-cl-trim` | the trimmed net in channels_last under CPU bf16 autocast (AVX512-BF16) | no: bf16 rounding |
 | `ort-int8`, `ort-int8-trim` | static int8 QDQ (per-channel int8 weights, uint8 activations, min/max calibrated on a few images), ONNX Runtime | no: int8 |
 | `*@same` | the same weights with `alignment="same"` (pad 1, fc6 pad 3): a different, cheaper function | n/a (own reference) |
@@ -105,7 +107,7 @@ guards (e.g. `2*((197+H)//2) < 198+H`) that hold for every size but that its sol
 """
 
 
-PREDICT_DEFAULT = "ort-fp32-trim-lowmem"  # what choose_engine gives Caffe-aligned VGG nets on CPU
+PREDICT_DEFAULT = "torch-fp32-cl-trim"  # what choose_engine gives Caffe-aligned VGG nets on CPU
 
 
 def _best(rows: list[tuple[str, dict]], key) -> tuple[str, dict] | None:
@@ -345,6 +347,175 @@ def train_section(report: dict | None, bf16: dict[str, dict] | None) -> str:
     return "\n".join(lines + [TRAIN_ROWS, bf16_line(bf16), ""])
 
 
+def _median_range(d: dict, fmt: str = ".2f") -> str:
+    return f"{d['median']:{fmt}} ({d['min']:{fmt}}–{d['max']:{fmt}})"
+
+
+COMMAND_NAMES = {"peer": "peer script (torchfcn)", "predict-cold": "`fcnseg predict`, cold engine cache",
+                 "predict-warm": "`fcnseg predict`, warm engine cache", "predict-torch": "`fcnseg predict --engine torch`",
+                 "api": 'API: `choose_engine(model, "cpu")`'}
+
+
+def commands_section(report: dict | None) -> str:
+    """Whole commands, each a fresh process (``scripts/bench_commands.py``)."""
+    title = "## Whole commands, as a user runs them: 1, 10 and 100 images"
+    if not report:
+        return (f"{title}\n\nNot measured yet: run `python -m scripts.bench_commands` (about 15 minutes on 2 idle "
+                "cores), which writes `docs/bench/commands.json` and regenerates this page.\n")
+    lines = [title, "", f"{report['model']}, {report['size'][0]}×{report['size'][1]} images; {machine_line(report)}.",
+             "", f"Command: `{report['command']}` ({report['wall_seconds'] / 60:.1f} min). Each row's runs are fresh "
+             "processes; wall time from launch to exit, peak RSS the whole process's high-water mark. *Cold*: "
+             "an empty engine cache (the OS page cache is not dropped: checkpoint and images are read from "
+             "memory); *warm*: the cache a previous run filled. *Other load*: CPUs that other processes kept "
+             f"busy during the runs (rows above {UNRELIABLE_LOAD:.1f} are marked unreliable).", "",
+             "| command | images | runs | wall s: median (min–max) | wall × peer | peak RSS MiB | RSS × peer | "
+             "other load | reliable? |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in report["summary"]:
+        name = COMMAND_NAMES.get(r["command"], r["command"])
+        if "error" in r:
+            lines.append(f"| {name} | {r['count']} | 0 | {r['error']} | – | – | – | – | – |")
+            continue
+        vs = r.get("vs_peer") or {}
+        wall_x = f"{vs['wall']:.2f}×" if vs else "–"
+        rss_x = f"{vs['rss']:.2f}×" if vs else "–"
+        lines.append(f"| {name} | {r['count']} | {r['n']} | {_median_range(r['wall_s'])} | {wall_x} | "
+                     f"{r['peak_rss_mb']['median']:.0f} | {rss_x} | {r['max_other_load']:.2f} | "
+                     f"{'yes' if r['reliable'] else '**no**'} |")
+    lines += ["", "The commands (`DIR` a folder of the images, `CKPT` the checkpoint): " + "; ".join(
+        f"{COMMAND_NAMES.get(k, k)}: `{v}`" for k, v in report["commands"].items()) + "."]
+    lines += command_targets(report["summary"])
+    ph = (report.get("phases") or {}).get("median")
+    if ph:
+        steps = [("torch_import_s", "import torch"), ("fcnseg_import_s", "import fcnseg (the predict command)"),
+                 ("checkpoint_s", "checkpoint read, checked and built"), ("checksum_s", "of which the SHA-256"),
+                 ("engine_s", "engine"), ("read_s", "read the image"),
+                 ("first_forward_s", "first forward (plan and zero-image skeleton for the size included)"),
+                 ("forward_s", "the same forward again"), ("write_s", "label and overlay PNGs written")]
+        lines += ["", f"Where one image's seconds go (`scripts/predict_phases.py`, engine `{ph.get('engine')}`, "
+                      f"median of {ph['n']} fresh processes, {ph['wall_s']:.2f} s each from launch to exit, other "
+                      f"load up to {ph['max_other_load']:.2f}): " + "; ".join(
+                          f"{label} {ph[k]:.2f} s" for k, label in steps if k in ph) + "."]
+    agree = {k: v for k, v in report.get("label_agreement", {}).items() if v is not None}
+    if agree:
+        lines += ["", "Labels equal to the peer's: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in agree.items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def command_targets(summary: list[dict]) -> list[str]:
+    """Issue 18's targets for whole commands, read off the summary rows (medians; one image, then 10 and 100)."""
+    row = {(r["command"], r["count"]): r for r in summary if "error" not in r}
+
+    def ratio(a: str, b: str, n: int, key: str = "wall_s") -> float | None:
+        x, y = row.get((a, n)), row.get((b, n))
+        return x[key]["median"] / y[key]["median"] if x and y else None
+
+    checks = []
+    for cmd, label in (("predict-cold", "`fcnseg predict` (cold)"), ("predict-warm", "`fcnseg predict` (warm)"),
+                       ("api", "the API")):
+        for key, what in (("wall_s", "wall time"), ("peak_rss_mb", "peak RSS")):
+            checks.append((f"one image, {label}: {what} ≤ the peer's", ratio(cmd, "peer", 1, key), 1.0))
+    for n in (1, 10, 100):
+        want = "never slower than" if n == 1 else "faster than"
+        checks.append((f"{n} image{'s' * (n > 1)}: `fcnseg predict` (cold) {want} `--engine torch`",
+                       ratio("predict-cold", "predict-torch", n), 1.0 if n == 1 else 1.0 - 1e-9))
+    lines = ["", "| target | measured (ratio of medians) | reached? |", "|---|---|---|"]
+    for label, r, limit in checks:
+        if r is not None:
+            lines.append(f"| {label} | {r:.2f}× | {'yes' if r <= limit else 'no'} |")
+    return lines if len(lines) > 3 else []
+
+
+def eval_section(report: dict | None) -> str:
+    """``fcnseg eval --engine torch`` against ``--engine auto`` (``scripts/bench_eval.py``)."""
+    title = "## `fcnseg eval` at the fast engine"
+    if not report:
+        return (f"{title}\n\nNot measured yet: run `python -m scripts.bench_eval` (CamVid val, 101 images at "
+                "480×360), which writes `docs/bench/eval.json` and regenerates this page.\n")
+    lines = [title, "", f"{report['checkpoint']}; {report['dataset']}, {report['images']} images at full "
+             f"resolution; {machine_line(report)}.", "",
+             f"Command: `{report['command']}` ({report['wall_seconds'] / 60:.1f} min); each run a fresh "
+             "`fcnseg eval --engine E` process.", "",
+             "| engine | runs | whole command s: median (range) | model s (`time:` line) | peak RSS MiB | other load |",
+             "|---|---|---|---|---|---|"]
+    for e, r in report["summary"].items():
+        lo, hi = r["wall_range_s"]
+        lines.append(f"| `--engine {e}` | {r['n']} | {r['wall_s']:.1f} ({lo:.1f}–{hi:.1f}) | {r['model_s']:.1f} | "
+                     f"{r['peak_rss_mb']:.0f} | {r['max_other_load']:.2f} |")
+    if report.get("speedup_wall"):
+        ok = report["speedup_wall"] >= 1.5 and report["metrics_identical"]
+        lines += ["", "| target | measured | reached? |", "|---|---|---|",
+                  f"| `eval --engine auto` ≥ 1.5× faster than `--engine torch` (whole command), same metrics | "
+                  f"{report['speedup_wall']:.2f}×, metrics {'identical' if report['metrics_identical'] else 'differ'}"
+                  f" | {'yes' if ok else 'no'} |"]
+        lines += ["", f"`auto` over `torch`: {report['speedup_wall']:.2f}× the whole command, "
+                      f"{report['speedup_model']:.2f}× the model time. The two `metrics.json` are "
+                      f"{'identical' if report['metrics_identical'] else '**not** identical'}"
+                      + (f" ({report['pixels_moved_in_confusion']} pixels moved in the confusion matrix)"
+                         if not report["metrics_identical"] else "") + "."]
+    return "\n".join(lines) + "\n"
+
+
+def payback_section(report: dict | None) -> str:
+    """When a dynamic-size ONNX export pays for itself (``scripts/bench_payback.py``)."""
+    title = "## When an ONNX export pays (nets the trimmed engine cannot run)"
+    if not report:
+        return f"{title}\n\nNot measured yet: run `python -m scripts.bench_payback`.\n"
+    h, w = report["size"]
+    lines = [title, "", "`choose_engine` runs Caffe-aligned VGG nets border-trimmed in PyTorch (nothing to export). "
+             "Any other net runs in ONNX Runtime on one dynamic-size export when the export is cached already or "
+             f"the command scores at least **{report['threshold_images']}** images "
+             "(`fcnseg.infer.engines.ORT_PAYBACK_IMAGES`): the largest break-even below, the cold export "
+             f"over the seconds ONNX Runtime saves per {h}×{w} image. {machine_line(report)}.", "",
+             f"Command: `{report['command']}` ({report['wall_seconds'] / 60:.1f} min, {report['repeats']} timed "
+             "batch-1 runs per engine after a warm-up, alternating).", "",
+             "| net | cold export s | PyTorch fp32 s/image | ONNX Runtime s/image | saved s/image | break-even images |",
+             "|---|---|---|---|---|---|"]
+    for r in report["nets"]:
+        lines.append(f"| `{r['net']}` | {r['export_s']:.1f} | {_median_range(r['torch_s'], '.3f')} | "
+                     f"{_median_range(r['ort_s'], '.3f')} | {r['saving_s']:.3f} | "
+                     f"{r['payback_images'] if r['payback_images'] is not None else 'never (not faster)'} |")
+    warning = _shared_warning(report, "python -m scripts.bench_payback")
+    if warning:
+        warning[-1] += (" The test `test_the_ort_payback_threshold_is_the_measured_one` then asks for the new "
+                        "threshold in `fcnseg/infer/engines.py`.")
+    return "\n".join(lines + warning) + "\n"
+
+
+def trim_layout_section(report: dict | None) -> str:
+    """NCHW against channels_last for the trimmed net, by net and size (``scripts/bench_trim_layout.py``)."""
+    title = "## The trimmed net's layout: channels_last against NCHW, by size"
+    if not report:
+        return f"{title}\n\nNot measured yet: run `python -m scripts.bench_trim_layout`.\n"
+    lines = [title, "", f"{machine_line(report)}.", "",
+             f"Command: `{report['command']}` ({report['wall_seconds'] / 60:.1f} min; {report['repeats']} timed "
+             "batch-1 calls per engine and size, the two alternating; VGG16, fc6/fc7 4096 wide, 21 classes). "
+             "*First call*: the first image of that size, its plan and zero-image skeleton included.", "",
+             "| net | size | `torch-fp32-trim` s: median (min–max) | `torch-fp32-cl-trim` s | channels_last speed-up: "
+             "medians (mins) | first call s (NCHW / cl) | max abs Δ vs the plain net (NCHW / cl) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        a, b = r["seconds"]["torch-fp32-trim"], r["seconds"]["torch-fp32-cl-trim"]
+        d, f = r["max_abs_diff_vs_plain"], r["first_s"]
+        lines.append(f"| {r['net']} | {r['size'][0]}×{r['size'][1]} | {_median_range(a, '.3f')} | "
+                     f"{_median_range(b, '.3f')} | {r['cl_speedup']:.2f}× ({a['min'] / b['min']:.2f}×) | "
+                     f"{f['torch-fp32-trim']:.2f} / "
+                     f"{f['torch-fp32-cl-trim']:.2f} | {d['torch-fp32-trim']:.1e} / {d['torch-fp32-cl-trim']:.1e} |")
+    slower = report.get("cl_slower") or []
+    lines += ["", f"channels_last was slower (by the medians) at: {', '.join(slower)}." if slower else
+              "channels_last was the faster layout (by the medians) at every net and size measured."]
+    return "\n".join(lines + _shared_warning(report, "python -m scripts.bench_trim_layout")) + "\n"
+
+
+def _shared_warning(report: dict, command: str) -> list[str]:
+    """A warning when the 1-minute load average at the start or end of a run was above 1.0."""
+    m = report.get("machine", {})
+    loads = (m.get("loadavg") or [])[:1] + (m.get("loadavg_end") or [])[:1]
+    if not loads or max(loads) <= UNRELIABLE_LOAD:
+        return []
+    return ["", f"**This run shared the machine** (1-minute load {max(loads):.1f} on {m.get('cores')} cores, other "
+                f"jobs' bursts included): its numbers are not an idle machine's; rerun `{command}` on one."]
+
+
 def redesign_section(folder: Path) -> str:
     """The same engines measured before and after the redesign of issue 15, on one machine, one after the
     other (``before-*.json`` at the commit named, ``after.json`` at the commit recorded)."""
@@ -380,13 +551,15 @@ def main(argv: list[str] | None = None) -> int:
     bench_dir = Path(args.bench_dir)
     reports = {p.stem: json.loads(p.read_text()) for p in sorted(bench_dir.glob("*.json"))}
     quant = reports.pop("quant_miou", None)
+    commands, evals, payback, layout = (reports.pop(k, None) for k in ("commands", "eval", "payback", "trim_layout"))
     train = next((v for v in reports.values() if v.get("schema") == TRAIN_SCHEMA), None)
     benches = {k: v for k, v in reports.items() if v.get("schema") == "fcnseg-bench-v1"}
     if not benches:
         print(f"no bench reports in {bench_dir}", file=sys.stderr)
         return 2
     order = sorted(benches, key=lambda k: (k != "cpu", k))
-    parts = [INTRO, targets(benches[order[0]], quant)]
+    parts = [INTRO, targets(benches[order[0]], quant), commands_section(commands), eval_section(evals),
+             trim_layout_section(layout), payback_section(payback)]
     for k in order:
         parts.append(bench_section(k, benches[k]))
         if benches[k].get("device", "cpu").startswith("cuda"):

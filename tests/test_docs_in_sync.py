@@ -48,3 +48,13 @@ def test_serving_md_is_generated_from_the_load_json(tmp_path):
     record = json.loads((ROOT / "docs" / "bench" / "serve" / "load.json").read_text())
     assert [lv["concurrency"] for lv in record["levels"]] == [1, 4, 16]
     assert all(lv["requests"] >= 500 for lv in record["levels"])
+
+
+def test_the_ort_payback_threshold_is_the_measured_one():
+    """choose_engine's threshold is what scripts/bench_payback.py measured (docs/bench/payback.json)."""
+    from fcnseg.infer.engines import ORT_PAYBACK_IMAGES
+
+    record = json.loads((ROOT / "docs" / "bench" / "payback.json").read_text())
+    assert record["threshold_images"] == ORT_PAYBACK_IMAGES
+    paid = [n["payback_images"] for n in record["nets"] if n["payback_images"] is not None]
+    assert paid and record["threshold_images"] == max(paid)

@@ -5,8 +5,9 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -15,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from fcnseg.provenance import commit, cpu_flags, cpu_model
 
 __all__ = ["stats", "time_calls", "rss_mb", "reset_peak_rss", "peak_rss_mb", "count_flops", "sgemm_gflops",
-           "machine_info"]
+           "machine_info", "run_process"]
 
 
 def stats(samples: list[float]) -> dict[str, float]:
@@ -123,3 +124,32 @@ def machine_info() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def _busy_seconds() -> float:
+    """CPU seconds all CPUs have spent busy since boot (``/proc/stat``, Linux)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v) - v[3] - (v[4] if len(v) > 4 else 0)) / os.sysconf("SC_CLK_TCK")
+
+
+def run_process(cmd: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | os.PathLike | None = None,
+                output: str | os.PathLike) -> dict:
+    """Run ``cmd`` as a fresh process (stdout and stderr into the file ``output``) and measure it as a user
+    feels it: ``wall_s`` from the launch to the exit, ``peak_rss_mb`` its whole-process high-water mark
+    (``wait4``'s ``ru_maxrss``: the largest of the process and the children it waited for), ``cpu_s`` its
+    CPU time, ``rc``, the 1-minute load average before and after, and ``other_load``: the CPUs other
+    processes kept busy meanwhile (all CPUs' busy time less the command's own, over the wall time; the load
+    average also counts what ran just before, this process's own earlier work included)."""
+    load = os.getloadavg()
+    busy = _busy_seconds()
+    with open(output, "wb") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(list(cmd), env=None if env is None else dict(env), cwd=cwd, stdout=out,
+                                stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+    own = usage.ru_utime + usage.ru_stime
+    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "cpu_s": own,
+            "rc": os.waitstatus_to_exitcode(status), "load_before": list(load), "load_after": list(os.getloadavg()),
+            "other_load": max(0.0, _busy_seconds() - busy - own) / wall}

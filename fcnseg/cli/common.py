@@ -27,6 +27,13 @@ def resolve_config(name: str) -> Path:
     raise ConfigError(f"config not found: {name} (shipped configs: {', '.join(shipped)})")
 
 
+ENGINE_HELP = ("auto (default): the fastest exact engine for the device: on CPU, Caffe-aligned VGG nets run in "
+               "PyTorch border-trimmed and channels_last (nothing exported); other nets run in ONNX Runtime on "
+               "one cached dynamic-size export when onnxruntime is installed and enough images are scored to "
+               "pay for the export (or it is cached already); see docs/PERFORMANCE.md. torch: the PyTorch "
+               "model as trained")
+
+
 def printable(text: str) -> str:
     """``text`` safe to print on any UTF-8 stream: undecodable file-name bytes become U+FFFD."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

@@ -32,9 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--alignment", choices=ALIGNMENTS, default="caffe")
     src.add_argument("--weights", help="trunk weights (registered name or file) when no --checkpoint")
     p.add_argument("--output", "-o", required=True, help="output file: .onnx, or .pt2 for torch.export")
-    low, high = supported_opsets()
-    p.add_argument("--opset", type=int_range(low, high, "opset"), default=min(17, high),
-                   help=f"ONNX opset, {low}..{high} here (default 17)")
+    p.add_argument("--opset", type=_opset,
+                   help="ONNX opset (default 17, or the newest the installed torch and onnx write if older)")
     p.add_argument("--static", action="store_true", help="fixed input size (--size) instead of dynamic N/H/W")
     add_size(p, (96, 112), "example input size used for tracing (default 96 112)")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
@@ -44,6 +43,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration-count", type=positive_int, default=8, help="images used for calibration (default 8)")
     p.add_argument("--calibrate", choices=("percentile", "minmax", "entropy"), default="percentile",
                    help="activation range estimate for --int8 static (default percentile)")
+
+
+def _opset(text: str) -> int:
+    """argparse type of ``--opset``: within what the installed torch and onnx write (imported only when the
+    option is given: importing onnx costs most of a second, which no other command should pay)."""
+    return int_range(*supported_opsets(), "opset")(text)
 
 
 def model_from_args(args: argparse.Namespace) -> SegmentationModel:
@@ -91,9 +96,10 @@ def run(args: argparse.Namespace) -> int:
         export_torch(model, out, dynamic=not args.static, example_size=tuple(args.size))
         print(f"wrote {out} (torch.export, {'static' if args.static else 'dynamic'} shapes)")
         return 0
-    export_onnx(model, out, opset=args.opset, dynamic=not args.static, example_size=tuple(args.size),
+    opset = args.opset or min(17, supported_opsets()[1])
+    export_onnx(model, out, opset=opset, dynamic=not args.static, example_size=tuple(args.size),
                 verify=not args.no_verify, metadata=labels)
-    print(f"wrote {out} (ONNX opset {args.opset}, {'static' if args.static else 'dynamic N/H/W'}"
+    print(f"wrote {out} (ONNX opset {opset}, {'static' if args.static else 'dynamic N/H/W'}"
           f"{'' if args.no_verify else ', verified against PyTorch on 3 sizes'})")
     if args.int8:
         calib = _calibration_images(args.calibration, args.calibration_count) if args.int8 == "static" else None

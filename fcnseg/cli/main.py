@@ -2,27 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
 
-from fcnseg.cli import (
-    bench_cmd,
-    demo_cmd,
-    eval_cmd,
-    export_cmd,
-    models_cmd,
-    predict_cmd,
-    reproduce_cmd,
-    serve_cmd,
-    train_cmd,
-)
 from fcnseg.cli.common import printable
 from fcnseg.errors import ConfigError, FcnsegError, one_line
 
-# sub-command name → help text; its module (_MODULES) exposes ``add_arguments(parser)`` and ``run(args)``
+# sub-command name → help text; its module ``fcnseg.cli.<name>_cmd`` exposes ``add_arguments(parser)`` and ``run(args)``
 COMMANDS: dict[str, str] = {
     "train": "Train an FCN from a YAML config (key=value overrides).",
     "eval": "Score a checkpoint on a dataset split: the paper's four metrics and per-class IU.",
@@ -34,8 +24,6 @@ COMMANDS: dict[str, str] = {
     "serve": "Serve a checkpoint or ONNX file over HTTP: POST /predict, GET /classes, /health, an upload page.",
     "models": "List the model names and their backbones.",
 }
-_MODULES = {"train": train_cmd, "eval": eval_cmd, "predict": predict_cmd, "demo": demo_cmd, "export": export_cmd,
-            "bench": bench_cmd, "reproduce": reproduce_cmd, "serve": serve_cmd, "models": models_cmd}
 
 
 class UsageError(ConfigError):
@@ -50,17 +38,26 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{sub}{message} (see {self.prog} --help)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``only`` (a command name) the other commands' options are left out, so that
+    their modules (training, benchmarks, the server ...) are not imported by a command that never runs them."""
     parser = _Parser(prog="fcnseg", description="Fully Convolutional Networks for Semantic "
                                      "Segmentation (Long, Shelhamer, Darrell), in PyTorch.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in COMMANDS.items():
-        module = _MODULES[name]
         p = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(p)
-        p.set_defaults(run=module.run)
+        if only is None or name == only:
+            module = importlib.import_module(f"fcnseg.cli.{name}_cmd")
+            module.add_arguments(p)
+            p.set_defaults(run=module.run)
     return parser
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The command an argument list names (its first word, after the global ``--debug``), or None."""
+    words = [a for a in argv if a != "--debug"]
+    return words[0] if words and words[0] in COMMANDS else None
 
 
 def _error(message: str, code: int) -> int:
@@ -78,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
-            parser = build_parser()
+            argv = sys.argv[1:] if argv is None else list(argv)
+            parser = build_parser(_command(argv))
             args, extra = parser.parse_known_args(argv)
             if extra:  # KEY=VALUE overrides may also come after the options
                 if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):

@@ -12,12 +12,13 @@ from collections.abc import Iterator
 import torch
 
 from fcnseg import distributed as D
-from fcnseg.cli.common import add_device, pick_device, positive_int, printable, tile_size
+from fcnseg.cli.common import ENGINE_HELP, add_device, pick_device, positive_int, printable, tile_size
 from fcnseg.data.io import shown
 from fcnseg.data.palette import palette_or_default
 from fcnseg.errors import ConfigError
 from fcnseg.infer.engines import choose_engine
-from fcnseg.infer.predict import ImageReadError, format_summary, predict_paths
+from fcnseg.infer.predict import IMAGE_EXTENSIONS, ImageReadError, format_summary, iter_image_paths, predict_paths
+from fcnseg.infer.video import VIDEO_EXTENSIONS, is_video
 from fcnseg.models.checkpoint import model_from_checkpoint
 from fcnseg.models.dense import dense, parse_dense
 from fcnseg.paths import cache_dir
@@ -31,9 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=tile_size, help="predict images larger than this by overlapping tiles (>= 32)")
     p.add_argument("--overlay", choices=["png", "jpg", "none"], default="png")
     p.add_argument("--engine", choices=["auto", "torch"], default="auto",
-                   help="auto (default): the fastest exact engine for the device — on CPU with onnxruntime, "
-                        "ONNX Runtime fp32 (Caffe-aligned VGG nets: border-trimmed, exported once per input "
-                        "size into the cache); see docs/PERFORMANCE.md. torch: the PyTorch model as trained")
+                   help=ENGINE_HELP)
     p.add_argument("--dense", metavar="F[:METHOD]",
                    help="densify the coarse score map F× (FCN-32s-like nets) by rarefaction (default) or "
                         "shift-and-stitch, then upsample bilinearly; implies --engine torch")
@@ -69,6 +68,16 @@ def _densified(model, text: str):
         raise ConfigError(f"--dense {text}: {e}") from None
 
 
+def _share(args: argparse.Namespace, shard: tuple[int, int]) -> int | None:
+    """How many images this process will predict (what the engine choice weighs); None with a video
+    among the inputs (frames: open-ended)."""
+    paths = list(iter_image_paths(args.inputs, skip_dir=args.out, extensions=IMAGE_EXTENSIONS + VIDEO_EXTENSIONS))
+    if any(is_video(p) for p in paths):
+        return None
+    rank, world = shard
+    return len(paths[rank::world])
+
+
 def run(args: argparse.Namespace) -> int:
     with _processes(args.device) as (device, shard):
         return _run(args, device, shard)
@@ -80,15 +89,13 @@ def _run(args: argparse.Namespace, device: torch.device, shard: tuple[int, int])
     if not (isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes)):
         classes = None  # names are only for the summary lines
     palette = palette_or_default(ckpt.get("palette"), f"checkpoint {args.checkpoint}", max(model.heads.values()))
+    checksum = ckpt["checksum"]  # verified on load: names the weights in the engine cache
     del ckpt
     if args.dense:
         model = _densified(model, args.dense)
     elif args.engine == "auto":
-        def reload():
-            return model_from_checkpoint(args.checkpoint, map_location="cpu")[0].eval()
-
-        model = choose_engine(model.eval(), device, cache_dir=cache_dir("engines"), reload=reload,
-                              log=lambda m: print(printable(m), file=sys.stderr, flush=True))
+        model = choose_engine(model.eval(), device, images=_share(args, shard), cache_dir=cache_dir("engines"),
+                              checksum=checksum, log=lambda m: print(printable(m), file=sys.stderr, flush=True))
     counts = torch.zeros(2, dtype=torch.int64)  # images, videos
     batch = args.batch_size or (8 if device.type == "cuda" else 1)
     for summary in predict_paths(model, args.inputs, args.out, palette=palette, device=device,

@@ -4,7 +4,7 @@
   autocast, ``torch.compile`` and CUDA graphs for fixed sizes.
 * :class:`OrtEngine` — an ONNX file (from :func:`fcnseg.infer.export.export_onnx`, fp32 or int8) in ONNX
   Runtime; preprocessing and heads come from the file's metadata.
-* :func:`choose_engine` — the fastest *exact* engine for a device.
+* :func:`choose_engine` — the fastest *exact* engine for a device (and for the number of images to score).
 
 Every engine takes N×C×H×W float tensors (RGB, 0–255) and returns float32 scores on the CPU
 (``TorchEngine`` on CUDA returns them on the GPU) as a dict head → scores, always; ``predict_labels``
@@ -37,11 +37,11 @@ from fcnseg.infer.spec import EngineSpec
 from fcnseg.models.base import HEAD, SegmentationModel, unwrap
 from fcnseg.models.checkpoint import state_checksum
 from fcnseg.models.preprocessing import Preprocessing
-from fcnseg.models.trimmed import TrimmedFCN, trim_supported
+from fcnseg.models.trimmed import TrimmedFCN, runs_as_matmul, trim_supported
 from fcnseg.paths import matches_record, record_path, write_record
 
-__all__ = ["Engine", "TorchEngine", "OrtEngine", "TrimmedOrtEngine", "build_engine", "onnx_for", "choose_engine",
-           "DTYPES", "ort_available"]
+__all__ = ["Engine", "TorchEngine", "OrtEngine", "build_engine", "onnx_for", "choose_engine", "DTYPES",
+           "ORT_PAYBACK_IMAGES", "ort_available"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 Scores = dict[str, torch.Tensor]  # head name -> float32 N×K×H×W
@@ -124,7 +124,7 @@ class TorchEngine(Engine):
                                cuda_graphs=cuda_graphs, alignment=_alignment(model.spec.alignment))
         self.model = model.eval().to(self.device)
         if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            _to_channels_last(self.model, keep_plain=trim)
         if trim:
             # torch.compile: no strips (each strip's shape would be one more compiled graph)
             self.model = TrimmedFCN(self.model, strip_bytes=0 if compile else None)
@@ -207,6 +207,18 @@ class TorchEngine(Engine):
         static_in.copy_(x)
         graph.replay()
         return {k: v.clone() for k, v in static_out.items()}
+
+
+def _to_channels_last(model: nn.Module, keep_plain: bool) -> None:
+    """4-D parameters and buffers of ``model`` in channels_last, in place. ``keep_plain``: not the weights the
+    trimmed net runs as matmuls on their plain layout (:func:`~fcnseg.models.trimmed.runs_as_matmul`;
+    VGG16's fc6 alone is 411 MB: converting it would copy it twice for nothing)."""
+    with torch.no_grad():
+        for m in model.modules():
+            plain = keep_plain and runs_as_matmul(m)
+            for name, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]:
+                if t.dim() == 4 and not (plain and name == "weight"):
+                    t.data = t.data.contiguous(memory_format=torch.channels_last)
 
 
 # ---------------------------------------------------------------------------------------- ONNX Runtime
@@ -297,18 +309,19 @@ def _map_large_buffers(threshold: int = 2**20) -> bool:
         return False
 
 
-def _model_key(model: SegmentationModel) -> str:
-    """Checksum of the weights, spec and preprocessing: names cached exports of this exact model."""
+def _model_key(model: SegmentationModel, checksum: str | None = None) -> str:
+    """Checksum of the weights (``checksum``: :func:`~fcnseg.models.checkpoint.state_checksum` of them when the
+    caller has it), spec and preprocessing: names cached exports of this exact model."""
     meta = json.dumps([model.spec.to_dict(), model.preprocessing.to_dict()], sort_keys=True, default=str)
-    return state_checksum(model.state_dict())[:16] + hashlib.sha256(meta.encode()).hexdigest()[:8]
+    weights = checksum if checksum is not None else state_checksum(model.state_dict())
+    return weights[:16] + hashlib.sha256(meta.encode()).hexdigest()[:8]
 
 
 def _warn(message: str) -> None:
     warnings.warn(message, stacklevel=3)
 
 
-def _open_cached(path: Path, key: str, *, threads: int | None = None, low_memory: bool = False
-                 ) -> OrtEngine | None:
+def _open_cached(path: Path, key: str, *, threads: int | None = None) -> OrtEngine | None:
     """The cached export ``path`` if the checksum recorded beside it (``<file>.sha256``: the file's
     SHA-256 and the model key) matches and its metadata names this model; else None, with a warning
     when an entry was there but did not match (it is then exported again)."""
@@ -318,7 +331,7 @@ def _open_cached(path: Path, key: str, *, threads: int | None = None, low_memory
     engine = None
     if ok:
         try:
-            engine = OrtEngine(path, threads=threads, low_memory=low_memory)
+            engine = OrtEngine(path, threads=threads)
         except (ConfigError, OSError):
             engine = None
     if engine is not None and engine.meta.get("model_key") == key:
@@ -345,17 +358,24 @@ def _export_cached(export, path: Path, key: str) -> bool:
         return False
 
 
-def _ort_from_model(model: nn.Module, threads: int | None = None, cache_dir: str | os.PathLike | None = None
-                    ) -> OrtEngine:
+def _export_path(key: str, cache_dir: str | os.PathLike) -> Path:
+    return Path(cache_dir) / f"fcnseg-{key}.onnx"
+
+
+def _cached_export(key: str, cache_dir: str | os.PathLike | None, threads: int | None = None) -> OrtEngine | None:
+    """The verified dynamic-size export of the model ``key`` names in ``cache_dir``, else None."""
+    if cache_dir is None:
+        return None
+    return _open_cached(_export_path(key, cache_dir), key, threads=threads)
+
+
+def _ort_from_model(model: nn.Module, key: str, threads: int | None = None,
+                    cache_dir: str | os.PathLike | None = None) -> OrtEngine:
     """Export ``model`` to ONNX (dynamic size) and open it. Without ``cache_dir`` (or when it cannot be
     written) the file is temporary (the session holds the weights); with it, the export is kept under the
-    model's checksum and reused once verified (:func:`_open_cached`)."""
-    key = _model_key(model)
+    model's ``key`` and reused once verified (:func:`_open_cached`)."""
     if cache_dir is not None:
-        path = Path(cache_dir) / f"fcnseg-{key}.onnx"
-        engine = _open_cached(path, key, threads=threads)
-        if engine is not None:
-            return engine
+        path = _export_path(key, cache_dir)
         if _export_cached(lambda p: export_onnx(model, p, metadata={"model_key": key}), path, key):
             return OrtEngine(path, threads=threads)
     with tempfile.TemporaryDirectory(prefix="fcnseg-ort-") as tmp:
@@ -363,129 +383,47 @@ def _ort_from_model(model: nn.Module, threads: int | None = None, cache_dir: str
         return OrtEngine(path, threads=threads)
 
 
-class TrimmedOrtEngine(Engine):
-    """The exact CPU fast path for Caffe-aligned VGG nets: the border-trimmed net
-    (:mod:`fcnseg.models.trimmed`) exported for each input size met, run in ONNX Runtime with
-    ``low_memory``. One session is alive at a time (each holds the weights); exports go to
-    ``cache_dir`` under the model's checksum and size (the ``keep`` most recently used are kept;
-    each is the size of the weights) or, without ``cache_dir``, to a temporary folder.
-    With ``reload`` (a function that rebuilds the torch model) the model given is let go once the
-    first session is open and rebuilt only if another size must be exported; without it the model
-    is kept for the engine's lifetime. Inputs of many sizes would mean an export each: once more
-    than ``keep`` sizes have been seen, it switches to one dynamic-size export (ONNX Runtime with its
-    arena: as fast per call, more memory) for every size."""
-
-    def __init__(self, model: SegmentationModel, cache_dir: str | os.PathLike | None = None, *,
-                 threads: int | None = None, reload=None, keep: int = 3, log=None) -> None:
-        self.key = _model_key(model)
-        self.preprocessing = model.preprocessing
-        self.heads = dict(model.heads)
-        self.spec = EngineSpec("ort", trim=True, low_memory=True)
-        self.output_stride, self.input_padding = model.output_stride, model.input_padding
-        self._model: nn.Module | None = model
-        self._reload = reload
-        self._tmp = None if cache_dir is not None else tempfile.TemporaryDirectory(prefix="fcnseg-ort-")
-        self.cache_dir = Path(cache_dir if cache_dir is not None else self._tmp.name)
-        self.threads, self.keep, self._log = threads, max(1, int(keep)), log
-        self._size: tuple[int, int] | None = None
-        self._session: OrtEngine | None = None
-        self._sizes: set[tuple[int, int]] = set()
-        self._dynamic: OrtEngine | None = None
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "threads": self.threads, "trim": self._dynamic is None,
-                "low_memory": self._dynamic is None, "size": self._size}
-
-    def _path(self, size: tuple[int, int]) -> Path:
-        return self.cache_dir / f"fcnseg-{self.key}-{size[0]}x{size[1]}-trim.onnx"
-
-    def _open(self, size: tuple[int, int]) -> OrtEngine:
-        self._session = None  # free the previous size's weights before loading the next
-        path = self._path(size)
-        engine = _open_cached(path, self.key, threads=self.threads, low_memory=True)
-        if engine is not None:
-            with contextlib.suppress(OSError):
-                os.utime(path)  # most recently used (a read-only cache still serves)
-        else:
-            if self._log:
-                self._log(f"exporting the border-trimmed ONNX net for {size[0]}×{size[1]} inputs once "
-                          f"(cached in {self.cache_dir})")
-            model = self._model if self._model is not None else self._rebuild()
-
-            def export(p: Path) -> None:
-                export_onnx(model, p, dynamic=False, trim=True, example_size=size,
-                            metadata={"model_key": self.key})
-
-            if not _export_cached(export, path, self.key):
-                self._to_temporary()
-                path = self._path(size)
-                export(path)
-            del model, export
-            self._prune()
-            engine = OrtEngine(path, threads=self.threads, low_memory=True)
-        if self._reload is not None:
-            self._model = None  # the caller's model: not needed again unless a new size comes
-        self._size = size
-        return engine
-
-    def _to_temporary(self) -> None:
-        """Serve exports from a temporary folder from now on (the cache could not be written)."""
-        if self._tmp is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="fcnseg-ort-")
-        self.cache_dir = Path(self._tmp.name)
-
-    def _rebuild(self) -> nn.Module:
-        """The torch model again, built outside ``inference_mode`` (callers predict inside it)."""
-        with torch.inference_mode(False):
-            return self._reload()
-
-    def _prune(self) -> None:
-        files = sorted(self.cache_dir.glob(f"fcnseg-{self.key}-*x*-trim.onnx"), key=lambda p: p.stat().st_mtime)
-        for old in files[:-self.keep]:
-            for p in (old, record_path(old)):
-                with contextlib.suppress(OSError):
-                    p.unlink(missing_ok=True)
-
-    def predict_scores(self, images: torch.Tensor) -> Scores:
-        images = self._batch(images)
-        size = (int(images.shape[-2]), int(images.shape[-1]))
-        if self._dynamic is None and size != self._size:
-            self._sizes.add(size)
-            if len(self._sizes) > self.keep:
-                self._session = None
-                if self._log:
-                    self._log(f"more than {self.keep} input sizes: one dynamic-size ONNX export serves them all")
-                model = self._model if self._model is not None else self._rebuild()
-                self._dynamic = _ort_from_model(model, threads=self.threads,
-                                                cache_dir=None if self._tmp is not None else self.cache_dir)
-                self._model = None if self._reload is not None else self._model
-                del model
-            else:
-                self._session = self._open(size)
-        return (self._dynamic or self._session).predict_scores(images)
+# Images from which a dynamic-size ONNX export pays for itself on a net the trimmed engine cannot run:
+# its cold export (with the check against PyTorch) over the seconds ONNX Runtime saves per image, the largest
+# over the nets measured at 500×500 by ``python -m scripts.bench_payback`` (docs/bench/payback.json).
+ORT_PAYBACK_IMAGES = 19
 
 
 def choose_engine(model: SegmentationModel, device: str | torch.device = "cpu", *, exact: bool | None = None,
-                  threads: int | None = None, cache_dir: str | os.PathLike | None = None, reload=None,
-                  log=None) -> Engine:
+                  images: int | None = None, threads: int | None = None,
+                  cache_dir: str | os.PathLike | None = None, checksum: str | None = None, log=None) -> Engine:
     """The fastest engine measured for ``device`` (see docs/PERFORMANCE.md) that keeps the scores.
 
-    CPU with onnxruntime: for Caffe-aligned VGG nets :class:`TrimmedOrtEngine` (exported once per
-    input size, ~15 s for VGG16 at 500×500, cached in ``cache_dir``); otherwise ONNX Runtime fp32
-    on a dynamic-size export. CPU without onnxruntime: PyTorch fp32, border trimmed where the
-    backbone allows it (exact). CUDA: PyTorch bf16 autocast + channels_last (scores differ at the
-    bf16 level, labels rarely); ``exact=True`` keeps fp32 there.
+    CPU: a net :func:`~fcnseg.models.trimmed.trim_supported` accepts (Caffe-aligned VGG) runs in PyTorch
+    border-trimmed and channels_last (:class:`TorchEngine` ``trim=True``: exact, nothing to export, every
+    size at once). Any other net runs in ONNX Runtime on one dynamic-size export when onnxruntime is
+    installed and the export pays: a verified export of this very model is in ``cache_dir`` already, or
+    ``images`` (how many the caller will score; None = open-ended, as a server) reaches
+    :data:`ORT_PAYBACK_IMAGES`; else in PyTorch fp32. The export is kept in ``cache_dir`` under the
+    weights' checksum (``checksum``: the checkpoint's verified one, else computed, only when an export is
+    looked up or made; an ONNX Runtime session holds its own copy of the weights, so let go of ``model``
+    once it is built). CUDA: PyTorch bf16 autocast + channels_last (scores differ at the bf16 level, labels
+    rarely); ``exact=True`` keeps fp32 there.
     """
     device = torch.device(device)
     if device.type == "cuda":
         return TorchEngine(model, device, channels_last=True, dtype="fp32" if exact else "bf16")
     if device.type != "cpu":
         return TorchEngine(model, device)
+    if trim_supported(model):
+        return TorchEngine(model, device, channels_last=True, trim=True)
     if ort_available():
-        if trim_supported(model):
-            return TrimmedOrtEngine(model, cache_dir, threads=threads, reload=reload, log=log)
-        return _ort_from_model(model, threads=threads, cache_dir=cache_dir)
-    return TorchEngine(model, device, channels_last=False, trim=trim_supported(model))
+        pays = images is None or images >= ORT_PAYBACK_IMAGES
+        if pays or cache_dir is not None:
+            key = _model_key(model, checksum)
+            cached = _cached_export(key, cache_dir, threads)
+            if cached is not None:
+                return cached
+            if pays:
+                if log:
+                    log("exporting the net to ONNX once (dynamic size; cached for later runs)")
+                return _ort_from_model(model, key, threads=threads, cache_dir=cache_dir)
+    return TorchEngine(model, device)
 
 
 def onnx_for(spec: EngineSpec, model: SegmentationModel, folder: str | os.PathLike, *,

@@ -6,6 +6,7 @@ import math
 import os
 import reprlib
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ def state_checksum(state: dict[str, torch.Tensor]) -> str:
         t = state[k].detach().cpu().contiguous().reshape(-1)  # flat: channels_last 1x1 weights have stride(-1) != 1
         h.update(k.encode())
         h.update(str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            h.update(t.view(torch.uint8).numpy())  # the tensor's own bytes (no copy)
     return h.hexdigest()
 
 
@@ -52,15 +54,23 @@ def save_checkpoint(path: str | os.PathLike, model: SegmentationModel, **extra: 
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and verify a checkpoint; any defect is a one-line ``CheckpointError`` naming the file."""
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+                    training_state: bool = True) -> dict[str, Any]:
+    """Load and verify a checkpoint; any defect is a one-line ``CheckpointError`` naming the file.
+
+    On the CPU the file is memory-mapped (``torch.load(mmap=True)``): tensors are read from the page
+    cache as they are used, never copied. ``training_state=False`` leaves the fields only a resumed run
+    reads (optimizer, scheduler, scaler, RNG states: as large as the weights) unchecked, so their bytes
+    are never touched; the weights and every other field are checked as always.
+    """
     path = path_arg(path, "path")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a file" if path.exists() else f"checkpoint not found: {path}")
     try:
         with warnings.catch_warnings():  # torch's notes on odd pickles: the error below says it all
             warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+            mmap = torch.device(map_location).type == "cpu" and zipfile.is_zipfile(path)  # legacy files: read
+            ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # truncated, not a torch file, or holds forbidden objects
         raise CheckpointError(f"cannot read checkpoint {path}: {torch_load_failure(e)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -73,7 +83,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"checkpoint {path} is corrupt: 'config' or 'preprocessing' is missing")
     if state_checksum(ckpt["model"]) != ckpt.get("checksum"):
         raise CheckpointError(f"checkpoint {path} is corrupt: weights do not match their checksum")
-    check_fields(path, ckpt)
+    check_fields(path, ckpt, training_state)
     return ckpt
 
 
@@ -112,8 +122,14 @@ def _tensor(v: Any, field: str) -> None:
         raise _Bad(field, f"must be a tensor, got {_short(v)}")
     if v.is_complex() or v.is_quantized or v.layout != torch.strided:
         raise _Bad(field, f"has dtype {v.dtype}; only real (floating, integer or bool) dense tensors are allowed")
-    if v.is_floating_point() and not torch.isfinite(v).all():
+    if v.is_floating_point() and not _finite(v):
         raise _Bad(field, "holds non-finite values (NaN or inf)")
+
+
+def _finite(v: torch.Tensor) -> bool:
+    """No NaN or inf in ``v``. A finite sum proves it (a NaN or inf entry makes any sum NaN or inf) without
+    a mask the size of ``v``; only a sum that overflowed is checked entry by entry."""
+    return bool(torch.isfinite(v.sum())) or bool(torch.isfinite(v).all())
 
 
 def _tensors_in(obj: Any, field: str) -> None:
@@ -232,14 +248,18 @@ _FIELDS = {
 }
 
 
-def check_fields(path: str | os.PathLike, ckpt: dict[str, Any]) -> None:
+_TRAINING_STATE = ("rng_per_rank", "optimizer", "scheduler", "scaler", "sampler")
+
+
+def check_fields(path: str | os.PathLike, ckpt: dict[str, Any], training_state: bool = True) -> None:
     """Validate every field and tensor dtype of a loaded checkpoint (the one schema); a defect is a
-    ``CheckpointError`` naming the file and the field."""
+    ``CheckpointError`` naming the file and the field. ``training_state=False``: not the fields only a
+    resumed run reads (:data:`_TRAINING_STATE`)."""
     try:
         for k, v in ckpt["model"].items():
             _tensor(v, f"model.{k}")
         for name, check in _FIELDS.items():
-            if name in ckpt:
+            if name in ckpt and (training_state or name not in _TRAINING_STATE):
                 check(ckpt[name], name)
     except _Bad as e:
         raise CheckpointError(f"checkpoint {path} is corrupt: {e}") from None
@@ -247,8 +267,14 @@ def check_fields(path: str | os.PathLike, ckpt: dict[str, Any]) -> None:
 
 def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
                           num_classes: int | None = None) -> tuple[SegmentationModel, dict[str, Any]]:
-    """Rebuild the model a checkpoint was trained as, load its weights, return (model, checkpoint)."""
-    ckpt = load_checkpoint(path, map_location)
+    """Rebuild the model a checkpoint was trained as, load its weights, return (model, checkpoint).
+
+    The net is built on the meta device and takes the checkpoint's tensors as its own
+    (``load_state_dict(assign=True)``; memory-mapped on the CPU): the weights exist once, and no random
+    initialisation is computed only to be overwritten. The training state is not checked (see
+    :func:`load_checkpoint`); ``fcnseg train --resume`` reads it through ``load_checkpoint``.
+    """
+    ckpt = load_checkpoint(path, map_location, training_state=False)
     try:
         spec = ModelSpec.from_dict(ckpt["config"])
     except Exception as e:  # no name, odd field types: the config was not written by fcnseg
@@ -260,11 +286,12 @@ def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.dev
         options.setdefault("fusion", "sum")  # late-fusion checkpoints from before model.fusion summed their streams
     cfg = ModelSpec(**{**vars(spec), "options": options}).to_dict()
     name, classes = cfg.pop("name"), cfg.pop("num_classes")
-    try:  # on the meta device first: a forged config (say width=100) must not allocate before it is checked
+    try:  # on the meta device: a forged config (say width=100) allocates nothing before it is checked
         with torch.device("meta"):
-            shapes = {k: tuple(v.shape) for k, v in create_model(name, classes, **cfg).state_dict().items()}
+            model = create_model(name, classes, **cfg)
     except Exception as e:  # unknown name or option, bad value: the config was not written by fcnseg
         raise CheckpointError(f"checkpoint {path}: its config does not build a model ({first_line(e)})") from None
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     odd = sorted(set(shapes) ^ set(ckpt["model"])) or [k for k in shapes if shapes[k] != tuple(ckpt["model"][k].shape)]
     if odd:
         k = odd[0]
@@ -272,11 +299,13 @@ def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.dev
         want = f"{shapes[k]} in the model" if k in shapes else "not in the model"
         raise CheckpointError(f"checkpoint {path} does not fit model {name} with {classes} classes: {k} {have}, "
                               f"{want}")
-    model = create_model(name, classes, **cfg)
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["model"], assign=True)
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {path} does not fit model {name}: {first_line(e, 300)}") from None
+    left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:  # a tensor the state_dict does not hold (a non-persistent buffer): never silently left empty
+        raise CheckpointError(f"checkpoint {path}: model {name} has tensors no checkpoint holds ({left[0]})")
     try:
         pre = preprocessing_from_dict(ckpt["preprocessing"])
         if isinstance(pre, Preprocessing):

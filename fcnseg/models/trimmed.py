@@ -31,7 +31,7 @@ from fcnseg.models.base import SegmentationModel
 from fcnseg.models.fcn import FCN
 from fcnseg.models.preprocessing import Preprocessing
 
-__all__ = ["TrimmedFCN", "trim_supported"]
+__all__ = ["TrimmedFCN", "trim_supported", "runs_as_matmul"]
 
 _IDENTITY = (nn.Dropout, nn.Dropout2d, nn.Identity)
 
@@ -124,8 +124,7 @@ class TrimmedFCN(SegmentationModel):
         self._n_stages = _supported_prefix(list(model.backbone.stages.values()))
         with torch.no_grad():  # big convs run as matmuls on their weight: keep it in plain (OIHW) layout
             for m in model.modules():
-                if isinstance(m, nn.Conv2d) and m.weight.numel() * m.weight.element_size() >= _MM_BYTES \
-                        and m.weight.device.type == "cpu" and not m.weight.is_contiguous():
+                if runs_as_matmul(m) and not m.weight.is_contiguous():
                     m.weight.data = m.weight.data.contiguous()
         self._cache_size = cache_size
         self._plans: OrderedDict = OrderedDict()
@@ -257,10 +256,9 @@ class TrimmedFCN(SegmentationModel):
                 if len(self._skeletons) > self._cache_size:
                     self._skeletons.popitem(last=False)
             skel = self._skeletons[key]
-        nh, nw = win[0].n, win[1].n
         # first interior row/col of the skeleton: the rim width e at this tap (size-independent)
-        out = _stretch(skel, 2, win[0].e, nh)
-        return _stretch(out, 3, win[1].e, nw)
+        out = _stretch(skel, 2, win[0].e, win[0].n)
+        return _stretch(out, 3, win[1].e, win[1].n)
 
     def _live_skeletons(self, rebuilt: list[tuple[str, int]], h: int, w: int, like: torch.Tensor
                         ) -> dict[str, torch.Tensor]:
@@ -470,6 +468,15 @@ _MM_BYTES = 16 * 2**20  # convs with weights this large run as im2col + matmul (
 _STRIP_BYTES = 12 * 2**20  # default strip size on the CPU
 
 
+def runs_as_matmul(m: nn.Module) -> bool:
+    """True for a conv that the trimmed net runs as ``W @ im2col(x)`` on its plain (OIHW) weight, when it
+    comes after the trimmed stages on the CPU: a plain stride-1 conv whose weight has at least 16 MiB
+    (VGG16's fc6/fc7)."""
+    return (isinstance(m, nn.Conv2d) and m.weight.numel() * m.weight.element_size() >= _MM_BYTES
+            and m.weight.device.type == "cpu" and m.groups == 1 and _single(m.stride) == 1
+            and _single(m.dilation) == 1 and m.padding_mode == "zeros" and not isinstance(m.padding, str))
+
+
 def _run_stage(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A stage after the trimmed ones; on the CPU big-weight convs (fc6, fc7) run as matmuls on the
     weight itself: oneDNN would copy (reorder) a 400 MB fc6 weight on every call, which sets the peak
@@ -480,9 +487,7 @@ def _run_stage(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if isinstance(m, _IDENTITY):
             x = m(x) if m.training else x  # dropout while training through the wrapper
             continue
-        if (isinstance(m, nn.Conv2d) and m.weight.numel() * m.weight.element_size() >= _MM_BYTES
-                and m.groups == 1 and _single(m.stride) == 1 and _single(m.dilation) == 1
-                and m.padding_mode == "zeros" and not isinstance(m.padding, str)):
+        if runs_as_matmul(m):
             x = _conv_mm(x, m)
         else:
             x = m(x)

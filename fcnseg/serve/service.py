@@ -97,12 +97,11 @@ def load_service(path: str | os.PathLike, engine: str = "auto", device: str | to
     else:
         model, ckpt = model_from_checkpoint(path, map_location="cpu")
         names, raw_palette, config = ckpt.get("classes"), ckpt.get("palette"), model.spec.to_dict()
+        checksum = ckpt["checksum"]
         del ckpt
-        if engine == "auto":
-            def reload():
-                return model_from_checkpoint(path, map_location="cpu")[0].eval()
-
-            eng = choose_engine(model.eval(), device, cache_dir=cache_dir("engines"), reload=reload, log=log)
+        if engine == "auto":  # a server scores open-ended numbers of images, of any size
+            eng = choose_engine(model.eval(), device, images=None, cache_dir=cache_dir("engines"), checksum=checksum,
+                                log=log)
         else:
             eng = as_engine(model.eval(), device)
         del model

@@ -294,3 +294,33 @@ def test_train_only_bench_end_to_end_tiny(tmp_path, monkeypatch):
     with pytest.raises(fcnseg.errors.ConfigError, match="'pool9' is not a backbone stage"):
         tb.run_train_bench(size=(40, 48), width=1 / 16, fc_channels=32, num_classes=5, rows=["torch-fp32:pool9"],
                            sgemm_n=0, progress=False)
+
+
+def test_run_process_measures_the_whole_fresh_process(tmp_path):
+    from fcnseg.bench.measure import run_process
+
+    code = "import time; b = bytearray(160 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(0.2)"
+    row = run_process([sys.executable, "-c", code], output=tmp_path / "log")
+    assert row["rc"] == 0 and row["peak_rss_mb"] >= 160 and row["wall_s"] >= 0.2 and row["other_load"] >= 0
+    failed = run_process([sys.executable, "-c", "import sys; print('oops'); sys.exit(3)"], output=tmp_path / "log2")
+    assert failed["rc"] == 3 and (tmp_path / "log2").read_text().strip() == "oops"
+
+
+def test_command_rows_compare_with_the_peer_and_flag_shared_runs():
+    bench = _script("bench_commands")
+    run = {"rc": 0, "other_load": 0.1}
+    runs = [{**run, "command": "peer", "count": 1, "wall_s": w, "peak_rss_mb": 1200.0} for w in (4.0, 4.4, 4.2)]
+    runs += [{**run, "command": "predict-cold", "count": 1, "wall_s": w, "peak_rss_mb": 900.0} for w in (3.0, 3.3)]
+    runs += [{**run, "command": "predict-cold", "count": 1, "wall_s": 9.0, "peak_rss_mb": 900.0, "other_load": 1.5}]
+    rows = {r["command"]: r for r in bench.summarise(runs)}
+    assert rows["peer"]["vs_peer"] == {"wall": 1.0, "rss": 1.0} and rows["peer"]["reliable"]
+    cold = rows["predict-cold"]
+    assert cold["wall_s"] == {"median": 3.3, "min": 3.0, "max": 9.0} and cold["vs_peer"]["wall"] == 3.3 / 4.2
+    assert cold["vs_peer"]["rss"] == 0.75 and not cold["reliable"]
+    text = _script("write_performance_md").commands_section(
+        {"model": "m", "size": [500, 500], "command": "c", "wall_seconds": 60, "machine": {}, "summary": list(
+            rows.values()), "commands": {"peer": "python scripts/peer_predict.py"}})
+    assert "| `fcnseg predict`, cold engine cache | 1 | 3 | 3.30 (3.00–9.00) | 0.79× | 900 | 0.75× | 1.50 | **no** |" \
+        in text
+    assert "| one image, `fcnseg predict` (cold): wall time ≤ the peer's | 0.79× | yes |" in text
+    assert "--engine torch`" not in text.split("| target |")[1]  # no torch rows measured: no such target row

@@ -52,7 +52,8 @@ def test_demo_writes_its_report(tmp_path, capsys):
 
 
 def test_predict_with_the_fast_engine_matches_torch(tmp_path, monkeypatch, capsys):
-    """``--engine auto`` (ONNX Runtime on CPU) writes the same labels as the PyTorch model."""
+    """``--engine auto`` (on CPU the border-trimmed channels_last engine) writes the same labels as the PyTorch
+    model."""
     import numpy as np
     import torch
     from PIL import Image
@@ -73,6 +74,39 @@ def test_predict_with_the_fast_engine_matches_torch(tmp_path, monkeypatch, capsy
                      str(tmp_path / engine), "--engine", engine, "--overlay", "none"]) == 0
     a, b = (np.array(Image.open(next((tmp_path / e).glob("*_label.png")))) for e in ("torch", "auto"))
     assert (a == b).mean() > 0.999 and len(np.unique(a)) > 1
+
+
+@pytest.mark.parametrize("alignment", ["caffe", "same"])  # trimmed PyTorch; ONNX Runtime (the export paying)
+@pytest.mark.parametrize("options", [[], ["--flip"], ["--batch-size", "2"]], ids=["plain", "flip", "batch2"])
+def test_eval_with_the_fast_engine_scores_as_torch(tmp_path, monkeypatch, capsys, alignment, options):
+    import torch
+
+    import fcnseg
+    import fcnseg.infer.engines as engines
+    from fcnseg.data.fixtures import write_camvid
+    from fcnseg.models.checkpoint import save_checkpoint
+
+    if alignment == "same" and not engines.ort_available():
+        pytest.skip("onnxruntime not installed")
+    monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(engines, "ORT_PAYBACK_IMAGES", 1)  # 3 images pay for an export here
+    root = write_camvid(tmp_path / "camvid", {"val": 3}, size=(37, 45))
+    torch.manual_seed(0)
+    model = fcnseg.create_model("fcn8s", 11, width=1 / 16, fc_channels=16, alignment=alignment)
+    with torch.no_grad():
+        for p in model.score.parameters():
+            p.normal_(std=0.1)
+    save_checkpoint(tmp_path / "c.pt", model)
+    metrics = {}
+    for engine in ("torch", "auto"):
+        assert main(["eval", "--checkpoint", str(tmp_path / "c.pt"), "--dataset", "camvid", "--root", str(root),
+                     "--split", "val", "--engine", engine, "--out", str(tmp_path / engine), "--no-progress",
+                     *options]) == 0
+        metrics[engine] = json.loads((tmp_path / engine / "metrics.json").read_text())
+        metrics[engine].pop("timing")
+    assert metrics["auto"] == metrics["torch"] and metrics["torch"]["images"] == 3
+    assert len({v for row in metrics["torch"]["confusion"] for v in row}) > 2  # not one label everywhere
+    assert any((tmp_path / "cache").rglob("*.onnx")) == (alignment == "same")
 
 
 def _disk_full(monkeypatch):

@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _report_names() -> set[str]:
     names = set()
-    for path in (ROOT / "docs" / "bench").glob("*.json"):
-        engines = json.loads(path.read_text())["engines"]
+    for path in (ROOT / "docs" / "bench").glob("*.json"):  # bench reports name engines; command timings do not
+        engines = json.loads(path.read_text()).get("engines", [])
         names |= {e["engine"] for e in engines} if isinstance(engines, list) else set(engines)
     return names
 

@@ -155,64 +155,61 @@ def test_evaluate_scores_an_engine_as_it_scores_its_model():
     assert by_engine["confusion"] == by_model["confusion"] and by_model["images"] == by_engine["images"] == 2
 
 
-@pytest.mark.skipif(not ort_available(), reason="onnxruntime not installed")
-def test_choose_engine_cpu_is_exact_ort():
-    same = _tiny(alignment="same")
-    engine = choose_engine(same, "cpu")  # no trimmed form: one dynamic-size export
-    assert engine.name == "ort-fp32@same" and engine.exact
-    x = _img(1, 45, 38)
-    assert (single(engine.predict_scores(x)) - _ref(same, x)).abs().max() <= 1e-4
+def _no_export(monkeypatch):
+    import fcnseg.infer.engines as engines
+
+    def refuse(*a, **kw):
+        raise AssertionError("exported although nothing had to be")
+
+    monkeypatch.setattr(engines, "export_onnx", refuse)
 
 
-@pytest.mark.skipif(not ort_available(), reason="onnxruntime not installed")
-def test_choose_engine_cpu_caffe_vgg_is_trimmed_ort_per_size(tmp_path):
-    from fcnseg.infer.engines import TrimmedOrtEngine
-
-    m = _tiny()
-    reloads = []
-
-    def reload():  # as the CLI's: rebuilt from the checkpoint, inside predict's inference_mode
-        reloads.append(1)
-        with torch.inference_mode():
-            return _tiny()
-
-    engine = choose_engine(m, "cpu", cache_dir=tmp_path, reload=reload)
-    assert isinstance(engine, TrimmedOrtEngine) and engine.exact and engine.name == "ort-fp32-trim-lowmem"
-    for i, (h, w) in enumerate([(45, 38), (45, 38), (60, 52)]):
+@pytest.mark.parametrize("name", ["fcn8s", "fcn16s", "fcn32s"])
+def test_choose_engine_cpu_caffe_vgg_is_trimmed_channels_last_torch_for_every_size(name, monkeypatch, tmp_path):
+    _no_export(monkeypatch)  # nothing to export, for any number of images or sizes
+    m = _tiny(name=name)
+    for images in (1, None):
+        engine = choose_engine(m, "cpu", images=images, cache_dir=tmp_path)
+        assert isinstance(engine, TorchEngine) and engine.exact and engine.name == "torch-fp32-cl-trim"
+    for i, (h, w) in enumerate([(45, 38), (60, 52), (1, 1), (97, 51)]):
         x = _img(1 + i % 2, h, w, i)
-        assert (single(engine.predict_scores(x)) - _ref(m, x)).abs().max() <= 1e-4
-        assert engine._model is None  # the caller's model is let go once a session is open
-    assert len(reloads) == 1  # rebuilt once, for the second size only
-    assert sorted(p.name.split("-")[2] for p in tmp_path.glob("*.onnx")) == ["45x38", "60x52"]
+        assert (single(engine.predict_scores(x)) - _ref(_tiny(name=name), x)).abs().max() <= 1e-5
+    assert not list(tmp_path.iterdir())
+
+
+def test_channels_last_leaves_the_matmul_weights_where_they_are(monkeypatch):
+    import fcnseg.models.trimmed as trim
+
+    m = _tiny()
+    fc6, conv = m.backbone.stages.fc7.fc6.weight, m.backbone.stages.pool1.conv1_1.weight
+    monkeypatch.setattr(trim, "_MM_BYTES", fc6.numel() * fc6.element_size())  # as VGG16's fc6: a matmul
+    before = fc6.data_ptr()
+    TorchEngine(m, trim=True, channels_last=True)
+    assert fc6.data_ptr() == before and fc6.is_contiguous()  # not copied (twice) for nothing
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
 
 
 @pytest.mark.skipif(not ort_available(), reason="onnxruntime not installed")
-def test_trimmed_ort_engine_reuses_and_prunes_its_exports(tmp_path):
-    from fcnseg.infer.engines import TrimmedOrtEngine
+def test_choose_engine_cpu_other_nets_export_when_it_pays_or_is_cached(monkeypatch, tmp_path):
+    import fcnseg.infer.engines as engines
+    from fcnseg.models.checkpoint import state_checksum
 
-    m = _tiny()
-    TrimmedOrtEngine(m, tmp_path, keep=2).predict_scores(_img(1, 40, 40))
-    first = next(tmp_path.glob("*.onnx"))
-
-    def must_not_export():
-        raise AssertionError("a cached export was not reused")
-
-    again = TrimmedOrtEngine(m, tmp_path, reload=must_not_export)
-    again._model = None
-    again.predict_scores(_img(1, 40, 40))
-    engine = TrimmedOrtEngine(m, tmp_path, keep=2)
-    for size in (41, 42):
-        single(engine.predict_scores(_img(1, size, size)))
-    names = sorted(p.name for p in tmp_path.glob("*.onnx"))
-    assert len(names) == 2 and first.name not in names  # the least recently used went
-    for size in (43, 44):  # a third distinct size for this engine: one dynamic-size export from now on
-        x = _img(1, size, size + 3)
-        assert (single(engine.predict_scores(x)) - _ref(m, x)).abs().max() <= 1e-4
-    assert engine._dynamic is not None and engine._session is None
-    assert len(list(tmp_path.glob("*-trim.onnx"))) == 2 and len(list(tmp_path.glob("*.onnx"))) == 3
-    with torch.no_grad():
-        m.score.out.fc7.weight.add_(1.0)  # other weights: another key
-    assert TrimmedOrtEngine(m, tmp_path).key != engine.key
+    monkeypatch.setattr(engines, "ORT_PAYBACK_IMAGES", 10)
+    same, x = _tiny(alignment="same"), _img(1, 45, 38)
+    assert not trim_supported(same)
+    few = choose_engine(same, "cpu", images=9, cache_dir=tmp_path)
+    assert isinstance(few, TorchEngine) and few.name == "torch-fp32@same" and not list(tmp_path.iterdir())
+    for images in (10, None):  # enough images, or open-ended (a server): one dynamic-size export, cached
+        engine = choose_engine(same, "cpu", images=images, cache_dir=tmp_path)
+        assert engine.name == "ort-fp32@same" and engine.exact
+        assert (single(engine.predict_scores(x)) - _ref(same, x)).abs().max() <= 1e-4
+        assert len(list(tmp_path.glob("*.onnx"))) == 1
+    _no_export(monkeypatch)
+    checksum = state_checksum(same.state_dict())  # the checkpoint's verified one names the same entry
+    cached = choose_engine(same, "cpu", images=1, cache_dir=tmp_path, checksum=checksum)
+    assert cached.name == "ort-fp32@same"  # verified in the cache: used even for one image
+    assert (single(cached.predict_scores(x)) - _ref(same, x)).abs().max() <= 1e-4
+    assert choose_engine(same, "cpu", images=1).name == "torch-fp32@same"  # no cache given: none consulted
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

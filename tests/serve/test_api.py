@@ -28,7 +28,7 @@ def _still_serving(url: str) -> None:
 
 def test_health_and_classes(live_server, serve_checkpoint):
     h = call(live_server + "/health").json()
-    assert h["status"] == "ok" and h["device"] == "cpu" and h["engine"].startswith("ort-")  # the default engine
+    assert h["status"] == "ok" and h["device"] == "cpu" and h["engine"] == "torch-fp32-cl-trim"  # the CPU default
     assert h["model"] == {"file": serve_checkpoint.name, "name": "fcn8s", "backbone": "vgg16"}
     assert h["heads"] == {"out": 11} and h["uptime_s"] > 0 and h["queue"]["max"] == 16
     served = h["requests"]["served"]
@@ -42,7 +42,7 @@ def test_health_and_classes(live_server, serve_checkpoint):
 def test_predict_png_is_the_palette_label_map(live_server):
     r = call(live_server + "/predict", "POST", GOOD, {"Content-Type": "image/png"})
     assert r.status == 200 and r.headers["content-type"] == "image/png"
-    assert r.headers["x-fcnseg-engine"].startswith("ort-") and float(r.headers["x-fcnseg-total-seconds"]) > 0
+    assert r.headers["x-fcnseg-engine"] == "torch-fp32-cl-trim" and float(r.headers["x-fcnseg-total-seconds"]) > 0
     im = Image.open(io.BytesIO(r.body))
     assert im.mode == "P" and im.size == (56, 40)
     labels = np.asarray(im)
@@ -58,7 +58,7 @@ def test_predict_json_overlay_and_several_images(live_server):
     body, headers = multipart([("a.png", GOOD), ("b.jpg", image_bytes(40, 56, "JPEG", seed=1))])
     j = call(live_server + "/predict?format=json&labels=1", "POST", body, headers).json()
     assert [i["name"] for i in j["images"]] == ["a.png", "b.jpg"]
-    assert j["engine"].startswith("ort-") and j["head"] == "out" and j["timing"]["total_s"] > 0
+    assert j["engine"] == "torch-fp32-cl-trim" and j["head"] == "out" and j["timing"]["total_s"] > 0
     first = j["images"][0]
     assert (first["width"], first["height"]) == (56, 40) and first["timing"]["model_s"] > 0
     assert sum(c["fraction"] for c in first["classes"]) == pytest.approx(1, abs=1e-4)

@@ -51,7 +51,7 @@ def test_the_upload_page_in_headless_chromium(live_server, driver, tmp_path):
     _browser.show(driver, live_server + "/", image, opacity=50)
     assert driver.find_element("id", "error").text == ""
     facts = driver.find_element("id", "facts").text
-    assert "fcn8s" in facts and "engine ort-" in facts
+    assert "fcn8s" in facts and "engine torch-fp32-cl-trim" in facts
 
     # the overlay: the image under the label map, both at the image's size
     sizes = driver.execute_script("""const l = document.getElementById('labels'), u = document.getElementById('under');

@@ -102,3 +102,29 @@ def test_the_worker_admits_at_most_max_queue_and_frees_a_place_when_the_job_ends
 
     asyncio.run(scenario())
     worker.close()
+
+
+@pytest.mark.parametrize("alignment", ["caffe", "same"])
+def test_the_default_engine_serves_every_size_without_rebuilding(alignment, tmp_path, monkeypatch):
+    """A Caffe-aligned VGG net is served trimmed in PyTorch (no export at all); another net from one
+    dynamic-size ONNX export made at start-up. Neither exports again for a new image size."""
+    from support import nets
+
+    import fcnseg.infer.engines as engines
+    from fcnseg.models.checkpoint import save_checkpoint
+    from fcnseg.serve.service import load_service
+
+    if alignment == "same" and not engines.ort_available():
+        pytest.skip("onnxruntime not installed")
+    monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path / "cache"))
+    exports = []
+    real = engines.export_onnx
+    monkeypatch.setattr(engines, "export_onnx", lambda *a, **kw: exports.append(1) or real(*a, **kw))
+    ckpt = save_checkpoint(tmp_path / "c.pt", nets.tiny_fcn(alignment=alignment, classes=11))
+    service = load_service(ckpt)
+    assert service.engine.name == ("torch-fp32-cl-trim" if alignment == "caffe" else "ort-fp32@same")
+    assert len(exports) == (alignment == "same")
+    for h, w in [(40, 56), (33, 71), (64, 64), (40, 56)]:
+        rgb = np.random.default_rng(h).integers(0, 256, (h, w, 3), dtype=np.uint8)
+        assert service.labels(rgb, "out").shape == (h, w)
+    assert len(exports) == (alignment == "same")

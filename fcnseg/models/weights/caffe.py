@@ -30,7 +30,6 @@ from torch import nn
 
 from fcnseg.models.base import HEAD
 from fcnseg.models.preprocessing import CAFFE_VGG
-from fcnseg.models.weights.caffe_proto import V1_TYPES, caffe_messages
 from fcnseg.models.weights.common import WeightsError, fit, load_into, set_preprocessing, trunk_of
 
 __all__ = ["CaffeLayer", "read_caffemodel", "parse_caffemodel", "write_caffemodel", "caffe_names", "load_caffe",
@@ -59,9 +58,17 @@ def read_caffemodel(path: str | os.PathLike) -> list[CaffeLayer]:
     return parse_caffemodel(data, str(path))
 
 
+def _messages():
+    """The Caffe message classes (protobuf is imported here, when a caffemodel is read or written: ~0.2 s
+    that no other command pays)."""
+    from fcnseg.models.weights.caffe_proto import caffe_messages  # noqa: PLC0415
+
+    return caffe_messages()
+
+
 def parse_caffemodel(data: bytes, source: str = "caffemodel") -> list[CaffeLayer]:
     """Parse caffemodel bytes (see :func:`read_caffemodel`)."""
-    msgs = caffe_messages()
+    msgs = _messages()
     try:
         net = msgs.NetParameter.FromString(data)
     except Exception as e:  # DecodeError, or anything odd from a non-protobuf file
@@ -107,7 +114,9 @@ def write_caffemodel(path: str | os.PathLike | None, layers: Mapping[str, Sequen
     4-D on the left, as old Caffe did); otherwise ``layer`` with ``BlobShape``. float64 arrays go to
     ``double_data``. ``types`` overrides the guessed layer types.
     """
-    msgs = caffe_messages()
+    from fcnseg.models.weights.caffe_proto import V1_TYPES  # noqa: PLC0415 (with protobuf, see _messages)
+
+    msgs = _messages()
     net = msgs.NetParameter(name=name) if name else msgs.NetParameter()
     for lname, blobs in layers.items():
         arrays = [b.detach().cpu().numpy() if isinstance(b, torch.Tensor) else np.asarray(b) for b in blobs]

@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from filelock import FileLock
 from safetensors.torch import save
 from torch import nn
 from tqdm import tqdm
@@ -335,6 +334,8 @@ def fetch(release: Release, *, progress: bool = True) -> Path:
     if target.exists() and matches_record(target):
         return target
     downloads_dir().mkdir(parents=True, exist_ok=True)
+    from filelock import FileLock  # noqa: PLC0415 (a fetch is rare: every other command skips its import)
+
     with FileLock(downloads_dir() / f"{release.filename}.lock"):
         return _fetch_locked(release, target, progress)
 
