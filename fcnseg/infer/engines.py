@@ -386,7 +386,7 @@ def _ort_from_model(model: nn.Module, key: str, threads: int | None = None,
 # Images from which a dynamic-size ONNX export pays for itself on a net the trimmed engine cannot run:
 # its cold export (with the check against PyTorch) over the seconds ONNX Runtime saves per image, the largest
 # over the nets measured at 500×500 by ``python -m scripts.bench_payback`` (docs/bench/payback.json).
-ORT_PAYBACK_IMAGES = 19
+ORT_PAYBACK_IMAGES = 46
 
 
 def choose_engine(model: SegmentationModel, device: str | torch.device = "cpu", *, exact: bool | None = None,
