@@ -265,15 +265,7 @@ def run_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classes: int
     engine is begun. ``out_json`` is rewritten after every engine (``"partial": true`` until the end), and
     a failed worker's row holds its whole stderr, which the progress log shows as it comes.
     """
-    for path in (out_json, out_md):
-        if path:
-            _check_writable(path)
-    t_start = time.time()
-    deadline = time.monotonic() + (time_budget if time_budget is not None else 10 * worker_timeout)
-    log = (lambda msg: print(f"[bench {time.time() - t_start:5.0f}s] {msg}", file=sys.stderr, flush=True)) \
-        if progress else (lambda msg: None)
-    if device != "cpu" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available on this machine")
+    t_start, deadline, log = _start(out_json, out_md, device, time_budget, worker_timeout, progress)
     dev_kind = "cuda" if device.startswith("cuda") else "cpu"
     peer_fits = model == "fcn8s" and backbone == "vgg16" and width == 1.0 and fc_channels in (None, 4096)
     specs = _select(engines, dev_kind, alignment, dtype, peer, peer_fits, log)
@@ -295,12 +287,8 @@ def run_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classes: int
     with tempfile.TemporaryDirectory(prefix="fcnseg-bench-") as tmp_s:
         tmp = Path(tmp_s)
         alignments = {s.alignment for s in specs} | ({"caffe"} if any(s.runtime == "peer" for s in specs) else set())
-        models, cfgs, weights = {}, {}, {}
-        for al in sorted(alignments):
-            cfg = None if checkpoint else _models_config(model, backbone, num_classes, al, width, fc_channels)
-            models[al], cfgs[al] = _bench_model(al, checkpoint, cfg, seed)
-            weights[al] = tmp / f"weights-{al}.pt"
-            torch.save(models[al].state_dict(), weights[al])
+        models, cfgs, weights = _bench_models(alignments, tmp, checkpoint, model, backbone, num_classes, width,
+                                              fc_channels, seed)
         in_ch = next(iter(models.values())).in_channels
         onnx_files = _exports(specs, models, size, tmp, calibration_count, seed, log)
         report["flops"] = _flops_table(specs, cfgs, size, in_ch, num_classes)
@@ -336,14 +324,45 @@ def run_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classes: int
                 log(f"eval split failed: {why}")
                 report["eval_split"] = {"error": why}
     report["ratios_vs_peer"] = _ratios(report)
+    return _finish(report, t_start, out_json, out_md, bench_markdown)
+
+
+
+def _start(out_json, out_md, device: str, time_budget: float | None, worker_timeout: float, progress: bool):
+    """A bench run's start: the output paths writable, the device there; ``(t_start, deadline, log)``."""
+    for path in (out_json, out_md):
+        if path:
+            _check_writable(path)
+    t_start = time.time()
+    deadline = time.monotonic() + (time_budget if time_budget is not None else 10 * worker_timeout)
+    log = (lambda msg: print(f"[bench {time.time() - t_start:5.0f}s] {msg}", file=sys.stderr, flush=True)) \
+        if progress else (lambda msg: None)
+    if device != "cpu" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available on this machine")
+    return t_start, deadline, log
+
+
+def _bench_models(alignments, tmp: Path, checkpoint: str | None, model: str, backbone: str, num_classes: int,
+                  width: float, fc_channels: int | None, seed: int) -> tuple[dict, dict, dict]:
+    """Per alignment: the model, its config, and its weights saved under ``tmp`` for the workers."""
+    models, cfgs, weights = {}, {}, {}
+    for al in sorted(alignments):
+        cfg = None if checkpoint else _models_config(model, backbone, num_classes, al, width, fc_channels)
+        models[al], cfgs[al] = _bench_model(al, checkpoint, cfg, seed)
+        weights[al] = tmp / f"weights-{al}.pt"
+        torch.save(models[al].state_dict(), weights[al])
+    return models, cfgs, weights
+
+
+def _finish(report: dict, t_start: float, out_json, out_md, markdown: Callable[[dict], str]) -> dict:
+    """A bench run's end: the closing load and wall time, the JSON and the markdown written."""
     report["machine"]["loadavg_end"] = list(os.getloadavg())
     report["wall_seconds"] = time.time() - t_start
     if out_json:
         write_text(out_json, json.dumps(report, indent=1) + "\n")
     if out_md:
-        write_text(out_md, bench_markdown(report))
+        write_text(out_md, markdown(report))
     return report
-
 
 def _flops_table(specs: list[EngineSpec], cfgs: dict, size: tuple[int, int], in_channels: int,
                  num_classes: int) -> dict[str, int | None]:

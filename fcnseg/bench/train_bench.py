@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from fcnseg.atomic import write_text
-from fcnseg.bench.core import _bench_model, _build, _check_writable, _models_config, _Runs
+from fcnseg.bench.core import _bench_models, _build, _finish, _Runs, _start
 from fcnseg.bench.measure import machine_info, sgemm_gflops
 from fcnseg.bench.report import train_markdown
 from fcnseg.bench.train_step import DEFAULT_TRAIN_ROWS, TrainRow
@@ -42,15 +42,7 @@ def run_train_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classe
     taken alongside. bf16 rows run where the device computes bf16 natively (on the CPU AVX512-BF16/AMX);
     elsewhere they are error rows. ``out_json`` is rewritten after every row.
     """
-    for path in (out_json, out_md):
-        if path:
-            _check_writable(path)
-    t_start = time.time()
-    deadline = time.monotonic() + (time_budget if time_budget is not None else 10 * worker_timeout)
-    log = (lambda msg: print(f"[bench {time.time() - t_start:5.0f}s] {msg}", file=sys.stderr, flush=True)) \
-        if progress else (lambda msg: None)
-    if device != "cpu" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available on this machine")
+    t_start, deadline, log = _start(out_json, out_md, device, time_budget, worker_timeout, progress)
     peer_fits = model == "fcn8s" and backbone == "vgg16" and width == 1.0 and fc_channels in (None, 4096)
     chosen = _rows(rows, peer, peer_fits, log)
     threads = int(threads or torch.get_num_threads())
@@ -70,12 +62,8 @@ def run_train_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classe
     with tempfile.TemporaryDirectory(prefix="fcnseg-train-bench-") as tmp_s:
         tmp = Path(tmp_s)
         alignments = {r.engine.alignment for r in chosen}
-        models, cfgs, weights = {}, {}, {}
-        for al in sorted(alignments):
-            cfg = None if checkpoint else _models_config(model, backbone, num_classes, al, width, fc_channels)
-            models[al], cfgs[al] = _bench_model(al, checkpoint, cfg, seed)
-            weights[al] = tmp / f"weights-{al}.pt"
-            torch.save(models[al].state_dict(), weights[al])
+        models, cfgs, weights = _bench_models(alignments, tmp, checkpoint, model, backbone, num_classes, width,
+                                              fc_channels, seed)
         _check_stages(chosen, cfgs)
         in_ch = next(iter(models.values())).in_channels
         runnable = [r for r in chosen if bf16_ok or r.engine.dtype != "bf16"]
@@ -99,13 +87,7 @@ def run_train_bench(*, model: str = "fcn8s", backbone: str = "vgg16", num_classe
                      False, done, train=True, annotate=lambda r, row: _annotate(r, row, log))
         report["rows"] = _with_skipped(runs.all(runnable), chosen, runnable)
     report["ratios_vs_peer"] = _ratios(report["rows"])
-    report["machine"]["loadavg_end"] = list(os.getloadavg())
-    report["wall_seconds"] = time.time() - t_start
-    if out_json:
-        write_text(out_json, json.dumps(report, indent=1) + "\n")
-    if out_md:
-        write_text(out_md, train_markdown(report))
-    return report
+    return _finish(report, t_start, out_json, out_md, train_markdown)
 
 
 def _rows(rows: Sequence[str] | None, peer: bool, peer_fits: bool, log) -> list[TrainRow]:
