@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fcnseg.atomic import write_json
 from fcnseg.bench.measure import machine_info, run_process
 from fcnseg.bench.peer import peer_state_dict
 from fcnseg.models import create_model
@@ -216,8 +217,7 @@ def main(argv_: list[str] | None = None) -> int:
               "summary": summarise(runs), "label_agreement": labels,
               "phases": {"runs": phases, "median": _median_phases(phases)},
               "wall_seconds": time.perf_counter() - start}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    write_json(args.out, report, indent=1)
     log(f"wrote {args.out}")
     if not args.no_docs:
         from scripts import write_performance_md  # noqa: PLC0415

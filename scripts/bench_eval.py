@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from fcnseg.atomic import write_json
 from fcnseg.bench.measure import machine_info, run_process
 from fcnseg.models import create_model
 from fcnseg.models.checkpoint import save_checkpoint
@@ -136,8 +137,7 @@ def main(argv: list[str] | None = None) -> int:
               "speedup_model": (summary["torch"]["model_s"] / summary["auto"]["model_s"]) if len(summary) == 2
               else None, "mean_iu": metrics.get("torch", {}).get("mean_iu"),
               "wall_seconds": time.perf_counter() - start}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    write_json(args.out, report, indent=1)
     log(f"wrote {args.out}: metrics identical: {same}")
     if not args.no_docs:
         from scripts import write_performance_md  # noqa: PLC0415

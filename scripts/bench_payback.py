@@ -15,7 +15,6 @@ is not faster); ``threshold_images`` is the largest of them: ``fcnseg.infer.engi
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from fcnseg.atomic import write_json
 from fcnseg.bench.measure import machine_info, stats
 from fcnseg.infer.engines import TorchEngine, _model_key, _ort_from_model
 from fcnseg.models import create_model
@@ -93,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
               "threshold_images": max(paid) if paid else None,
               "ort_not_faster": [r["net"] for r in rows if r["payback_images"] is None],
               "wall_seconds": time.perf_counter() - start}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    write_json(args.out, report, indent=1)
     log(f"wrote {args.out}: threshold {report['threshold_images']} images")
     return 0
 

@@ -14,7 +14,6 @@ engines alternating call by call; and the largest score difference between them 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from fcnseg.atomic import write_json
 from fcnseg.bench.measure import machine_info, stats
 from fcnseg.infer.engines import TorchEngine
 from fcnseg.models import create_model
@@ -91,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
               "repeats": args.repeats, "rows": rows, "cl_slower": [f"{r['net']} {r['size'][0]}x{r['size'][1]}"
                                                                    for r in rows if r["cl_speedup"] < 1],
               "wall_seconds": time.perf_counter() - start}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    write_json(args.out, report, indent=1)
     log(f"wrote {args.out}; channels_last slower at: {', '.join(report['cl_slower']) or 'no size'}")
     return 0
 
